@@ -1,0 +1,135 @@
+"""consist: provenance and caching for scientific workflows.
+
+Records which code, configuration and input data produced every output, skips
+work whose inputs have not changed, and restores the cached outputs instead.
+
+Heavy modules (DuckDB, SQLModel, pandas) load on first use, so ``import consist``
+stays cheap.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from .context import current_tracker, use_tracker
+from .errors import (
+    BackendUnavailableError,
+    ConfigError,
+    ConsistError,
+    ConsistWarning,
+    ContainerError,
+    ContainerExecutionError,
+    CouplerKeyError,
+    ImageNotFoundError,
+    InputNotFoundError,
+    IntegrityError,
+    OutputError,
+    PathNotAllowedError,
+    RunNotFoundError,
+    RunStateError,
+    StoreError,
+    StoreLockedError,
+)
+
+if TYPE_CHECKING:
+    import os
+
+    import pandas as pd
+
+    from .models import Artifact, Run, RunArtifactLink
+    from .results import RunArtifacts, RunResult
+    from .tracker import Tracker
+
+__version__ = "0.1.0"
+
+_LAZY = {
+    "Tracker": ".tracker",
+    "RunResult": ".results",
+    "RunArtifacts": ".results",
+    "Run": ".models",
+    "Artifact": ".models",
+    "RunArtifactLink": ".models",
+}
+
+
+def __getattr__(name: str) -> Any:
+    mod = _LAZY.get(name)
+    if mod is None:
+        raise AttributeError(f"module 'consist' has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(mod, __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)
+
+
+def run(fn: Any, **kwargs: Any) -> RunResult:
+    """:meth:`Tracker.run` on the current tracker (see :func:`use_tracker`)."""
+    tracker = current_tracker()
+    assert tracker is not None
+    return tracker.run(fn, **kwargs)
+
+
+def log_artifact(path: str | os.PathLike[str], key: str | None = None, direction: str = "output") -> Artifact:
+    """:meth:`Tracker.log_artifact` on the current tracker's active run."""
+    tracker = current_tracker()
+    assert tracker is not None
+    return tracker.log_artifact(path, key, direction)
+
+
+def log_input(path: str | os.PathLike[str], key: str | None = None) -> Artifact:
+    """Record an input of the current run."""
+    return log_artifact(path, key, "input")
+
+
+def log_output(path: str | os.PathLike[str], key: str | None = None) -> Artifact:
+    """Record an output of the current run."""
+    return log_artifact(path, key, "output")
+
+
+def load_df(artifact_or_path: Any, **kwargs: Any) -> pd.DataFrame:
+    """Load a CSV/Parquet/JSON artifact or path (or a directory of CSV/Parquet) as a DataFrame."""
+    from .loaders import load_df as _load_df
+
+    return _load_df(artifact_or_path, **kwargs)
+
+
+__all__ = [
+    # tracking
+    "Tracker",
+    "run",
+    "use_tracker",
+    "current_tracker",
+    "log_artifact",
+    "log_input",
+    "log_output",
+    "load_df",
+    # records
+    "Run",
+    "Artifact",
+    "RunArtifactLink",
+    "RunResult",
+    "RunArtifacts",
+    # errors
+    "ConsistError",
+    "ConsistWarning",
+    "ConfigError",
+    "InputNotFoundError",
+    "OutputError",
+    "RunStateError",
+    "RunNotFoundError",
+    "StoreError",
+    "StoreLockedError",
+    "IntegrityError",
+    "PathNotAllowedError",
+    "CouplerKeyError",
+    "ContainerError",
+    "BackendUnavailableError",
+    "ImageNotFoundError",
+    "ContainerExecutionError",
+    "__version__",
+]

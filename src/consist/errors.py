@@ -1,0 +1,184 @@
+"""Exceptions raised by consist.
+
+Every exception derives from :class:`ConsistError`, so ``except ConsistError``
+catches anything the library raises on purpose. Messages follow one shape:
+the problem, its likely cause, and what to do about it.
+
+::
+
+    ConsistError
+    ├── ConfigError               a config value cannot be hashed canonically
+    ├── InputNotFoundError        an input path does not exist (also FileNotFoundError)
+    ├── OutputError               a declared output was not produced or is unusable
+    ├── RunStateError             begin/end/log called in the wrong order
+    ├── RunNotFoundError          no run with that id (also KeyError)
+    ├── StoreError                the provenance database cannot be used
+    │   └── StoreLockedError      another program holds the DuckDB file
+    ├── IntegrityError            stored bytes no longer match their hash
+    ├── PathNotAllowedError       a host path lies outside the allowed roots
+    ├── CouplerKeyError           a scenario coupler has no such key (also KeyError)
+    └── ContainerError            container engine problems
+        ├── BackendUnavailableError   engine not installed or daemon not reachable
+        ├── ImageNotFoundError        image missing locally and not pullable
+        └── ContainerExecutionError   the container exited non-zero (also RuntimeError)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+
+def _message(problem: str, cause: str | None = None, fix: str | None = None) -> str:
+    parts = [problem.rstrip(".") + "."]
+    if cause:
+        parts.append(f"Likely cause: {cause.rstrip('.')}.")
+    if fix:
+        parts.append(f"Fix: {fix.rstrip('.')}.")
+    return " ".join(parts)
+
+
+class ConsistError(Exception):
+    """Root of every exception raised on purpose by consist."""
+
+    def __init__(self, problem: str, cause: str | None = None, fix: str | None = None) -> None:
+        super().__init__(_message(problem, cause, fix))
+        self.problem = problem
+        self.cause = cause
+        self.fix = fix
+
+
+class ConfigError(ConsistError, TypeError):
+    """A config value cannot be turned into a canonical, hashable form."""
+
+
+class InputNotFoundError(ConsistError, FileNotFoundError):
+    """An input path given to a run does not exist."""
+
+    def __init__(self, path: object, name: str | None = None) -> None:
+        label = f"input {name!r}" if name else "input"
+        super().__init__(
+            f"The {label} path does not exist: {path}",
+            "a typo in the path, a relative path resolved against another working directory, "
+            "or an upstream step that did not write its output",
+            "check the path (relative paths resolve against the current directory) "
+            "or run the step that produces it first",
+        )
+        self.path = path
+        self.filename = str(path)
+
+
+class OutputError(ConsistError):
+    """A declared output was not produced, or the function returned something unusable."""
+
+
+class RunStateError(ConsistError, RuntimeError):
+    """A run lifecycle call came in the wrong order (for example end_run with no active run)."""
+
+
+class RunNotFoundError(ConsistError, KeyError):
+    """No run with the requested id exists in the database."""
+
+    def __str__(self) -> str:  # KeyError would otherwise quote the message
+        return str(self.args[0])
+
+
+class StoreError(ConsistError):
+    """The provenance database cannot be opened or written."""
+
+
+class StoreLockedError(StoreError):
+    """Another program keeps the DuckDB file open for writing."""
+
+
+class IntegrityError(ConsistError):
+    """Stored bytes no longer match the hash they were stored under."""
+
+
+class PathNotAllowedError(ConsistError, PermissionError):
+    """A host path lies outside the roots the tracker allows."""
+
+
+class CouplerKeyError(ConsistError, KeyError):
+    """A scenario coupler has no artifact under the requested key."""
+
+    def __init__(self, key: str, available: Sequence[str]) -> None:
+        have = ", ".join(sorted(available)) or "none yet"
+        super().__init__(
+            f"The coupler has no artifact named {key!r} (available: {have})",
+            "the step that produces it has not run yet in this scenario, or it used another key",
+            "run that step first, or call coupler.set(key, artifact) yourself",
+        )
+        self.key = key
+        self.available = list(available)
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+class ContainerError(ConsistError):
+    """Base class for container engine problems."""
+
+
+class BackendUnavailableError(ContainerError):
+    """The container engine is not installed, or its daemon does not answer."""
+
+
+class ImageNotFoundError(ContainerError):
+    """The image is not available locally and could not be pulled."""
+
+
+class ContainerExecutionError(ContainerError, RuntimeError):
+    """The container ran and exited with a non-zero status."""
+
+    def __init__(
+        self,
+        *,
+        exit_code: int,
+        command: Sequence[str],
+        image: str,
+        stderr_tail: str = "",
+        run_id: str | None = None,
+    ) -> None:
+        tail = stderr_tail.strip()
+        problem = f"Container {image!r} exited with status {exit_code} running {list(command)!r}"
+        if run_id:
+            problem += f" (run {run_id!r})"
+        if tail:
+            problem += f"; last stderr lines:\n{tail}\n"
+        super().__init__(
+            problem,
+            "the command failed inside the container: a wrong argument, a missing input "
+            "under a container mount path, or an output directory it cannot write",
+            "read the stderr above and the run's log artifact, and check that volumes map the paths the command uses",
+        )
+        self.exit_code = exit_code
+        self.command = list(command)
+        self.image = image
+        self.stderr_tail = tail
+        self.run_id = run_id
+
+
+__all__ = [
+    "BackendUnavailableError",
+    "ConfigError",
+    "ConsistError",
+    "ContainerError",
+    "ContainerExecutionError",
+    "CouplerKeyError",
+    "ImageNotFoundError",
+    "InputNotFoundError",
+    "IntegrityError",
+    "OutputError",
+    "PathNotAllowedError",
+    "RunNotFoundError",
+    "RunStateError",
+    "StoreError",
+    "StoreLockedError",
+]
+
+
+class ConsistWarning(UserWarning):
+    """Something went wrong but consist recovered (for example a damaged cache entry)."""
+
+
+__all__ += ["ConsistWarning"]

@@ -1,0 +1,92 @@
+"""``load_df``: read an artifact or path into a pandas DataFrame.
+
+Single files are read by pandas with your keyword arguments; directories of
+CSV or Parquet files are read by DuckDB in one vectorised scan (columns are
+united by name). pandas and DuckDB are imported on first use.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from .errors import ConsistError, InputNotFoundError
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+_FORMATS = {
+    ".csv": "csv", ".tsv": "tsv", ".txt": "csv", ".parquet": "parquet", ".pq": "parquet",
+    ".json": "json", ".jsonl": "jsonl", ".ndjson": "jsonl",
+}  # fmt: skip
+
+
+def _path_of(obj: Any) -> Path:
+    if isinstance(obj, (str, os.PathLike)):
+        return Path(obj)
+    uri = getattr(obj, "uri", None)
+    if isinstance(uri, str):
+        return Path(uri)
+    raise ConsistError(
+        f"load_df() got a {type(obj).__name__}",
+        None,
+        "pass a path, an Artifact (for example result.outputs[key] or coupler.require(key))",
+    )
+
+
+def load_df(artifact_or_path: Any, **kwargs: Any) -> pd.DataFrame:
+    """Load a CSV, Parquet, JSON or JSON-lines file, or a directory of CSV/Parquet files.
+
+    Keyword arguments go to the pandas reader (``pd.read_csv`` and friends) for
+    single files.
+    """
+    path = _path_of(artifact_or_path)
+    if not path.exists():
+        raise InputNotFoundError(path, "load_df")
+    if path.is_dir():
+        return _load_dir(path)
+    import pandas as pd
+
+    fmt = _FORMATS.get(path.suffix.lower())
+    if fmt == "csv":
+        return pd.read_csv(path, **kwargs)
+    if fmt == "tsv":
+        return pd.read_csv(path, sep="\t", **kwargs)
+    if fmt == "parquet":
+        return pd.read_parquet(path, **kwargs)
+    if fmt == "jsonl":
+        return pd.read_json(path, lines=True, **kwargs)
+    if fmt == "json":
+        text = path.read_text().lstrip()
+        if text.startswith("{") and "\n{" in text:
+            return pd.read_json(path, lines=True, **kwargs)
+        return pd.read_json(path, **kwargs)
+    raise ConsistError(
+        f"load_df() cannot tell the format of {path}",
+        "the extension is not one of .csv, .tsv, .parquet, .json, .jsonl",
+        "read the file yourself, for example with pandas",
+    )
+
+
+def _load_dir(path: Path) -> pd.DataFrame:
+    import duckdb
+
+    files = [p for p in path.rglob("*") if p.is_file() and not p.name.startswith(".")]
+    parquet = [p for p in files if p.suffix.lower() in (".parquet", ".pq")]
+    csv = [p for p in files if p.suffix.lower() in (".csv", ".tsv")]
+    if not parquet and not csv:
+        raise ConsistError(
+            f"load_df() found no CSV or Parquet files in directory {path}",
+            "the step wrote other formats, or nothing",
+            "load the files you need one by one",
+        )
+    con = duckdb.connect()
+    try:
+        if parquet:
+            rel = con.read_parquet([str(p) for p in sorted(parquet)], union_by_name=True)
+        else:
+            rel = con.read_csv([str(p) for p in sorted(csv)], union_by_name=True)
+        return rel.df()
+    finally:
+        con.close()

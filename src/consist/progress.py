@@ -1,0 +1,86 @@
+"""A progress bar that only appears when work takes longer than about a second.
+
+Hashing or copying a few kilobytes must not pay for importing rich, so the bar
+is created lazily: callers report bytes as they go and the bar shows up once
+the operation has been running for ``DELAY_S`` seconds. Set
+``CONSIST_PROGRESS=0`` to silence it or ``CONSIST_PROGRESS=1`` to show it even
+when stderr is not a terminal.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from types import TracebackType
+from typing import Any
+
+DELAY_S = 1.0
+
+
+def _wanted() -> bool:
+    flag = os.environ.get("CONSIST_PROGRESS", "").strip().lower()
+    if flag in {"0", "false", "no", "off"}:
+        return False
+    if flag in {"1", "true", "yes", "on", "always"}:
+        return True
+    return sys.stderr.isatty()
+
+
+class ByteProgress:
+    """Context manager reporting bytes processed; shows a rich bar after ``DELAY_S``."""
+
+    def __init__(self, description: str, total: int | None) -> None:
+        self.description = description
+        self.total = total
+        self.done = 0
+        self._start = time.monotonic()
+        self._bar: Any = None
+        self._task: Any = None
+        self._enabled = _wanted()
+        self.shown = False
+
+    def __enter__(self) -> ByteProgress:
+        return self
+
+    def advance(self, nbytes: int) -> None:
+        self.done += nbytes
+        if self._bar is None:
+            if not self._enabled or time.monotonic() - self._start < DELAY_S:
+                return
+            self._open()
+        self._bar.update(self._task, completed=self.done)
+
+    def _open(self) -> None:
+        from rich.console import Console
+        from rich.progress import (
+            BarColumn,
+            DownloadColumn,
+            Progress,
+            TextColumn,
+            TimeRemainingColumn,
+            TransferSpeedColumn,
+        )
+
+        self._bar = Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            DownloadColumn(),
+            TransferSpeedColumn(),
+            TimeRemainingColumn(),
+            console=Console(stderr=True, force_terminal=None),
+            transient=True,
+        )
+        self._bar.start()
+        self._task = self._bar.add_task(self.description, total=self.total, completed=self.done)
+        self.shown = True
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self._bar is not None:
+            self._bar.stop()
+            self._bar = None
