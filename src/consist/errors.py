@@ -41,10 +41,15 @@ class ConsistError(Exception):
     """Root of every exception raised on purpose by consist."""
 
     def __init__(self, problem: str, cause: str | None = None, fix: str | None = None) -> None:
-        super().__init__(_message(problem, cause, fix))
+        self.message = _message(problem, cause, fix)
+        super().__init__(self.message)
         self.problem = problem
         self.cause = cause
         self.fix = fix
+
+
+    def __str__(self) -> str:  # OSError and KeyError subclasses would format args their own way
+        return self.message
 
 
 class ConfigError(ConsistError, TypeError):
@@ -78,9 +83,6 @@ class RunStateError(ConsistError, RuntimeError):
 class RunNotFoundError(ConsistError, KeyError):
     """No run with the requested id exists in the database."""
 
-    def __str__(self) -> str:  # KeyError would otherwise quote the message
-        return str(self.args[0])
-
 
 class StoreError(ConsistError):
     """The provenance database cannot be opened or written."""
@@ -92,6 +94,8 @@ class StoreLockedError(StoreError):
 
 class IntegrityError(ConsistError):
     """Stored bytes no longer match the hash they were stored under."""
+
+    missing_digest: str | None = None
 
 
 class PathNotAllowedError(ConsistError, PermissionError):
@@ -110,9 +114,6 @@ class CouplerKeyError(ConsistError, KeyError):
         )
         self.key = key
         self.available = list(available)
-
-    def __str__(self) -> str:
-        return str(self.args[0])
 
 
 class ContainerError(ConsistError):

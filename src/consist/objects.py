@@ -152,11 +152,13 @@ class ObjectStore:
         try:
             st = path.stat()
         except FileNotFoundError:
-            raise IntegrityError(
+            err = IntegrityError(
                 f"Stored object {digest} is missing from {self.root}",
                 "the object store was pruned or files were deleted by hand",
                 "nothing to do: the step runs again and stores its outputs anew",
-            ) from None
+            )
+            err.missing_digest = digest
+            raise err from None
         if size is not None and st.st_size != size:
             raise IntegrityError(
                 f"Stored object {path} has {st.st_size} bytes, expected {size}",
@@ -252,10 +254,20 @@ class ObjectStore:
         except FileNotFoundError:
             return 0
 
-    def clear_tmp(self) -> None:
+    def clear_tmp(self, older_than_s: float = 3600.0) -> None:
+        """Remove temporary files left by killed processes (recent ones may be in use)."""
+        import time
+
         tmp = self.root / "tmp"
-        if tmp.is_dir():
-            shutil.rmtree(tmp, ignore_errors=True)
+        if not tmp.is_dir():
+            return
+        limit = time.time() - older_than_s
+        for f in tmp.iterdir():
+            try:
+                if f.stat().st_mtime < limit:
+                    f.unlink()
+            except FileNotFoundError:
+                pass
 
 
 def _object_algo() -> str:

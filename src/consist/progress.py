@@ -18,13 +18,14 @@ from typing import Any
 DELAY_S = 1.0
 
 
-def _wanted() -> bool:
+def _mode() -> str:
+    """``off``, ``forced`` (even without a terminal) or ``auto`` (only on a terminal)."""
     flag = os.environ.get("CONSIST_PROGRESS", "").strip().lower()
     if flag in {"0", "false", "no", "off"}:
-        return False
+        return "off"
     if flag in {"1", "true", "yes", "on", "always"}:
-        return True
-    return sys.stderr.isatty()
+        return "forced"
+    return "auto" if sys.stderr.isatty() else "off"
 
 
 class ByteProgress:
@@ -37,7 +38,8 @@ class ByteProgress:
         self._start = time.monotonic()
         self._bar: Any = None
         self._task: Any = None
-        self._enabled = _wanted()
+        self._mode = _mode()
+        self._enabled = self._mode != "off"
         self.shown = False
 
     def __enter__(self) -> ByteProgress:
@@ -68,7 +70,7 @@ class ByteProgress:
             DownloadColumn(),
             TransferSpeedColumn(),
             TimeRemainingColumn(),
-            console=Console(stderr=True, force_terminal=None),
+            console=Console(stderr=True, force_terminal=True if self._mode == "forced" else None),
             transient=True,
         )
         self._bar.start()

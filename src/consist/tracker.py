@@ -377,6 +377,10 @@ class Tracker:
                         o["_new"] = True
                     restored[k] = o
             except (IntegrityError, OSError) as exc:
+                missing = getattr(exc, "missing_digest", None)
+                if missing and not self._index.object_stores(missing):
+                    reason = "outputs_pruned"  # removed on purpose by prune_store(): no warning
+                    continue
                 warnings.warn(
                     f"Cached outputs of run {prod['id']!r} cannot be restored ({exc}); running the step again.",
                     ConsistWarning,
@@ -392,7 +396,7 @@ class Tracker:
         expl = explain_miss(plan.components, plan.config, candidates, loads=_loads)
         if plan.cache_mode == "overwrite":
             expl["reason"] = "cache_mode_overwrite"
-        elif reason in ("outputs_unavailable", "outputs_not_recorded"):
+        elif reason in ("outputs_unavailable", "outputs_not_recorded", "outputs_pruned"):
             expl["reason"] = reason
         return expl
 

@@ -1,0 +1,104 @@
+"""Tracker construction, the database files, and the public surface."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import duckdb
+import pytest
+
+import consist
+from consist import Run, Tracker
+
+
+def test_default_db_path_is_in_run_dir(tmp_path: Path) -> None:
+    with Tracker(tmp_path / "runs", project_root=tmp_path) as t:
+        assert t.db_path == tmp_path / "runs" / "provenance.duckdb"
+        t.run(lambda: None, name="noop")
+    con = duckdb.connect(str(tmp_path / "runs" / "provenance.duckdb"), read_only=True)
+    assert con.execute("SELECT count(*) FROM run WHERE model = 'noop'").fetchone() == (1,)
+    con.close()
+
+
+def test_close_is_idempotent_and_context_manager_closes(tmp_path: Path) -> None:
+    t = Tracker(tmp_path / "runs")
+    with t:
+        pass
+    t.close()
+    assert t._closed
+
+
+def test_allow_external_paths_reads_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    assert Tracker(tmp_path / "a").allow_external_paths is False
+    monkeypatch.setenv("CONSIST_ALLOW_EXTERNAL_PATHS", "1")
+    assert Tracker(tmp_path / "b").allow_external_paths is True
+    assert Tracker(tmp_path / "c", allow_external_paths=False).allow_external_paths is False
+
+
+def test_unknown_hashing_strategy_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(consist.ConsistError, match="hashing_strategy"):
+        Tracker(tmp_path / "runs", hashing_strategy="md5")
+
+
+def test_guide_query_snippet_runs_as_written(tracker: Tracker) -> None:
+    from sqlmodel import Session, select
+
+    def step() -> Path:
+        p = Path("summary.csv")
+        p.write_text("a\n1\n")
+        return p
+
+    tracker.run(step, model="activitysim", run_id="activitysim_baseline", outputs=["summary"])
+    tracker.run(lambda: None, model="other")
+    with Session(tracker.engine) as session:
+        runs = session.exec(select(Run).where(Run.model == "activitysim")).all()
+        assert [r.id for r in runs] == ["activitysim_baseline"]
+        for run in runs:
+            artifacts = tracker.get_artifacts_for_run(run.id)
+            assert list(artifacts.outputs) == ["summary"]
+            assert artifacts.outputs["summary"].path == Path("summary.csv").resolve()
+
+
+def test_engine_sees_runs_recorded_after_it_was_created(tracker: Tracker) -> None:
+    from sqlmodel import Session, select
+
+    engine = tracker.engine
+    tracker.run(lambda: None, name="later")
+    with Session(engine) as s:
+        assert s.exec(select(Run).where(Run.model == "later")).first() is not None
+
+
+def test_public_names_match_all() -> None:
+    public = {n for n in dir(consist) if not n.startswith("_")} | {"__version__"}
+    assert set(consist.__all__) == public
+    for name in consist.__all__:
+        assert getattr(consist, name) is not None
+
+
+def test_import_is_light() -> None:
+    code = (
+        "import sys, consist; heavy = [m for m in ('duckdb', 'sqlmodel', 'sqlalchemy', 'pandas', 'pyarrow', 'rich')"
+        " if m in sys.modules]; print(heavy)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+
+
+def test_every_error_derives_from_the_root() -> None:
+    import consist.errors as errors
+
+    for name in errors.__all__:
+        cls = getattr(errors, name)
+        if name != "ConsistWarning":
+            assert issubclass(cls, consist.ConsistError), name
+    assert issubclass(consist.ContainerExecutionError, RuntimeError)
+    assert issubclass(consist.InputNotFoundError, FileNotFoundError)
+
+
+def test_error_messages_say_cause_and_fix(tracker: Tracker) -> None:
+    with pytest.raises(consist.InputNotFoundError) as info:
+        tracker.run(lambda src: None, inputs={"src": "nope.csv"})
+    msg = str(info.value)
+    assert "nope.csv" in msg and "Likely cause" in msg and "Fix" in msg
