@@ -1,0 +1,7 @@
+#!/usr/bin/env bash
+# Install consist into .venv and run the main demo. Usage: bash scripts/demo.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+. scripts/_python.sh
+"$VENV/bin/python" -m pip install -q -e .
+exec "$VENV/bin/python" examples/quickstart.py
