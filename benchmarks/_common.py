@@ -38,9 +38,7 @@ def upstream_python() -> Path:
     py = UPSTREAM_VENV / "bin" / "python"
     if not py.exists():
         subprocess.run([sys.executable, "-m", "venv", str(UPSTREAM_VENV)], check=True)
-        subprocess.run(
-            [str(py), "-m", "pip", "install", "-q", f"consist=={UPSTREAM_VERSION}"], check=True
-        )
+        subprocess.run([str(py), "-m", "pip", "install", "-q", f"consist=={UPSTREAM_VERSION}"], check=True)
     return py
 
 

@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import ROOT, make_big_file, timed, upstream_python  # noqa: E402
+from _common import ROOT, make_big_file, timed, upstream_python
 
 
 def trivial(i: int = 0) -> None:

@@ -59,7 +59,6 @@ def main() -> None:
         assert t2.run(fn=trivial, name="trivial", config={"i": -1}, runtime_kwargs={"i": -1}).cache_hit
 
     res["open_1000_plus_hit_and_close"] = timed(open_and_hit, 10)
-    size = big.stat().st_size
     s = time.perf_counter()
     h = hashlib.sha256()
     with open(big, "rb") as f:

@@ -114,7 +114,7 @@ def test_missing_input_is_an_error_not_a_hash(tracker: Tracker, calls) -> None:
     def step(src: Path) -> None:
         calls()
 
-    with pytest.raises(consist.InputNotFoundError, match="missing.csv"):
+    with pytest.raises(consist.InputNotFoundError, match=r"missing\.csv"):
         tracker.run(step, inputs={"src": "missing.csv"})
     assert calls.n == 0
 

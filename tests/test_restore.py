@@ -68,7 +68,7 @@ def test_directory_outputs_restore_exactly(tracker: Tracker, calls) -> None:
         (d / "sub").mkdir(parents=True, exist_ok=True)
         for i in range(n):
             (d / f"part{i}.csv").write_text(f"a\n{i}\n")
-        (d / "sub" / "meta.json").write_text('{"n": %d}' % n)
+        (d / "sub" / "meta.json").write_text(f'{{"n": {n}}}')
         return d
 
     r3 = tracker.run(step, config={"n": 3}, outputs=["tables"])

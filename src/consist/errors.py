@@ -47,7 +47,6 @@ class ConsistError(Exception):
         self.cause = cause
         self.fix = fix
 
-
     def __str__(self) -> str:  # OSError and KeyError subclasses would format args their own way
         return self.message
 

@@ -1,0 +1,476 @@
+#!/usr/bin/env bash
+# setup-containers.sh - real container runtimes for consist's tests on Debian 12 (bookworm), x86_64,
+# as root, on a machine that reaches Debian's archive and PyPI but NO container registry.
+#
+#   Docker engine : Debian docker.io 20.10 (dockerd + containerd + runc), started in the background
+#                   with overlay2 (falls back to vfs), --bridge=none --iptables=false (containers get
+#                   loopback only; no netfilter rules; no 172.17/16 bridge; dockerd still sets
+#                   net.ipv4.ip_forward=1, its default, which keeps `docker run` free of a warning).
+#   Podman        : Debian podman 4.3 (rootful, overlay, cgroupfs v1, netns=none).
+#   Apptainer     : Debian sid's apptainer .deb (bookworm has none), re-packed for bookworm's glibc 2.36
+#                   (two C23 libc symbols, __isoc23_strtol/strtoul, redirected to a tiny shim library).
+#   Registry      : Debian docker-registry (distribution 2.8) on 127.0.0.1:5000, loopback only; the test
+#                   images are pushed there so they also have real registry digests (RepoDigests).
+#   Test images   : local/busybox:test (FROM scratch + Debian busybox-static, ~2 MB) and
+#                   local/python:test (debootstrap --variant=minbase --include=python3, ~120 MB),
+#                   saved as docker-archive tarballs and converted to SIF files.
+#
+# Idempotent: re-running skips whatever is already installed / running / built.
+# Usage:  bash setup-container-runtime.sh [all|setup|verify|stop]   (default all = setup, then verify)
+# Knobs (environment):
+#   CI_CONTAINERS_DIR=/tmp/ci-containers   where tarballs, SIFs, logs, the env file live
+#   SETUP_DOCKER=1 SETUP_PODMAN=1 SETUP_APPTAINER=1 SETUP_REGISTRY=1 SETUP_PYTHON_IMAGE=1 (0 skips a part)
+#   REGISTRY_ADDR=127.0.0.1:5000                where the local registry listens
+#   DOCKER_STORAGE_DRIVERS="overlay2 vfs"       tried in order
+#   APPTAINER_DEB=/path/apptainer_X_amd64.deb   use this Debian .deb instead of downloading sid's
+#   SKIP_APT_UPDATE=1                           skip apt-get update
+#   DEBIAN_MIRROR=URL                           Debian mirror (default: the first non-security one in apt's sources)
+# Output: $CI_CONTAINERS_DIR/containers.env (KEY=VALUE lines: image names, IDs, SIF paths, dockerd pid).
+set -Eeuo pipefail
+
+DIR=${CI_CONTAINERS_DIR:-/tmp/ci-containers}
+SETUP_DOCKER=${SETUP_DOCKER:-1}
+SETUP_PODMAN=${SETUP_PODMAN:-1}
+SETUP_APPTAINER=${SETUP_APPTAINER:-1}
+SETUP_REGISTRY=${SETUP_REGISTRY:-1}
+SETUP_PYTHON_IMAGE=${SETUP_PYTHON_IMAGE:-1}
+REGISTRY=${REGISTRY_ADDR:-127.0.0.1:5000}
+[ "$SETUP_DOCKER" = 1 ] || [ "$SETUP_PODMAN" = 1 ] || SETUP_REGISTRY=0   # pushing needs docker or podman
+DOCKER_STORAGE_DRIVERS=${DOCKER_STORAGE_DRIVERS:-overlay2 vfs}
+# Debian mirror: the one this machine's apt sources already use (deb822 or one-line format).
+MIRROR=${DEBIAN_MIRROR:-$( { awk '/^URIs:/ && !/security/ {print $2; exit}' /etc/apt/sources.list.d/*.sources 2>/dev/null || true
+                             awk '/^deb / && !/security/ {for (i = 2; i <= NF; i++) if ($i ~ /^https?:/) {print $i; exit}}' /etc/apt/sources.list 2>/dev/null || true
+                           } | head -1)}
+PY=${PYTHON:-python3}
+IMG_BB=local/busybox:test
+IMG_PY=local/python:test
+DOCKERD_LOG=$DIR/dockerd.log
+export DEBIAN_FRONTEND=noninteractive
+export PATH=$PATH:/usr/local/sbin:/usr/sbin:/sbin   # debootstrap, dockerd live in sbin
+APT_OPTS=(-y -q --no-install-recommends -o Acquire::Retries=3 -o Dpkg::Use-Pty=0)
+T_START=$(date +%s)
+
+log() { printf '[setup-containers %s +%ss] %s\n' "$(date +%H:%M:%S)" "$(( $(date +%s) - T_START ))" "$*" >&2; }
+die() { log "ERROR: $*"; exit 1; }
+[ "$(id -u)" = 0 ] || die "must run as root"
+[ -n "$MIRROR" ] || die "no Debian mirror found in apt sources; set DEBIAN_MIRROR"
+mkdir -p "$DIR"
+
+retry() { # retry N cmd...
+  local n=$1 i; shift
+  for i in $(seq 1 "$n"); do "$@" && return 0; log "attempt $i/$n failed: $*"; sleep $((i * 3)); done
+  return 1
+}
+
+# ---------------------------------------------------------------- packages
+install_packages() {
+  local pkgs=(busybox-static debootstrap curl)
+  [ "$SETUP_DOCKER" = 1 ] && pkgs+=(docker.io)
+  [ "$SETUP_PODMAN" = 1 ] && pkgs+=(podman)
+  [ "$SETUP_REGISTRY" = 1 ] && pkgs+=(docker-registry)
+  [ "$SETUP_APPTAINER" = 1 ] && pkgs+=(patchelf binutils gcc libc6-dev squashfs-tools uidmap
+                                        containernetworking-plugins ca-certificates e2fsprogs)
+  local missing=() p
+  for p in "${pkgs[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'ok installed' || missing+=("$p")
+  done
+  [ ${#missing[@]} = 0 ] && { log "packages already installed"; return; }
+  if [ "${SKIP_APT_UPDATE:-0}" != 1 ]; then log "apt-get update"; retry 3 apt-get update -q >/dev/null; fi
+  # Never let a package's maintainer script start a service (docker.io would start a default dockerd).
+  local made_policy=0
+  if [ ! -e /usr/sbin/policy-rc.d ]; then printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d; chmod +x /usr/sbin/policy-rc.d; made_policy=1; fi
+  log "apt-get install ${missing[*]}"
+  retry 3 apt-get install "${APT_OPTS[@]}" "${missing[@]}" >"$DIR/apt-install.log" 2>&1 \
+    || { tail -20 "$DIR/apt-install.log" >&2; die "apt-get install failed"; }
+  [ $made_policy = 1 ] && rm -f /usr/sbin/policy-rc.d
+  return 0
+}
+
+# ---------------------------------------------------------------- docker engine
+docker_ok() { timeout 10 docker info >/dev/null 2>&1; }
+start_dockerd() {
+  if docker_ok; then log "dockerd already answering"; return; fi
+  local drv pid i
+  for drv in $DOCKER_STORAGE_DRIVERS; do
+    log "starting dockerd (storage driver $drv)"
+    rm -f /var/run/docker.pid
+    # setsid + all three std streams redirected: the daemon must not hold CI's stdout/stderr pipes open.
+    setsid /usr/sbin/dockerd --host=unix:///var/run/docker.sock --storage-driver="$drv" \
+      --bridge=none --iptables=false --ip-masq=false --log-level=warn \
+      </dev/null >>"$DOCKERD_LOG" 2>&1 &
+    for i in $(seq 1 120); do
+      if docker_ok; then
+        pid=$(cat /var/run/docker.pid); echo "$pid" >"$DIR/dockerd.pid"
+        log "dockerd up (pid $pid, storage $drv) after ~$((i / 4))s"; return 0
+      fi
+      # gave up early if the daemon already exited (e.g. storage driver not supported)
+      if [ "$i" -gt 8 ] && ! pgrep -x dockerd >/dev/null; then break; fi
+      sleep 0.25
+    done
+    log "dockerd with $drv did not come up; last log lines:"; tail -5 "$DOCKERD_LOG" >&2 || true
+    [ -s /var/run/docker.pid ] && kill "$(cat /var/run/docker.pid)" 2>/dev/null || true; sleep 1
+  done
+  die "could not start dockerd"
+}
+stop_dockerd() {
+  [ -s "$DIR/dockerd.pid" ] || { log "no dockerd pid file in $DIR"; return 0; }
+  local pid; pid=$(cat "$DIR/dockerd.pid")
+  if kill -0 "$pid" 2>/dev/null; then
+    log "stopping dockerd pid $pid"; kill -TERM "$pid"
+    for _ in $(seq 1 60); do kill -0 "$pid" 2>/dev/null || break; sleep 0.5; done
+  fi
+  rm -f "$DIR/dockerd.pid"
+}
+
+# ---------------------------------------------------------------- root filesystems
+busybox_context() { # a docker build context: FROM scratch + Debian's static busybox
+  local ctx=$DIR/busybox-ctx
+  mkdir -p "$ctx"
+  cp /bin/busybox "$ctx/busybox"
+  cat >"$ctx/Dockerfile" <<'EOF'
+FROM scratch
+COPY busybox /bin/busybox
+RUN ["/bin/busybox", "sh", "-c", "/bin/busybox --install -s /bin && mkdir -p /etc /root /tmp && chmod 1777 /tmp && printf 'root:x:0:0:root:/root:/bin/sh\\nnobody:x:65534:65534:nobody:/nonexistent:/bin/sh\\n' >/etc/passwd && printf 'root:x:0:\\nnogroup:x:65534:\\n' >/etc/group"]
+ENV PATH=/bin
+CMD ["/bin/sh"]
+EOF
+  echo "$ctx"
+}
+PY_ROOTFS=""
+python_rootfs() { # debootstrap a minimal bookworm with python3 (tmpfs is ~2x faster than disk here)
+  [ -n "$PY_ROOTFS" ] && [ -x "$PY_ROOTFS/usr/bin/python3" ] && return 0
+  local base=/dev/shm
+  [ "$(df -Pk /dev/shm 2>/dev/null | awk 'NR==2 {print $4}')" -gt 1048576 ] 2>/dev/null || base=$DIR
+  PY_ROOTFS=$base/ci-rootfs-python
+  rm -rf "$PY_ROOTFS"
+  log "debootstrap bookworm minbase + python3 into $PY_ROOTFS (about a minute)"
+  retry 3 bash -c "rm -rf '$PY_ROOTFS'; debootstrap --variant=minbase --include=python3 bookworm '$PY_ROOTFS' '$MIRROR' >'$DIR/debootstrap.log' 2>&1" \
+    || { tail -20 "$DIR/debootstrap.log" >&2; die "debootstrap failed"; }
+  rm -rf "$PY_ROOTFS"/var/cache/apt/archives/*.deb "$PY_ROOTFS"/var/lib/apt/lists/* \
+         "$PY_ROOTFS"/usr/share/doc/* "$PY_ROOTFS"/usr/share/man/* "$PY_ROOTFS"/usr/share/locale/*
+}
+cleanup_rootfs() { [ -n "$PY_ROOTFS" ] && rm -rf "$PY_ROOTFS"; PY_ROOTFS=""; }
+
+# ---------------------------------------------------------------- docker images
+docker_images() {
+  if ! docker image inspect "$IMG_BB" >/dev/null 2>&1; then
+    log "docker build $IMG_BB"
+    docker build -q -t "$IMG_BB" "$(busybox_context)" >/dev/null 2>>"$DIR/docker-build.log" \
+      || { cat "$DIR/docker-build.log" >&2; die "docker build failed"; }
+  fi
+  [ -s "$DIR/busybox.docker.tar" ] || docker save -o "$DIR/busybox.docker.tar" "$IMG_BB"
+  if [ "$SETUP_PYTHON_IMAGE" = 1 ]; then
+    if ! docker image inspect "$IMG_PY" >/dev/null 2>&1; then
+      python_rootfs
+      log "docker import $IMG_PY"
+      tar --numeric-owner -C "$PY_ROOTFS" -c . | docker import \
+        -c 'ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' \
+        -c 'ENV LANG=C.UTF-8' -c 'CMD ["/usr/bin/python3"]' - "$IMG_PY" >/dev/null
+    fi
+    [ -s "$DIR/python.docker.tar" ] || docker save -o "$DIR/python.docker.tar" "$IMG_PY"
+  fi
+}
+
+# ---------------------------------------------------------------- podman
+podman_setup() {
+  mkdir -p /etc/containers
+  # This VM's root lacks CAP_SYS_RESOURCE, so podman's root defaults (nofile=1048576, nproc=4194304)
+  # make runc fail ("error setting rlimit type 7: operation not permitted"). netns=none: no CNI bridge.
+  cat >/etc/containers/containers.conf <<'EOF'
+[containers]
+default_ulimits = ["nofile=20000:20000", "nproc=32768:32768"]
+netns = "none"
+EOF
+  mkdir -p /etc/containers/registries.conf.d
+  printf '[[registry]]\nlocation = "%s"\ninsecure = true\n' "$REGISTRY" >/etc/containers/registries.conf.d/50-ci-local-registry.conf
+  local name tar
+  for name in busybox python; do
+    [ $name = python ] && [ "$SETUP_PYTHON_IMAGE" != 1 ] && continue
+    podman image exists "local/$name:test" && continue
+    tar=$DIR/$name.docker.tar
+    if [ -s "$tar" ]; then
+      log "podman load $tar"; podman load -q -i "$tar" >/dev/null
+    elif [ $name = busybox ]; then
+      log "podman build local/busybox:test"; podman build -q -t local/busybox:test "$(busybox_context)" >/dev/null
+    else
+      python_rootfs; log "podman import local/python:test"
+      tar --numeric-owner -C "$PY_ROOTFS" -c . | podman import \
+        -c 'ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' \
+        -c 'ENV LANG=C.UTF-8' -c 'CMD ["/usr/bin/python3"]' - local/python:test >/dev/null
+    fi
+  done
+}
+
+# ---------------------------------------------------------------- apptainer
+# Symbols glibc >= 2.37 added that the shim provides (forwarding to the pre-C23 functions).
+SHIM_SYMS="__isoc23_strtol __isoc23_strtoul __isoc23_strtoll __isoc23_strtoull __isoc23_strtoimax __isoc23_strtoumax __isoc23_sscanf __isoc23_vsscanf __isoc23_fscanf __isoc23_vfscanf __isoc23_scanf __isoc23_vscanf"
+SHIM_PATH=/usr/lib/x86_64-linux-gnu/apptainer/lib/libisoc23compat.so
+PINNED_APPTAINER_SHA256=26cf96e08fccb0e50ea0f285a5a19f940ee873d167a0680584fe6eba7d197d65
+
+apptainer_fetch_deb() {
+  local d=$DIR/apptainer f
+  mkdir -p "$d/lists/partial" "$d/cache/archives/partial"
+  if [ -n "${APPTAINER_DEB:-}" ]; then echo "$APPTAINER_DEB"; return; fi
+  # A pinned copy (shared/vendor beside the checkout) protects against Debian sid moving on;
+  # it is used only when its checksum matches the one recorded here.
+  local here; here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+  for f in "$here"/../../shared/vendor/apptainer_1.4.5-2_amd64.deb "$here"/../vendor/apptainer_1.4.5-2_amd64.deb; do
+    if [ -s "$f" ] && echo "$PINNED_APPTAINER_SHA256  $f" | sha256sum -c --status; then
+      echo "$(cd "$(dirname "$f")" && pwd)/$(basename "$f")"; return
+    fi
+  done
+  f=$(ls -1 "$d"/apptainer_*_amd64.deb 2>/dev/null | grep -v glibc236compat | tail -1 || true)
+  if [ -z "$f" ]; then
+    # Only Debian unstable (sid) packages apptainer. Separate index dirs: the host's apt state is untouched.
+    echo "deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] $MIRROR sid main" >"$d/sid.list"
+    local o=(-o Dir::Etc::SourceList="$d/sid.list" -o Dir::Etc::SourceParts=/nonexistent
+             -o Dir::State::Lists="$d/lists" -o Dir::Cache="$d/cache" -o Acquire::Languages=none
+             -o APT::Sandbox::User=root -o Acquire::Retries=3)
+    log "fetching apptainer .deb from Debian sid"
+    retry 3 apt-get "${o[@]}" -q update >/dev/null
+    (cd "$d" && retry 3 apt-get "${o[@]}" -q download apptainer >/dev/null)
+    f=$(ls -1 "$d"/apptainer_*_amd64.deb | grep -v glibc236compat | tail -1)
+  fi
+  echo "$f"
+}
+
+apptainer_repack() { # $1 = Debian .deb built for glibc >= 2.38 -> prints path of a bookworm-installable .deb
+  local src=$1 d=$DIR/apptainer pkg out f s v need newv
+  pkg=$d/pkg; rm -rf "$pkg"; dpkg-deb -R "$src" "$pkg"
+  newv="$(sed -n 's/^Version: //p' "$pkg/DEBIAN/control")+glibc236compat1"
+  out=$d/apptainer_${newv//:/%3a}_amd64.glibc236compat.deb
+  [ -s "$out" ] && { echo "$out"; return; }
+  cat >"$d/isoc23compat.c" <<'EOF'
+/* glibc 2.38 added C23 variants of strto* and *scanf (they also accept "0b" binary literals).
+   Debian bookworm has glibc 2.36: forward them to the classic functions. */
+#include <inttypes.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+long __isoc23_strtol(const char *s, char **e, int b) { return strtol(s, e, b); }
+unsigned long __isoc23_strtoul(const char *s, char **e, int b) { return strtoul(s, e, b); }
+long long __isoc23_strtoll(const char *s, char **e, int b) { return strtoll(s, e, b); }
+unsigned long long __isoc23_strtoull(const char *s, char **e, int b) { return strtoull(s, e, b); }
+intmax_t __isoc23_strtoimax(const char *s, char **e, int b) { return strtoimax(s, e, b); }
+uintmax_t __isoc23_strtoumax(const char *s, char **e, int b) { return strtoumax(s, e, b); }
+int __isoc23_vsscanf(const char *s, const char *f, va_list a) { return vsscanf(s, f, a); }
+int __isoc23_vfscanf(FILE *s, const char *f, va_list a) { return vfscanf(s, f, a); }
+int __isoc23_vscanf(const char *f, va_list a) { return vscanf(f, a); }
+int __isoc23_sscanf(const char *s, const char *f, ...) { va_list a; va_start(a, f); int r = vsscanf(s, f, a); va_end(a); return r; }
+int __isoc23_fscanf(FILE *s, const char *f, ...) { va_list a; va_start(a, f); int r = vfscanf(s, f, a); va_end(a); return r; }
+int __isoc23_scanf(const char *f, ...) { va_list a; va_start(a, f); int r = vscanf(f, a); va_end(a); return r; }
+EOF
+  mkdir -p "$pkg$(dirname $SHIM_PATH)"
+  gcc -O2 -shared -fPIC -o "$pkg$SHIM_PATH" "$d/isoc23compat.c"
+  cat >"$d/drop_verneed.py" <<'EOF'
+"""Unlink Vernaux entries (e.g. libc.so.6 GLIBC_2.38) from an ELF64-LE .gnu.version_r, in place.
+Run `patchelf --clear-symbol-version SYM` for every symbol bound to those versions first."""
+import struct, sys
+path, names = sys.argv[1], set(sys.argv[2:])
+data = bytearray(open(path, 'rb').read())
+assert data[:4] == b'\x7fELF' and data[4] == 2 and data[5] == 1, 'need ELF64 LE'
+shoff, = struct.unpack_from('<Q', data, 0x28)
+shentsize, shnum = struct.unpack_from('<HH', data, 0x3A)
+shdrs = [struct.unpack_from('<IIQQQQIIQQ', data, shoff + i * shentsize) for i in range(shnum)]
+for sh in shdrs:
+    if sh[1] != 0x6ffffffe:  # SHT_GNU_verneed
+        continue
+    off, stroff = sh[4], shdrs[sh[6]][4]
+    cstr = lambda o: data[stroff + o:data.index(b'\0', stroff + o)].decode()
+    vn = off
+    for _ in range(sh[7]):
+        _, cnt, vfile, aux, nxt = struct.unpack_from('<HHIII', data, vn)
+        a, keep = vn + aux, []
+        for _ in range(cnt):
+            _, _, _, name, anext = struct.unpack_from('<IHHII', data, a)
+            if cstr(name) in names:
+                print(f'{path}: dropped {cstr(vfile)} {cstr(name)}')
+            else:
+                keep.append(a)
+            a += anext
+        if len(keep) != cnt:
+            assert keep
+            struct.pack_into('<H', data, vn + 2, len(keep))
+            struct.pack_into('<I', data, vn + 8, keep[0] - vn)
+            for cur, n2 in zip(keep, keep[1:] + [None]):
+                struct.pack_into('<I', data, cur + 12, 0 if n2 is None else n2 - cur)
+        if not nxt:
+            break
+        vn += nxt
+open(path, 'wb').write(data)
+EOF
+  while IFS= read -r -d '' f; do
+    [ "$(head -c4 "$f" | od -An -c | tr -d ' ')" = '177ELF' ] || continue
+    need=$(objdump -T "$f" | awk '/\(GLIBC_2\.(3[7-9]|[4-9][0-9])\)/ {print $NF}' | sort -u)
+    v=$(readelf -V "$f" | grep -oE 'GLIBC_2\.(3[7-9]|[4-9][0-9])' | sort -u | tr '\n' ' ')
+    [ -z "$need$v" ] && continue
+    for s in $need; do
+      case " $SHIM_SYMS " in *" $s "*) ;; *) die "$f needs $s from glibc > 2.36, which the shim lacks";; esac
+      patchelf --clear-symbol-version "$s" "$f"
+    done
+    # shellcheck disable=SC2086
+    "$PY" "$d/drop_verneed.py" "$f" $v >&2
+    patchelf --add-needed "$SHIM_PATH" "$f"
+    ! readelf -V "$f" | grep -qE 'GLIBC_2\.(3[7-9]|[4-9][0-9])' || die "still needs new glibc: $f"
+  done < <(find "$pkg" -type f ! -path "$pkg/DEBIAN/*" -print0)
+  sed -i -e "s/^Version: .*/Version: $newv/" -e 's/libc6 (>= 2\.[0-9]*)/libc6 (>= 2.36)/' "$pkg/DEBIAN/control"
+  (cd "$pkg" && find . -type f ! -path './DEBIAN/*' -printf '%P\0' | sort -z | xargs -0 md5sum >DEBIAN/md5sums)
+  dpkg-deb --root-owner-group -Znone -b "$pkg" "$out" >/dev/null
+  rm -rf "$pkg"
+  echo "$out"
+}
+
+apptainer_setup() {
+  if ! apptainer --version >/dev/null 2>&1; then
+    local deb; deb=$(apptainer_repack "$(apptainer_fetch_deb)")
+    log "installing $(basename "$deb")"
+    apt-get install "${APT_OPTS[@]}" "$deb" >"$DIR/apt-apptainer.log" 2>&1 \
+      || { tail -20 "$DIR/apt-apptainer.log" >&2; die "apptainer install failed"; }
+  fi
+  apptainer --version >/dev/null || die "apptainer does not run"
+  # Root's default is 'full' capabilities, but CAP_SYS_RESOURCE is not in this VM's bounding set
+  # ("Requesting capability set 0x1ffffffffff while permitted capability set is 0x1fffeffffff").
+  # Keep everything root has instead: 'file' mode + capability.json listing all caps but SYS_RESOURCE.
+  local conf=/etc/apptainer/apptainer.conf
+  if ! grep -q '^root default capabilities = file' $conf; then
+    sed -i 's/^root default capabilities = .*/root default capabilities = file/' $conf
+    local caps; caps=$(apptainer capability avail | grep -oE '^CAP_[A-Z_]+' | grep -vx CAP_SYS_RESOURCE | paste -sd,)
+    apptainer capability add --user root "$caps" >/dev/null 2>&1
+  fi
+  # No systemd here: --memory/--cpus etc. need apptainer to drive cgroupfs (v1) itself.
+  sed -i 's/^systemd cgroups = yes/systemd cgroups = no/' $conf
+  # SIFs (zstd: ~3x faster to build than the default gzip here; the kernel mounts it fine).
+  local sqopt="-comp zstd -Xcompression-level 3"
+  if [ ! -s "$DIR/busybox.sif" ]; then
+    log "apptainer build busybox.sif"
+    if [ -s "$DIR/busybox.docker.tar" ]; then
+      apptainer -q build --force --mksquashfs-args "$sqopt" "$DIR/busybox.sif" "docker-archive://$DIR/busybox.docker.tar"
+    else # no docker: make a sandbox dir from the same busybox
+      local sb=$DIR/busybox-sandbox; rm -rf "$sb"; mkdir -p "$sb/bin" "$sb/etc" "$sb/root" "$sb/tmp"
+      cp /bin/busybox "$sb/bin/"   # relative links: `busybox --install` would point them at the host's /usr/bin/busybox
+      (cd "$sb/bin" && for a in $(/bin/busybox --list); do [ "$a" = busybox ] || ln -sf busybox "$a"; done)
+      printf 'root:x:0:0:root:/root:/bin/sh\n' >"$sb/etc/passwd"; printf 'root:x:0:\n' >"$sb/etc/group"
+      apptainer -q build --force --mksquashfs-args "$sqopt" "$DIR/busybox.sif" "$sb"; rm -rf "$sb"
+    fi
+  fi
+  if [ "$SETUP_PYTHON_IMAGE" = 1 ] && [ ! -s "$DIR/python.sif" ]; then
+    log "apptainer build python.sif"
+    if [ -z "$PY_ROOTFS" ] && [ -s "$DIR/python.docker.tar" ]; then
+      apptainer -q build --force --mksquashfs-args "$sqopt" "$DIR/python.sif" "docker-archive://$DIR/python.docker.tar"
+    else
+      python_rootfs; apptainer -q build --force --mksquashfs-args "$sqopt" "$DIR/python.sif" "$PY_ROOTFS"
+    fi
+  fi
+}
+
+# ---------------------------------------------------------------- local registry (loopback only)
+registry_ok() { curl -sf --max-time 3 "http://$REGISTRY/v2/" >/dev/null; }
+registry_start() {
+  if registry_ok; then log "registry already answering on $REGISTRY"; return; fi
+  mkdir -p "$DIR/registry/data"
+  printf 'version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: %s\n  delete:\n    enabled: true\nhttp:\n  addr: %s\n' \
+    "$DIR/registry/data" "$REGISTRY" >"$DIR/registry/config.yml"
+  log "starting docker-registry on $REGISTRY"
+  setsid /usr/bin/docker-registry serve "$DIR/registry/config.yml" </dev/null >>"$DIR/registry.log" 2>&1 &
+  echo $! >"$DIR/registry.pid"
+  local i
+  for i in $(seq 1 40); do registry_ok && return 0; sleep 0.25; done
+  tail -5 "$DIR/registry.log" >&2; die "registry did not start"
+}
+registry_push() { # push the test images; their RepoDigests then hold real manifest digests
+  local name ref
+  for name in busybox python; do
+    [ $name = python ] && [ "$SETUP_PYTHON_IMAGE" != 1 ] && continue
+    ref=$REGISTRY/ci/$name:test
+    if [ "$SETUP_DOCKER" = 1 ]; then
+      docker tag "local/$name:test" "$ref"
+      docker push "$ref" >/dev/null || die "docker push $ref failed"
+    else
+      podman push --tls-verify=false "local/$name:test" "$ref" >/dev/null 2>&1 || die "podman push $ref failed"
+    fi
+  done
+  log "pushed test images to $REGISTRY/ci/"
+}
+registry_digest() { # manifest digest the registry holds for ci/$1:test
+  curl -sf --max-time 5 -o /dev/null -D - \
+    -H 'Accept: application/vnd.docker.distribution.manifest.v2+json' \
+    -H 'Accept: application/vnd.oci.image.manifest.v1+json' \
+    "http://$REGISTRY/v2/ci/$1/manifests/test" | tr -d '\r' | awk -F': ' 'tolower($1)=="docker-content-digest" {print $2}'
+}
+stop_registry() {
+  [ -s "$DIR/registry.pid" ] || return 0
+  local pid; pid=$(cat "$DIR/registry.pid")
+  if kill -0 "$pid" 2>/dev/null && grep -q docker-registry "/proc/$pid/cmdline"; then log "stopping registry pid $pid"; kill -TERM "$pid"; fi
+  rm -f "$DIR/registry.pid"
+}
+
+# ---------------------------------------------------------------- env file + verification
+write_env() {
+  local f=$DIR/containers.env py=$SETUP_PYTHON_IMAGE
+  {
+    echo "CI_CONTAINERS_DIR=$DIR"
+    echo "CI_IMAGE_BUSYBOX=$IMG_BB"
+    if [ "$py" = 1 ]; then echo "CI_IMAGE_PYTHON=$IMG_PY"; fi
+    if [ "$SETUP_DOCKER" = 1 ]; then
+      echo "CI_DOCKER=1"
+      echo "CI_DOCKERD_PID=$(cat "$DIR/dockerd.pid" 2>/dev/null || cat /var/run/docker.pid 2>/dev/null || true)"
+      echo "CI_IMAGE_BUSYBOX_ID=$(docker image inspect -f '{{.Id}}' "$IMG_BB")"
+      echo "CI_DOCKER_ARCHIVE_BUSYBOX=$DIR/busybox.docker.tar"
+      if [ "$py" = 1 ]; then
+        echo "CI_IMAGE_PYTHON_ID=$(docker image inspect -f '{{.Id}}' "$IMG_PY")"
+        echo "CI_DOCKER_ARCHIVE_PYTHON=$DIR/python.docker.tar"
+      fi
+    fi
+    if [ "$SETUP_PODMAN" = 1 ]; then echo "CI_PODMAN=1"; fi
+    if [ "$SETUP_REGISTRY" = 1 ]; then
+      echo "CI_REGISTRY=$REGISTRY"
+      echo "CI_REGISTRY_PID=$(cat "$DIR/registry.pid" 2>/dev/null || true)"
+      echo "CI_IMAGE_BUSYBOX_REF=$REGISTRY/ci/busybox@$(registry_digest busybox)"
+      if [ "$py" = 1 ]; then echo "CI_IMAGE_PYTHON_REF=$REGISTRY/ci/python@$(registry_digest python)"; fi
+    fi
+    if [ "$SETUP_APPTAINER" = 1 ]; then
+      echo "CI_APPTAINER=1"
+      echo "CI_SIF_BUSYBOX=$DIR/busybox.sif"
+      if [ "$py" = 1 ]; then echo "CI_SIF_PYTHON=$DIR/python.sif"; fi
+    fi
+  } >"$f"
+  log "wrote $f"
+}
+
+verify() {
+  local out
+  if [ "$SETUP_DOCKER" = 1 ]; then
+    out=$(docker run --rm "$IMG_BB" echo docker-ok) && [ "$out" = docker-ok ] || die "docker run failed"
+    if [ "$SETUP_PYTHON_IMAGE" = 1 ]; then docker run --rm "$IMG_PY" python3 -c 'import json,hashlib,sqlite3' || die "docker python image broken"; fi
+  fi
+  if [ "$SETUP_PODMAN" = 1 ]; then
+    out=$(podman run --rm local/busybox:test echo podman-ok) && [ "$out" = podman-ok ] || die "podman run failed"
+  fi
+  if [ "$SETUP_APPTAINER" = 1 ]; then
+    out=$(apptainer exec "$DIR/busybox.sif" echo apptainer-ok) && [ "$out" = apptainer-ok ] || die "apptainer exec failed"
+    if [ "$SETUP_PYTHON_IMAGE" = 1 ]; then apptainer exec "$DIR/python.sif" python3 -c 'import json,hashlib' || die "python.sif broken"; fi
+  fi
+  if [ "$SETUP_REGISTRY" = 1 ]; then
+    [ -n "$(registry_digest busybox)" ] || die "registry has no ci/busybox:test"
+  fi
+  log "verify: all requested runtimes run containers"
+}
+
+setup() {
+  install_packages
+  if [ "$SETUP_DOCKER" = 1 ]; then start_dockerd; docker_images; fi
+  if [ "$SETUP_PODMAN" = 1 ]; then podman_setup; fi
+  if [ "$SETUP_REGISTRY" = 1 ]; then registry_start; registry_push; fi
+  if [ "$SETUP_APPTAINER" = 1 ]; then apptainer_setup; fi
+  cleanup_rootfs
+  write_env
+}
+
+case "${1:-all}" in
+  all) setup; verify ;;
+  setup) setup ;;
+  verify) verify ;;
+  stop) stop_dockerd; stop_registry ;;
+  *) die "usage: $0 [all|setup|verify|stop]" ;;
+esac
+log "done in $(( $(date +%s) - T_START ))s"
