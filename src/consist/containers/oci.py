@@ -1,0 +1,186 @@
+"""Docker and Podman: OCI engines with the same command line.
+
+Both run through their CLI (``run --rm``), so what runs is exactly what a user
+would type. Image resolution for Docker goes through the Docker SDK (one API
+call, about 2 ms, against about 30 ms for the CLI), for Podman through its CLI.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from typing import Any
+
+from ..errors import BackendUnavailableError, ImageNotFoundError
+from .base import Backend, ContainerSpec, ImageRef
+
+
+def split_reference(image: str) -> tuple[str, str | None, str | None]:
+    """(repository, tag, digest) of an image reference."""
+    digest = None
+    if "@" in image:
+        image, digest = image.split("@", 1)
+    tag = None
+    last = image.rsplit("/", 1)[-1]
+    if ":" in last:
+        image, tag = image.rsplit(":", 1)
+    return image, tag, digest
+
+
+def _registry_of(repo_digest: str) -> str:
+    first = repo_digest.split("/", 1)[0]
+    return first if ("." in first or ":" in first or first == "localhost") and "/" in repo_digest else "docker.io"
+
+
+def choose_digest(requested: str, image_id: str, repo_digests: list[str]) -> tuple[str, str]:
+    """The cache key digest of an inspected image and where it came from.
+
+    The registry manifest digest when the image came from a registry (a repo
+    digest not on ``localhost``, preferring the requested repository), else the
+    local image ID.
+    """
+    repo, _tag, _ = split_reference(requested)
+    remote = [d for d in repo_digests if _registry_of(d) != "localhost"]
+    if remote:
+        same = [d for d in remote if d.split("@", 1)[0] in (repo, f"docker.io/{repo}", f"docker.io/library/{repo}")]
+        chosen = sorted(same or remote)[0]
+        return chosen.split("@", 1)[1], "registry"
+    iid = image_id if image_id.startswith("sha256:") else f"sha256:{image_id}"
+    return iid, "local-id"
+
+
+class _OCIBackend(Backend):
+    exe: str
+
+    def _binary(self) -> str:
+        path = shutil.which(self.exe)
+        if path is None:
+            raise BackendUnavailableError(
+                f"The {self.exe} command is not installed",
+                f"backend_type={self.name!r} runs containers through the {self.exe} CLI",
+                f"install {self.exe} (Debian: apt-get install {'docker.io' if self.exe == 'docker' else self.exe}), "
+                "or pick another backend_type",
+            )
+        return path
+
+    def argv(self, spec: ContainerSpec) -> list[str]:
+        cmd = [self.exe, "run", "--rm"]
+        for m in spec.mounts:
+            cmd += ["--mount", f"type=bind,source={m.host},target={m.container}"]
+        if spec.working_dir:
+            cmd += ["--workdir", spec.working_dir]
+        if spec.user:
+            cmd += ["--user", spec.user]
+        for key in sorted(spec.environment):
+            cmd += ["--env", key]  # the value comes from the CLI's own environment
+        cmd.append(spec.image.run_ref)
+        cmd += list(spec.command)
+        return cmd
+
+    def _pull_failed(self, image: str, detail: str) -> ImageNotFoundError:
+        return ImageNotFoundError(
+            f"Image {image!r} is not available locally and could not be pulled: {detail.strip()[:300]}",
+            "a misspelled name or tag, no access to the registry, or the image was never built here",
+            f"build it, or run `{self.exe} pull {image}` (after `{self.exe} login` for a private registry)",
+        )
+
+
+class DockerBackend(_OCIBackend):
+    """Docker engine: the SDK resolves images, the CLI runs containers."""
+
+    name = "docker"
+    exe = "docker"
+
+    def __init__(self) -> None:
+        self._client: Any = None
+
+    def client(self) -> Any:
+        if self._client is None:
+            try:
+                import docker
+            except ImportError as exc:  # pragma: no cover - a core dependency
+                raise BackendUnavailableError(
+                    "The Docker SDK for Python is not installed", None, "pip install 'docker>=7'"
+                ) from exc
+            try:
+                self._client = docker.from_env(timeout=120)
+                self._client.api.ping()
+            except Exception as exc:
+                raise BackendUnavailableError(
+                    f"Cannot reach the Docker daemon: {exc}",
+                    "dockerd is not running, DOCKER_HOST points elsewhere, or this user may not use the socket",
+                    "start the daemon (`sudo systemctl start docker`, or `sudo dockerd &`) and check `docker info`",
+                ) from exc
+        return self._client
+
+    def resolve(self, image: str, *, pull_latest: bool = False) -> ImageRef:
+        import docker
+
+        _repo, _tag, pinned = split_reference(image)
+        if pinned and not pull_latest:
+            return ImageRef(image, pinned, image, "pinned")
+        self._binary()
+        api = self.client().api
+        if pull_latest:
+            self._pull(api, image)
+        try:
+            attrs = api.inspect_image(image)
+        except docker.errors.ImageNotFound:
+            self._pull(api, image)  # what `docker run` would do; fails fast without a registry
+            attrs = api.inspect_image(image)
+        except docker.errors.APIError as exc:
+            raise BackendUnavailableError(f"Docker could not inspect {image!r}: {exc}", None, "check `docker info`")
+        digest, source = choose_digest(image, attrs["Id"], attrs.get("RepoDigests") or [])
+        # Run exactly what was resolved: the image ID cannot move under us between
+        # the cache decision and the start of the container.
+        return ImageRef(image, digest, attrs["Id"], source)
+
+    def _pull(self, api: Any, image: str) -> None:
+        import docker
+
+        repo, tag, digest = split_reference(image)
+        try:
+            api.pull(repo, tag=digest or tag or "latest")
+        except docker.errors.APIError as exc:
+            raise self._pull_failed(image, str(exc)) from exc
+
+
+class PodmanBackend(_OCIBackend):
+    """Podman, rootful or rootless, through its CLI."""
+
+    name = "podman"
+    exe = "podman"
+
+    def _inspect(self, image: str) -> dict[str, Any] | None:
+        proc = subprocess.run(
+            [self._binary(), "image", "inspect", "--format", "json", image], capture_output=True, text=True
+        )
+        if proc.returncode != 0:
+            if "image not known" in proc.stderr or "no such" in proc.stderr.lower():
+                return None
+            raise BackendUnavailableError(
+                f"podman could not inspect {image!r}: {proc.stderr.strip()[:300]}",
+                "podman is misconfigured or its storage is locked",
+                "run `podman info` to see what is wrong",
+            )
+        return json.loads(proc.stdout)[0]
+
+    def _pull(self, image: str) -> None:
+        proc = subprocess.run([self._binary(), "pull", "-q", image], capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise self._pull_failed(image, proc.stderr)
+
+    def resolve(self, image: str, *, pull_latest: bool = False) -> ImageRef:
+        _repo, _tag, pinned = split_reference(image)
+        if pinned and not pull_latest:
+            return ImageRef(image, pinned, image, "pinned")
+        if pull_latest:
+            self._pull(image)
+        attrs = self._inspect(image)
+        if attrs is None:
+            self._pull(image)
+            attrs = self._inspect(image)
+            assert attrs is not None
+        digest, source = choose_digest(image, attrs["Id"], attrs.get("RepoDigests") or [])
+        return ImageRef(image, digest, attrs["Id"], source)

@@ -1,0 +1,1 @@
+"""Integrations with tools outside Python: containers (``consist.integrations.containers``)."""

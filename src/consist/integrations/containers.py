@@ -1,0 +1,482 @@
+"""``run_container``: cached, provenance-tracked runs of containerised tools.
+
+A container run is identified by (see the guide's table):
+
+- the image digest: the registry manifest digest when the image came from a
+  registry, else the local image ID (Docker, Podman); the SHA-256 of the ``.sif``
+  file (Apptainer/Singularity); never the tag string;
+- the exact command (argument list), the working directory and the backend;
+- the environment, as a keyed hash (HMAC-SHA256 with a secret kept beside the
+  database in ``.<db name>.consist/env.key``, mode 0600): values are never
+  stored, logged or put on a command line, and without the key file the stored
+  hash cannot be checked against guesses;
+- the container-side mount paths (host paths are not part of the key, so the
+  same inputs under another checkout or machine are a hit);
+- the SHA-256 content hash of every input.
+
+On a hit no container starts: outputs are restored to the requested host
+paths from the object store, checked first. On a miss the container runs, its
+stdout and stderr are kept as the run's log, and its outputs are stored.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hmac
+import os
+import secrets
+import shlex
+import time
+import uuid
+import warnings
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ..containers import ContainerSpec, Mount, get_backend
+from ..errors import ConsistError, ConsistWarning, ContainerError, ContainerExecutionError, PathNotAllowedError
+from ..hashing import canonical, dumps, hash_canonical
+from ..identity import make_signature
+from ..results import RunResult
+
+if TYPE_CHECKING:
+    from ..models import Artifact
+    from ..tracker import Tracker
+
+log_warn = warnings.warn
+
+_DENIED = ("/etc", "/proc", "/sys", "/dev", "/boot", "/var/run/docker.sock", "/run/docker.sock", "/run/podman",
+           "/var/lib/docker", "/var/lib/containers")  # fmt: skip
+MAX_COMMAND_CHARS = 100_000
+
+
+@dataclasses.dataclass
+class ContainerResult:
+    """What :func:`run_container` returns.
+
+    Attributes
+    ----------
+    run_id:
+        The recorded run (None with ``lineage_mode="none"``).
+    cache_hit, cache_source:
+        Whether outputs were restored instead of running, and from which run.
+    artifacts:
+        Output key → Artifact; ``artifact.path`` is the requested host path.
+    manifest, manifest_hash:
+        What identifies the container call without host paths or environment
+        values (image digest, command, environment hash, mounts, working dir,
+        backend), and its SHA-256.
+    image_digest:
+        The content digest the image resolved to.
+    """
+
+    run_id: str | None
+    cache_hit: bool
+    cache_source: str | None
+    artifacts: dict[str, Artifact]
+    manifest: dict[str, Any]
+    manifest_hash: str
+    image_digest: str
+    log_path: Path | None = None
+    missing_outputs: list[str] = dataclasses.field(default_factory=list)
+    run_result: RunResult | None = dataclasses.field(default=None, repr=False)
+
+    @property
+    def output(self) -> Artifact | None:
+        """The first output artifact (None when there is none)."""
+        return next(iter(self.artifacts.values()), None)
+
+
+# --------------------------------------------------------------------- validation
+
+
+def _command(command: str | Sequence[str]) -> list[str]:
+    argv = shlex.split(command) if isinstance(command, str) else list(command)
+    if not argv:
+        raise ConsistError("The container command is empty", None, 'pass a list such as ["python", "model.py"]')
+    for tok in argv:
+        if not isinstance(tok, str):
+            raise ConsistError(
+                f"Command arguments must be strings, got {tok!r} ({type(tok).__name__})",
+                None,
+                "convert numbers and paths with str()",
+            )
+        if "\0" in tok:
+            raise ConsistError("A command argument contains a NUL byte", None, "remove it")
+    if sum(len(t) for t in argv) > MAX_COMMAND_CHARS:
+        raise ConsistError(
+            "The container command is longer than 100,000 characters",
+            "configuration passed on the command line",
+            "write it to a file, mount the file and pass it via inputs=",
+        )
+    return argv
+
+
+def _host(path: str | os.PathLike[str]) -> Path:
+    return (Path.cwd() / Path(path).expanduser()).resolve()
+
+
+def _allowed_roots(tracker: Tracker) -> list[Path]:
+    return [tracker.run_dir, tracker.project_root, *tracker.mounts.values()]
+
+
+def _under(path: Path, root: Path) -> bool:
+    return path == root or path.is_relative_to(root)
+
+
+def _check_sensitive(path: Path, what: str) -> None:
+    home = Path.home().resolve()
+    bad = path == Path("/") or path == home or home.is_relative_to(path) and path != home.parent
+    bad = bad or any(_under(path, Path(d)) for d in _DENIED)
+    if bad:
+        raise PathNotAllowedError(
+            f"Refusing to mount {what} {path} into a container",
+            "it is the file system root, a home directory, a system directory or an engine socket",
+            "mount only the data folders the tool needs; pass strict_mounts=False to lift this check",
+        )
+
+
+def _check_under_roots(tracker: Tracker, path: Path, what: str) -> None:
+    roots = _allowed_roots(tracker)
+    if not any(_under(path, r) for r in roots):
+        raise PathNotAllowedError(
+            f"The {what} {path} lies outside the allowed roots ({', '.join(map(str, roots))})",
+            "strict_mounts=True lets containers see only the run_dir, the project root and the tracker's mounts",
+            f'add it to the tracker\'s mounts (Tracker(..., mounts={{"data": "{path}"}})), or pass strict_mounts=False',
+        )
+
+
+def plan_mounts(tracker: Tracker, volumes: Mapping[str, str] | None, strict: bool) -> list[Mount]:
+    """Validated bind mounts; relative host paths resolve against the current directory."""
+    mounts = []
+    seen_targets: set[str] = set()
+    for host, target in (volumes or {}).items():
+        if not isinstance(target, str) or not target.startswith("/"):
+            raise ConsistError(
+                f"Container path {target!r} for host path {host!r} is not absolute",
+                None,
+                'map host paths to absolute container paths, e.g. {"./data": "/inputs"}',
+            )
+        if target in seen_targets:
+            raise ConsistError(f"Two volumes map to the container path {target!r}", None, "use distinct paths")
+        seen_targets.add(target)
+        path = _host(host)
+        if strict:
+            _check_sensitive(path, "host path")
+            _check_under_roots(tracker, path, "host path")
+        mounts.append(Mount(path, os.path.normpath(target)))
+    return mounts
+
+
+def plan_outputs(tracker: Tracker, outputs: Any, strict: bool) -> tuple[dict[str, Path], dict[str, str]]:
+    """(key → absolute host path, key → path as the caller wrote it)."""
+    if outputs is None:
+        items: list[tuple[str, Any]] = []
+    elif isinstance(outputs, Mapping):
+        items = [(str(k), v) for k, v in outputs.items()]
+    elif isinstance(outputs, (str, os.PathLike)):
+        items = [(Path(outputs).name, outputs)]
+    else:
+        items = [(Path(p).name, p) for p in outputs]
+    paths: dict[str, Path] = {}
+    written: dict[str, str] = {}
+    for key, p in items:
+        if key in paths:
+            raise ConsistError(
+                f"Two outputs share the artifact key {key!r}", None, "pass outputs as a dict with distinct keys"
+            )
+        path = _host(p)
+        if strict and not tracker.allow_external_paths:
+            roots = _allowed_roots(tracker)
+            if not any(_under(path, r) for r in roots):
+                raise PathNotAllowedError(
+                    f"Container output path {path} is outside run_dir and the allowed roots",
+                    "outputs are kept under the tracker's run_dir, project root or mounts",
+                    "move the output there, or set allow_external_paths=True (or CONSIST_ALLOW_EXTERNAL_PATHS=1)",
+                )
+        paths[key] = path
+        written[key] = str(p)
+    return paths, written
+
+
+def environment_hash(tracker: Tracker | None, env: Mapping[str, str]) -> str:
+    """Keyed hash of the environment; the key lives beside the database, never inside it."""
+    body = dumps(sorted(env.items())).encode()
+    key = _env_key(tracker) if tracker is not None else b"consist-no-tracker"
+    return "hmac-sha256:" + hmac.new(key, body, "sha256").hexdigest()
+
+
+def _env_key(tracker: Tracker) -> bytes:
+    path = tracker._index.path.parent / "env.key"
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        pass
+    tmp = path.with_name(f"env.key.{uuid.uuid4().hex}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(secrets.token_bytes(32))
+    try:
+        os.link(tmp, path)  # first writer wins; every process then uses the same key
+    except FileExistsError:
+        pass
+    finally:
+        tmp.unlink()
+    return path.read_bytes()
+
+
+def model_from_image(image: str) -> str:
+    """A model name from an image reference: ``my-org/activitysim:v1.0`` → ``activitysim``."""
+    ref = image.removeprefix("docker://").removeprefix("sif://")
+    if ref.endswith(".sif") or "/" in ref and Path(ref).suffix == ".sif":
+        return Path(ref).stem
+    ref = ref.split("@", 1)[0]
+    last = ref.rsplit("/", 1)[-1]
+    return last.split(":", 1)[0] or "container"
+
+
+# --------------------------------------------------------------------- run_container
+
+
+def run_container(
+    tracker: Tracker,
+    run_id: str,
+    image: str,
+    command: str | Sequence[str],
+    volumes: Mapping[str, str] | None,
+    inputs: Sequence[Any] | Mapping[str, Any] | None,
+    outputs: Sequence[str | os.PathLike[str]] | Mapping[str, str | os.PathLike[str]] | None,
+    environment: Mapping[str, str] | None = None,
+    working_dir: str | None = None,
+    backend_type: str = "docker",
+    pull_latest: bool = False,
+    lineage_mode: str = "full",
+    strict_mounts: bool = True,
+    *,
+    model: str | None = None,
+    run_as_user: bool | None = None,
+    stream_logs: bool | None = None,
+    year: int | None = None,
+    iteration: int | None = None,
+    tags: Sequence[str] | None = None,
+) -> ContainerResult:
+    """Run ``command`` in ``image`` unless an identical run already produced the outputs.
+
+    Parameters
+    ----------
+    tracker:
+        Where the run is recorded and the outputs are stored.
+    run_id:
+        The id to record (a taken id becomes ``run_id~2``; earlier runs are never touched).
+    image:
+        Docker/Podman reference (``org/model:v1``, ``repo@sha256:...``), a ``.sif`` path,
+        or ``docker://...`` for Apptainer.
+    command:
+        Argument list, or a string split like a shell would.
+    volumes:
+        Host path → container path. Relative host paths resolve against the current
+        directory. With ``strict_mounts`` they must lie under the tracker's run_dir,
+        project_root or mounts, and never be a system directory, a home directory or
+        an engine socket.
+    inputs:
+        Files, directories or artifacts whose content is part of the cache key.
+        (A dict gives them keys.)
+    outputs:
+        Host paths (key = file or directory name) or a dict key → host path; scanned
+        after the container exits. A missing output is a warning.
+    environment:
+        Variables for the container. Part of the key as a keyed hash; values are
+        never persisted.
+    working_dir:
+        Working directory inside the container.
+    backend_type:
+        ``"docker"``, ``"podman"``, ``"apptainer"`` or ``"singularity"`` (one backend,
+        using whichever executable exists).
+    pull_latest:
+        Pull before resolving the digest, and key on what was pulled.
+    lineage_mode:
+        ``"full"`` records a run; ``"none"`` only runs the container and returns the
+        manifest and its hash.
+    strict_mounts:
+        Check host paths as described above; False lifts the checks.
+    model:
+        The model name recorded on the run; defaults to the image name
+        (``my-org/activitysim:v1.0`` → ``activitysim``).
+    run_as_user:
+        Run as the caller's uid:gid so outputs are not owned by root. Defaults to
+        True when the caller is not root (Docker and Podman; Apptainer always
+        runs as the caller).
+    stream_logs:
+        Show the container's output live (default: ``CONSIST_CONTAINER_STREAM=1``).
+        It is always kept in the run's log file.
+    year, iteration, tags:
+        Recorded on the run; year and iteration are part of the key.
+
+    Raises
+    ------
+    ContainerExecutionError
+        The container exited non-zero (also a ``RuntimeError``); nothing is cached.
+    BackendUnavailableError, ImageNotFoundError, PathNotAllowedError
+        Raised before anything runs or is recorded.
+    """
+    if lineage_mode not in ("full", "none"):
+        raise ConsistError(f"Unknown lineage_mode {lineage_mode!r}", None, 'use "full" or "none"')
+    argv = _command(command)
+    env = {str(k): str(v) for k, v in (environment or {}).items()}
+    mounts = plan_mounts(tracker, volumes, strict_mounts)
+    out_paths, out_written = plan_outputs(tracker, outputs, strict_mounts)
+    backend = get_backend(backend_type)
+    if hasattr(backend, "memo"):
+        backend.memo = tracker._index  # SIF hashes go through the hash memo
+    ref = backend.resolve(image, pull_latest=pull_latest)
+    env_hash = environment_hash(tracker, env)
+    manifest = {
+        "image": image,
+        "image_digest": ref.digest,
+        "command": argv,
+        "environment_hash": env_hash,
+        "environment_keys": sorted(env),
+        "working_dir": working_dir,
+        "backend": backend.name,
+        "container_mounts": sorted(m.container for m in mounts),
+    }
+    # The human tag is not hashed: two tags of one image give one manifest hash.
+    manifest_hash = hash_canonical({k: v for k, v in manifest.items() if k != "image"}, "consist-container-v1")
+    if run_as_user is None:
+        run_as_user = os.getuid() != 0
+    user = f"{os.getuid()}:{os.getgid()}" if run_as_user and backend.name != "apptainer" else None
+    spec = ContainerSpec(ref, tuple(argv), tuple(mounts), env, working_dir, user)
+    stream = stream_logs if stream_logs is not None else os.environ.get("CONSIST_CONTAINER_STREAM") == "1"
+
+    if lineage_mode == "none":
+        _prepare_host_dirs(mounts)
+        log_path = tracker.run_dir / ".consist" / "logs" / f"{uuid.uuid4().hex}.log"
+        res = backend.run(spec, log_path, stream=stream)
+        if res.exit_code != 0:
+            raise ContainerExecutionError(
+                exit_code=res.exit_code, command=argv, image=image, stderr_tail=res.stderr_tail
+            )
+        return ContainerResult(None, False, None, {}, manifest, manifest_hash, ref.digest, log_path)
+
+    parent = tracker._stack[-1] if tracker._stack else None
+    cache_mode = parent.plan.cache_mode if parent and parent.plan.cache_mode in ("overwrite", "readonly") else "reuse"
+    hasher = tracker._hasher(cache_mode)
+    from ..tracker import _Plan, normalize_inputs
+
+    resolved = [(k, p, hasher.hash_path(p, k)) for k, p in normalize_inputs(inputs)]
+    components: dict[str, Any] = {
+        "kind": "container",
+        "image_digest": ref.digest,
+        "command": argv,
+        "environment": env_hash,
+        "container_mounts": manifest["container_mounts"],
+        "working_dir": working_dir,
+        "backend": backend.name,
+        "inputs": {k: h for k, _p, h in resolved},
+        "run_fields": {"year": year, "iteration": iteration},
+        "cache_epoch": tracker.cache_epoch,
+    }
+    plan = _Plan(
+        name=run_id,
+        model=model or model_from_image(image),
+        signature=make_signature(components),
+        components=components,
+        config=canonical(manifest),
+        config_hash=manifest_hash,
+        inputs=resolved,
+        cache_mode=cache_mode,
+        year=year,
+        iteration=iteration,
+        hasher=hasher,
+    )
+    parent_id = parent.id if parent else None
+
+    reason = "no_match"
+    if cache_mode != "overwrite":
+        found = tracker._try_reuse(plan, out_paths, list(out_paths))
+        if not isinstance(found, str):
+            rr = tracker._record_hit(plan, found, run_id, parent_id, tags)
+            _attach_to_parent(tracker, parent, rr._output_rows)
+            return ContainerResult(
+                rr.run_id, True, rr.cache_source, rr.outputs, manifest, manifest_hash, ref.digest, None, [], rr
+            )
+        reason = found
+
+    meta = {"cache_miss_explanation": tracker._explain(plan, reason), "container": manifest}
+    active = tracker._open(plan, run_id, parent_id, tags, meta=meta)
+    tracker._fire("start", active.row)
+    log_path = tracker.run_dir / active.id / "container.log"
+    try:
+        _prepare_host_dirs(mounts)
+        for p in out_paths.values():
+            p.parent.mkdir(parents=True, exist_ok=True)
+        started = time.time()
+        res = backend.run(spec, log_path, stream=stream)
+        meta["container_seconds"] = round(time.time() - started, 3)
+        meta["exit_code"] = res.exit_code
+        if active.persist:
+            _record_log(tracker, active, log_path)
+        if res.exit_code != 0:
+            raise ContainerExecutionError(
+                exit_code=res.exit_code, command=argv, image=image, stderr_tail=res.stderr_tail, run_id=active.id
+            )
+        missing = []
+        for key, path in out_paths.items():
+            if path.exists():
+                tracker._store_output(active, key, path)
+            else:
+                missing.append(key)
+                warnings.warn(f"Expected output not found: {out_written[key]}", ConsistWarning, stacklevel=2)
+        if missing:
+            meta["missing_outputs"] = missing
+    except BaseException as exc:
+        active.row["meta"] = dumps(meta)
+        tracker._finish(active, "failed", exc)
+        tracker._fire("failed", active.row, exc)
+        raise
+    active.row["meta"] = dumps(meta)
+    tracker._finish(active, "completed")
+    tracker._fire("complete", active.row, active.outputs)
+    _attach_to_parent(tracker, parent, active.outputs)
+    rr = RunResult(active.id, False, None, active.row, dict(active.outputs))
+    return ContainerResult(
+        active.id, False, None, rr.outputs, manifest, manifest_hash, ref.digest, log_path, missing, rr
+    )
+
+
+def _prepare_host_dirs(mounts: Sequence[Mount]) -> None:
+    """Create missing host directories (as the caller, so the engine does not create them as root)."""
+    for m in mounts:
+        if not m.host.exists():
+            if Path(m.container).suffix and not m.host.suffix == "":
+                continue
+            m.host.mkdir(parents=True, exist_ok=True)
+
+
+def _record_log(tracker: Tracker, active: Any, log_path: Path) -> None:
+    if not log_path.exists():
+        return
+    from ..hashing import FileHasher
+
+    digest, size = tracker._objects.put_file(log_path, FileHasher(tracker._index))
+    tracker._index.add_object(digest, str(tracker._objects.root), size)
+    row = {
+        "id": uuid.uuid4().hex, "key": "container.log", "uri": str(log_path), "hash": digest, "size": size,
+        "kind": "file", "driver": "text", "run_id": active.id, "created_at": time.time(), "meta": None,
+    }  # fmt: skip
+    with tracker._index.write():
+        tracker._index.add_artifact(row)
+        tracker._index.link(active.id, row["id"], "log", "container.log")
+
+
+def _attach_to_parent(tracker: Tracker, parent: Any, outputs: Mapping[str, dict[str, Any]]) -> None:
+    """Inside an active run, the container's outputs are outputs of that run too."""
+    if parent is None or not parent.persist or getattr(parent, "is_scenario", False):
+        return
+    with tracker._index.write():
+        for key, row in outputs.items():
+            tracker._index.link(parent.id, row["id"], "output", key)
+            parent.outputs[key] = row
+
+
+__all__ = ["ContainerError", "ContainerResult", "run_container"]
