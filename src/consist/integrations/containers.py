@@ -126,7 +126,7 @@ def _under(path: Path, root: Path) -> bool:
 
 def _check_sensitive(path: Path, what: str) -> None:
     home = Path.home().resolve()
-    bad = path == Path("/") or path == home or home.is_relative_to(path) and path != home.parent
+    bad = path == Path("/") or home.is_relative_to(path)  # a home directory or one of its ancestors
     bad = bad or any(_under(path, Path(d)) for d in _DENIED)
     if bad:
         raise PathNotAllowedError(
@@ -228,7 +228,7 @@ def _env_key(tracker: Tracker) -> bytes:
 def model_from_image(image: str) -> str:
     """A model name from an image reference: ``my-org/activitysim:v1.0`` → ``activitysim``."""
     ref = image.removeprefix("docker://").removeprefix("sif://")
-    if ref.endswith(".sif") or "/" in ref and Path(ref).suffix == ".sif":
+    if ref.endswith(".sif"):
         return Path(ref).stem
     ref = ref.split("@", 1)[0]
     last = ref.rsplit("/", 1)[-1]
