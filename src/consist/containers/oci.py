@@ -172,15 +172,31 @@ class PodmanBackend(_OCIBackend):
             raise self._pull_failed(image, proc.stderr)
 
     def resolve(self, image: str, *, pull_latest: bool = False) -> ImageRef:
-        _repo, _tag, pinned = split_reference(image)
+        repo, _tag, pinned = split_reference(image)
         if pinned and not pull_latest:
             return ImageRef(image, pinned, image, "pinned")
         if pull_latest:
-            self._pull(image)
+            # Podman lists every manifest digest it has seen for an image, so ask the
+            # registry which one it serves now, pull exactly that and key on it.
+            from .apptainer import registry_digest
+
+            try:
+                served = registry_digest(image)
+            except ImageNotFoundError:
+                served = None
+            self._pull(f"{repo}@{served}" if served else image)
+            if served:
+                attrs = self._inspect(f"{repo}@{served}")
+                assert attrs is not None
+                return ImageRef(image, served, attrs["Id"], "registry")
         attrs = self._inspect(image)
         if attrs is None:
             self._pull(image)
             attrs = self._inspect(image)
             assert attrs is not None
-        digest, source = choose_digest(image, attrs["Id"], attrs.get("RepoDigests") or [])
+        repo_digests = attrs.get("RepoDigests") or []
+        digest, source = choose_digest(image, attrs["Id"], repo_digests)
+        primary = attrs.get("Digest")
+        if source == "registry" and primary and any(d.endswith("@" + primary) for d in repo_digests):
+            digest = primary  # stable: later pulls add digests to the list, not to this field
         return ImageRef(image, digest, attrs["Id"], source)

@@ -1,0 +1,322 @@
+"""run_container against real Docker, Podman and Apptainer engines."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import uuid
+from pathlib import Path
+
+import pytest
+
+import consist
+from consist import Tracker
+from consist.integrations.containers import run_container
+from engines import facts, image, need
+
+ENGINES = ["docker", "podman", "apptainer"]
+
+# Appends one line per execution to /counter/n, then copies the input to the output.
+COPY = ["sh", "-c", "echo run >> /counter/n; cp /inputs/input.csv /outputs/result.csv"]
+
+
+def executions(root: Path = Path(".")) -> int:
+    f = root / "counter" / "n"
+    return len(f.read_text().splitlines()) if f.exists() else 0
+
+
+def setup_data(root: Path = Path("."), text: str = "x,y\n1,2\n") -> Path:
+    (root / "data").mkdir(parents=True, exist_ok=True)
+    (root / "counter").mkdir(parents=True, exist_ok=True)
+    p = root / "data" / "input.csv"
+    p.write_text(text)
+    return p
+
+
+def copy_run(tracker: Tracker, engine: str, root: Path = Path("."), **kw):
+    kw.setdefault("image", image(engine))
+    return run_container(
+        tracker=tracker,
+        run_id=kw.pop("run_id", "copy"),
+        command=kw.pop("command", COPY),
+        volumes={str(root / "data"): "/inputs", str(root / "outputs"): "/outputs", str(root / "counter"): "/counter"},
+        inputs=[root / "data" / "input.csv"],
+        outputs=kw.pop("outputs", [str(root / "outputs" / "result.csv")]),
+        backend_type=kw.pop("backend_type", engine),
+        **kw,
+    )
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_hit_after_rerun_and_restore_after_delete(engine: str, tracker: Tracker) -> None:
+    need(engine)
+    setup_data()
+    first = copy_run(tracker, engine)
+    assert not first.cache_hit and executions() == 1
+    assert first.artifacts["result.csv"].path == Path("outputs/result.csv").resolve()
+    assert first.output.path.read_text() == "x,y\n1,2\n"
+    assert first.image_digest.startswith("sha256:")
+    second = copy_run(tracker, engine)
+    assert second.cache_hit and second.cache_source == first.run_id and executions() == 1
+    Path("outputs/result.csv").unlink()
+    third = copy_run(tracker, engine)
+    assert third.cache_hit and executions() == 1
+    assert Path("outputs/result.csv").read_text() == "x,y\n1,2\n"
+    run = tracker.get_run(first.run_id)
+    assert run.status == "completed" and run.model == Path(image(engine)).stem.split(":")[0].split("/")[-1]
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_input_and_environment_changes_miss(engine: str, tracker: Tracker) -> None:
+    need(engine)
+    setup_data()
+    copy_run(tracker, engine, environment={"MODE": "a"})
+    assert copy_run(tracker, engine, environment={"MODE": "a"}).cache_hit
+    changed_env = copy_run(tracker, engine, environment={"MODE": "b"})
+    assert not changed_env.cache_hit and executions() == 2
+    assert tracker.explain(changed_env.run_id)["changed"] == ["environment"]
+    setup_data(text="x,y\n9,9\n")
+    changed_input = copy_run(tracker, engine, environment={"MODE": "b"})
+    assert not changed_input.cache_hit and executions() == 3
+    assert Path("outputs/result.csv").read_text() == "x,y\n9,9\n"
+    assert tracker.explain(changed_input.run_id)["details"]["inputs_changed"] == ["input.csv"]
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_different_host_root_is_a_hit(engine: str, make_tracker, tmp_path: Path) -> None:
+    need(engine)
+    a, b = tmp_path / "checkoutA", tmp_path / "checkoutB"
+    setup_data(a)
+    setup_data(b)
+    ta = make_tracker(run_dir=a / "runs", project_root=a)
+    first = copy_run(ta, engine, root=a)
+    tb = make_tracker(run_dir=b / "runs", project_root=b)  # same database, another host root
+    second = copy_run(tb, engine, root=b)
+    assert second.cache_hit and second.cache_source == first.run_id
+    assert executions(a) == 1 and executions(b) == 0
+    assert (b / "outputs" / "result.csv").read_text() == "x,y\n1,2\n"
+    assert second.artifacts["result.csv"].path == b / "outputs" / "result.csv"
+    assert first.manifest_hash == second.manifest_hash
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_failing_container_raises_and_caches_nothing(engine: str, tracker: Tracker) -> None:
+    need(engine)
+    setup_data()
+    cmd = ["sh", "-c", "echo run >> /counter/n; echo 'model diverged' >&2; exit 3"]
+    with pytest.raises(RuntimeError) as info:
+        copy_run(tracker, engine, command=cmd, run_id="bad")
+    err = info.value
+    assert isinstance(err, consist.ContainerExecutionError)
+    assert err.exit_code == 3 and err.command == cmd and "model diverged" in err.stderr_tail
+    run = tracker.get_run("bad")
+    assert run.status == "failed" and "status 3" in run.error
+    with pytest.raises(consist.ContainerExecutionError):
+        copy_run(tracker, engine, command=cmd, run_id="bad")
+    assert executions() == 2  # the failure was not served from the cache
+    log = (tracker.run_dir / "bad" / "container.log").read_text()
+    assert "model diverged" in log
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_missing_output_warns_and_is_recorded(engine: str, tracker: Tracker) -> None:
+    need(engine)
+    setup_data()
+    with pytest.warns(consist.ConsistWarning, match=r"Expected output not found: \./outputs/nope\.csv"):
+        r = copy_run(tracker, engine, outputs=["./outputs/result.csv", "./outputs/nope.csv"])
+    assert r.missing_outputs == ["nope.csv"] and set(r.artifacts) == {"result.csv"}
+    assert tracker.get_run(r.run_id).meta["missing_outputs"] == ["nope.csv"]
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_secret_environment_value_never_reaches_disk(engine: str, tracker: Tracker, tmp_path: Path) -> None:
+    need(engine)
+    setup_data()
+    secret = f"s3cr3t-{uuid.uuid4().hex}"
+    cmd = ["sh", "-c", 'test "$API_TOKEN" = "$EXPECTED" && echo ok; cp /inputs/input.csv /outputs/result.csv']
+    r = copy_run(tracker, engine, command=cmd, environment={"API_TOKEN": secret, "EXPECTED": secret})
+    assert "[stdout] ok" in (tracker.run_dir / r.run_id / "container.log").read_text()  # the value did arrive
+    tracker.close()
+    places = [tmp_path]
+    places += [Path(p) for p in ("/var/lib/docker/containers", "/var/lib/containers/storage") if Path(p).exists()]
+    hits = subprocess.run(["grep", "-rl", "--", secret, *map(str, places)], capture_output=True, text=True)
+    found = [f for f in hits.stdout.splitlines() if f]
+    if engine == "podman":
+        # Podman's own state database keeps container configs in freed pages even after
+        # --rm; that is podman's store, not consist's (documented in docs/containers.md).
+        found = [f for f in found if not f.endswith("libpod/bolt_state.db")]
+    assert found == [], f"secret found in {found}"
+    assert secret not in str(r.manifest) and r.manifest["environment_keys"] == ["API_TOKEN", "EXPECTED"]
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_directory_output_is_scanned_after_exit(engine: str, tracker: Tracker) -> None:
+    need(engine)
+    setup_data()
+    cmd = [
+        "sh",
+        "-c",
+        "echo run >> /counter/n; mkdir -p /outputs/tables; for i in 1 2 3; do echo $i > /outputs/tables/t$i.csv; done",
+    ]
+    r = copy_run(tracker, engine, command=cmd, outputs=["./outputs/tables"])
+    assert r.artifacts["tables"].kind == "dir" and r.artifacts["tables"].meta == {"files": 3}
+    shutil.rmtree("outputs/tables")
+    again = copy_run(tracker, engine, command=cmd, outputs=["./outputs/tables"])
+    assert again.cache_hit and sorted(os.listdir("outputs/tables")) == ["t1.csv", "t2.csv", "t3.csv"]
+    assert executions() == 1
+
+
+@pytest.mark.parametrize("engine", ["docker", "podman"])
+def test_retagged_image_hits_and_rebuilt_tag_misses(engine: str, tracker: Tracker, tmp_path: Path) -> None:
+    need(engine)
+    setup_data()
+    tag = f"consist-test/rebuilt:{uuid.uuid4().hex[:8]}"
+    alias = f"consist-test/alias:{uuid.uuid4().hex[:8]}"
+    ctx = tmp_path / "ctx"
+    ctx.mkdir()
+
+    def build(label: str) -> None:
+        (ctx / "Dockerfile").write_text(f"FROM {image(engine)}\nLABEL build={label}\n")
+        subprocess.run([engine, "build", "-q", "-t", tag, str(ctx)], check=True, capture_output=True)
+
+    try:
+        build("one")
+        first = copy_run(tracker, engine, image=tag)
+        subprocess.run([engine, "tag", tag, alias], check=True, capture_output=True)
+        retagged = copy_run(tracker, engine, image=alias)
+        assert retagged.cache_hit and retagged.image_digest == first.image_digest and executions() == 1
+        build("two")  # same tag, different image
+        rebuilt = copy_run(tracker, engine, image=tag)
+        assert not rebuilt.cache_hit and rebuilt.image_digest != first.image_digest and executions() == 2
+        assert tracker.explain(rebuilt.run_id)["changed"] == ["image_digest"]
+    finally:
+        subprocess.run([engine, "rmi", "-f", tag, alias], capture_output=True)
+
+
+@pytest.mark.parametrize("engine", ["docker", "podman"])
+def test_pull_latest_keys_on_the_registry_digest(engine: str, tracker: Tracker) -> None:
+    need(engine)
+    setup_data()
+    ref = facts()["CI_IMAGE_BUSYBOX_REF"]  # 127.0.0.1:5000/ci/busybox@sha256:...
+    registry_digest = ref.split("@", 1)[1]
+    tagged = ref.split("@", 1)[0] + ":test"
+    r = copy_run(tracker, engine, image=tagged, pull_latest=True)
+    assert r.image_digest == registry_digest
+    pinned = copy_run(tracker, engine, image=ref)
+    assert pinned.cache_hit and pinned.image_digest == registry_digest
+
+
+def test_overwritten_sif_misses(tracker: Tracker, tmp_path: Path) -> None:
+    need("apptainer")
+    setup_data()
+    sif = tmp_path / "my_model.sif"
+    shutil.copy(facts()["CI_SIF_BUSYBOX"], sif)
+    first = copy_run(tracker, "apptainer", image=str(sif), backend_type="singularity")
+    assert copy_run(tracker, "apptainer", image=str(sif)).cache_hit
+    assert tracker.get_run(first.run_id).model == "my_model"
+    shutil.copy(facts()["CI_SIF_PYTHON"], sif)  # overwritten in place, same path
+    again = copy_run(tracker, "apptainer", image=str(sif))
+    assert not again.cache_hit and again.image_digest != first.image_digest and executions() == 2
+
+
+def test_apptainer_docker_reference_resolves_to_registry_digest(tracker: Tracker) -> None:
+    need("apptainer")
+    setup_data()
+    ref = facts()["CI_IMAGE_BUSYBOX_REF"]
+    os.environ.setdefault("APPTAINER_NOHTTPS", "1")
+    r = copy_run(tracker, "apptainer", image="docker://" + ref.split("@")[0] + ":test")
+    assert r.image_digest == ref.split("@", 1)[1] and not r.cache_hit
+
+
+@pytest.mark.parametrize("path", ["/etc", "/", "/var/run/docker.sock", "~", "./data/../../.."])
+def test_dangerous_mounts_are_refused_before_anything_runs(path: str, tracker: Tracker) -> None:
+    need("docker")
+    setup_data()
+    with pytest.raises(consist.PathNotAllowedError):
+        run_container(tracker, "x", image("docker"), ["true"], {path: "/host"}, [], [])
+    assert tracker.find_runs() == []
+
+
+def test_symlink_cannot_escape_the_allowed_roots(tracker: Tracker) -> None:
+    need("docker")
+    os.symlink("/etc", "innocent")
+    with pytest.raises(consist.PathNotAllowedError):
+        run_container(tracker, "x", image("docker"), ["true"], {"./innocent": "/cfg"}, [], [])
+
+
+def test_paths_outside_roots_need_mounts_or_strict_mounts_false(make_tracker, tmp_path: Path) -> None:
+    need("docker")
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    (outside / "f.txt").write_text("f")
+    inner = tmp_path / "project"
+    inner.mkdir()
+    t = make_tracker(run_dir=inner / "runs", project_root=inner)
+    cmd = ["cat", "/data/f.txt"]
+    with pytest.raises(consist.PathNotAllowedError, match="mounts"):
+        run_container(t, "a", image("docker"), cmd, {str(outside): "/data"}, [], [])
+    assert not run_container(
+        t, "b", image("docker"), cmd, {str(outside): "/data"}, [], [], strict_mounts=False
+    ).cache_hit
+    t2 = make_tracker(run_dir=inner / "runs", project_root=inner, mounts={"data": outside})
+    assert run_container(t2, "c", image("docker"), cmd, {str(outside): "/data"}, [], []).run_id == "c"
+    with pytest.raises(consist.PathNotAllowedError, match="allow_external_paths"):
+        run_container(t, "d", image("docker"), cmd, {}, [], [str(outside / "out.txt")])
+
+
+def test_lineage_mode_none_records_nothing(tracker: Tracker) -> None:
+    need("docker")
+    setup_data()
+    r = copy_run(tracker, "docker", lineage_mode="none")
+    assert r.run_id is None and not r.cache_hit and r.artifacts == {}
+    assert r.manifest_hash.startswith("sha256:") and executions() == 1
+    assert str(Path.cwd()) not in str(r.manifest)  # host paths excluded
+    assert r.manifest["container_mounts"] == ["/counter", "/inputs", "/outputs"]
+    assert tracker.find_runs() == []
+
+
+def test_container_inside_an_overwrite_run_reexecutes(tracker: Tracker) -> None:
+    need("docker")
+    setup_data()
+    copy_run(tracker, "docker")
+    tracker.begin_run("forced", "pipeline", cache_mode="overwrite")
+    r = copy_run(tracker, "docker")
+    tracker.end_run()
+    assert not r.cache_hit and executions() == 2
+    assert tracker.get_run(r.run_id).parent_run_id == "forced"
+    assert set(tracker.get_artifacts_for_run("forced").outputs) == {"result.csv"}
+    tracker.begin_run("normal", "pipeline")
+    assert copy_run(tracker, "docker").cache_hit
+    tracker.end_run()
+
+
+def test_engine_errors_are_clear_and_record_nothing(tracker: Tracker, monkeypatch: pytest.MonkeyPatch) -> None:
+    need("docker")
+    setup_data()
+    with pytest.raises(consist.ImageNotFoundError, match="docker pull"):
+        copy_run(tracker, "docker", image="consist-test/does-not-exist:v9")
+    if shutil.which("apptainer"):
+        with pytest.raises(consist.ImageNotFoundError, match=r"\.sif path"):
+            copy_run(tracker, "apptainer", image="/nowhere/model.sif")
+    monkeypatch.setenv("DOCKER_HOST", "unix:///tmp/no-such-docker.sock")
+    with pytest.raises(consist.BackendUnavailableError, match="start the daemon"):
+        copy_run(tracker, "docker")
+    monkeypatch.setenv("PATH", "/nonexistent")
+    with pytest.raises(consist.BackendUnavailableError, match="not installed"):
+        copy_run(tracker, "podman")
+    with pytest.raises(consist.ContainerError, match="backend_type"):
+        copy_run(tracker, "kubernetes")
+    assert tracker.find_runs() == []
+
+
+def test_run_as_user_and_working_dir(tracker: Tracker) -> None:
+    need("docker")
+    setup_data()
+    cmd = ["sh", "-c", "id -u > /outputs/uid; pwd > /outputs/pwd"]
+    outs = ["./outputs/uid", "./outputs/pwd"]
+    r = run_container(
+        tracker, "u", image("docker"), cmd, {"./outputs": "/outputs"}, [], outs, working_dir="/tmp", run_as_user=True
+    )
+    assert Path("outputs/uid").read_text().strip() == str(os.getuid())
+    assert Path("outputs/pwd").read_text().strip() == "/tmp" and set(r.artifacts) == {"uid", "pwd"}
