@@ -1,9 +1,19 @@
 #!/usr/bin/env bash
-# Install the test dependencies and run the whole suite. Usage: bash scripts/test.sh [pytest args]
+# Install the test dependencies and the container engines, then run the whole suite.
+# Usage: bash scripts/test.sh [pytest args]
+#   CONSIST_SKIP_ENGINES=1  do not install or start Docker, Podman, Apptainer and the registry
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/_python.sh
 "$VENV/bin/python" -m pip install -q -e '.[test]'
+if [ "${CONSIST_SKIP_ENGINES:-0}" != 1 ]; then
+  if [ "$(id -u)" = 0 ]; then
+    # Real engines for the container tests: dockerd, podman, apptainer and a loopback registry.
+    bash scripts/setup-containers.sh all
+    export CONSIST_REQUIRE_ENGINES=1 # a missing engine fails the suite instead of skipping tests
+  else
+    echo "[consist] not root: container engines are not installed; their tests skip if absent" >&2
+  fi
+fi
 "$VENV/bin/python" -m ruff check src tests benchmarks examples
-"$VENV/bin/python" examples/quickstart.py >/dev/null
 exec "$VENV/bin/python" -m pytest "$@"

@@ -143,14 +143,15 @@ class ContainerExecutionError(ContainerError, RuntimeError):
         problem = f"Container {image!r} exited with status {exit_code} running {list(command)!r}"
         if run_id:
             problem += f" (run {run_id!r})"
-        if tail:
-            problem += f"; last stderr lines:\n{tail}\n"
         super().__init__(
             problem,
             "the command failed inside the container: a wrong argument, a missing input "
             "under a container mount path, or an output directory it cannot write",
-            "read the stderr above and the run's log artifact, and check that volumes map the paths the command uses",
+            "read the stderr lines below and the run's container.log, "
+            "and check that volumes map the paths the command uses",
         )
+        if tail:
+            self.message += "\nLast lines of stderr:\n" + "\n".join("    " + ln for ln in tail.splitlines())
         self.exit_code = exit_code
         self.command = list(command)
         self.image = image

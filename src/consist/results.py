@@ -66,7 +66,8 @@ class RunResult:
 
 @dataclasses.dataclass
 class RunArtifacts:
-    """The artifacts of one run, by key: what it read and what it wrote."""
+    """The artifacts of one run, by key: what it read, what it wrote, and its logs."""
 
     inputs: dict[str, Artifact]
     outputs: dict[str, Artifact]
+    logs: dict[str, Artifact] = dataclasses.field(default_factory=dict)

@@ -867,7 +867,7 @@ class Tracker:
             )
         result = RunArtifacts(inputs={}, outputs={})
         for r in rows:
-            target = result.inputs if r["direction"] == "input" else result.outputs
+            target = {"input": result.inputs, "output": result.outputs}.get(r["direction"], result.logs)
             target[r["link_key"]] = artifact_from_row(r)
         return result
 

@@ -1,0 +1,70 @@
+"""The examples run as written, with the locally built stand-in images."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from engines import need
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+
+
+def run(name: str) -> str:
+    proc = subprocess.run(
+        [sys.executable, str(EXAMPLES / name)], capture_output=True, text=True, timeout=600, cwd=EXAMPLES
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return proc.stdout
+
+
+def test_quickstart() -> None:
+    out = run("quickstart.py")
+    assert "clean      cached" in out and "summarize  cached" in out and "config_changed" in out
+
+
+def test_containers_basic() -> None:
+    need("docker")
+    out = run("containers_basic.py")
+    assert "Container executed" in out and "Cache hit from my_model_run" in out and "3,4,7" in out
+
+
+def test_activitysim_scenarios_twice() -> None:
+    need("docker")
+    first = run("activitysim_scenarios.py")
+    second = run("activitysim_scenarios.py")
+    assert "high_income_sensitivity: container executed" in first or "cache hit" in first
+    assert second.count("cache hit from") == 2, second
+    assert "Outputs: ['baseline']" in second and "high_income_sensitivity {" in second
+
+
+def test_singularity() -> None:
+    need("docker")
+    need("apptainer")
+    out = run("singularity.py")
+    assert "call 1: container executed" in out and "call 2: cache hit from hpc_job" in out
+
+
+def test_error_handling() -> None:
+    need("docker")
+    out = run("error_handling.py")
+    assert "Container failed:" in out and "exit code 1" in out
+    assert "Expected output not found: ./outputs/logs.txt" in out and "ImageNotFoundError" in out
+
+
+def test_cache_bypass() -> None:
+    need("docker")
+    out = run("cache_bypass.py")
+    assert out.splitlines()[-4:] == [
+        "first: executed", "second: cache hit", "bypass_env: executed", "inside_overwrite: executed"
+    ]  # fmt: skip
+
+
+@pytest.mark.parametrize("name", ["quickstart.py"])
+def test_examples_leave_nothing_outside_their_work_dir(name: str) -> None:
+    before = {p for p in EXAMPLES.iterdir()}
+    run(name)
+    assert {p for p in EXAMPLES.iterdir()} - before <= {EXAMPLES / "work"}
