@@ -68,3 +68,19 @@ def test_examples_leave_nothing_outside_their_work_dir(name: str) -> None:
     before = {p for p in EXAMPLES.iterdir()}
     run(name)
     assert {p for p in EXAMPLES.iterdir()} - before <= {EXAMPLES / "work"}
+
+
+def test_nested_scenario_second_run_starts_no_container() -> None:
+    need("docker")
+    import shutil
+
+    shutil.rmtree(EXAMPLES / "work" / "nested_scenario", ignore_errors=True)
+    first = run("nested_scenario.py")
+    assert "preprocess: container executed" in first and "activitysim: container executed" in first
+    second = run("nested_scenario.py")
+    assert second.count("cache hit (no container started)") == 2, second
+    proc = subprocess.run(
+        [sys.executable, str(EXAMPLES / "nested_scenario.py"), "--change-config"],
+        capture_output=True, text=True, timeout=600, check=True,
+    )  # fmt: skip
+    assert "preprocess: cache hit" in proc.stdout and "activitysim: container executed" in proc.stdout

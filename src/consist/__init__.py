@@ -38,6 +38,7 @@ if TYPE_CHECKING:
 
     from .models import Artifact, Run, RunArtifactLink
     from .results import RunArtifacts, RunResult
+    from .scenarios import Coupler, ScenarioContext, TraceStep
     from .tracker import Tracker
 
 __version__ = "0.1.0"
@@ -49,6 +50,9 @@ _LAZY = {
     "Run": ".models",
     "Artifact": ".models",
     "RunArtifactLink": ".models",
+    "ScenarioContext": ".scenarios",
+    "Coupler": ".scenarios",
+    "TraceStep": ".scenarios",
 }
 
 
@@ -91,6 +95,13 @@ def log_output(path: str | os.PathLike[str], key: str | None = None) -> Artifact
     return log_artifact(path, key, "output")
 
 
+def scenario(name: str, tracker: Tracker | None = None, *, config: Any = None, tags: Any = None) -> ScenarioContext:
+    """Open a multi-step scenario on ``tracker`` (default: the current one); use with ``with``."""
+    from .scenarios import scenario as _scenario
+
+    return _scenario(name, tracker, config=config, tags=tags)
+
+
 def load_df(artifact_or_path: Any, **kwargs: Any) -> pd.DataFrame:
     """Load a CSV/Parquet/JSON artifact or path (or a directory of CSV/Parquet) as a DataFrame."""
     from .loaders import load_df as _load_df
@@ -108,6 +119,10 @@ __all__ = [
     "log_input",
     "log_output",
     "load_df",
+    "scenario",
+    "ScenarioContext",
+    "Coupler",
+    "TraceStep",
     # records
     "Run",
     "Artifact",

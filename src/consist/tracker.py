@@ -94,6 +94,7 @@ class _Active:
     plan: _Plan
     outputs: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
     cached_outputs: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
+    scenario: Any = None  # the ScenarioContext when this run is a scenario header
 
     @property
     def id(self) -> str:
@@ -226,6 +227,34 @@ class Tracker:
                     )
                     self._index.upsert_run(full)
 
+    # ------------------------------------------------------------------ scenarios
+
+    def _scenario(self, below: _Active | None = None) -> Any:
+        """The innermost open scenario (ignoring ``below`` and what is above it)."""
+        stack = self._stack[: self._stack.index(below)] if below in self._stack else self._stack
+        for active in reversed(stack):
+            if active.scenario is not None:
+                return active.scenario
+        return None
+
+    def _coupler_path(self, value: Any) -> Path | None:
+        """A string input naming a coupler key of the open scenario resolves to that artifact."""
+        sc = self._scenario()
+        if sc is not None and isinstance(value, str) and value in sc.coupler:
+            return sc.coupler.path(value)
+        return None
+
+    def _step_done(self, step: _Active | None, outputs: Mapping[str, dict[str, Any]]) -> None:
+        sc = self._scenario(step)
+        if sc is not None:
+            sc.coupler._update(outputs)
+
+    def scenario(self, name: str, *, config: Any = None, tags: Sequence[str] | None = None) -> Any:
+        """A multi-step scenario on this tracker: see :func:`consist.scenario`."""
+        from .scenarios import ScenarioContext
+
+        return ScenarioContext(self, name, config=config, tags=tags)
+
     # ------------------------------------------------------------------ hooks
 
     def on_run_start(self, callback: Callable[[Run], Any]) -> Callable[[Run], Any]:
@@ -283,7 +312,7 @@ class Tracker:
             raise ConsistError(f"Unknown cache_mode {cache_mode!r}", None, f"use one of {', '.join(CACHE_MODES)}")
         hasher = self._hasher(cache_mode)
         resolved = []
-        for key, path in normalize_inputs(inputs):
+        for key, path in normalize_inputs(inputs, self._coupler_path):
             resolved.append((key, path, hasher.hash_path(path, key)))
         cfg = self._canonical_config(config, hasher)
         config_hash = hash_canonical(cfg)
@@ -504,6 +533,10 @@ class Tracker:
         return row
 
     def _finish(self, active: _Active, status: str, error: BaseException | str | None = None) -> None:
+        if status == "failed" and active.scenario is None:
+            sc = self._scenario(active)
+            if sc is not None:
+                sc._step_failed(active.id)
         row = active.row
         row["status"] = status
         row["ended_at"] = time.time()
@@ -599,6 +632,7 @@ class Tracker:
             self._stack.remove(active)
         self._finish(active, "completed")
         self._fire("complete", active.row, active.outputs)
+        self._step_done(None, active.outputs)
         return RunResult(active.id, False, None, active.row, dict(active.outputs))
 
     def _record_hit(
@@ -624,6 +658,7 @@ class Tracker:
         clean = {k: {c: v for c, v in o.items() if c not in ("link_key", "direction", "_new")} for k, o in outs.items()}
         self._fire("start", row)
         self._fire("complete", row, clean)
+        self._step_done(None, clean)
         return RunResult(row["id"], True, producer["id"], row, clean)
 
     def _collect_outputs(
@@ -717,6 +752,8 @@ class Tracker:
         self._finish(active, status, error)
         if status == "completed":
             self._fire("complete", active.row, active.outputs)
+            if active.scenario is None:
+                self._step_done(active, active.outputs)
         else:
             self._fire("failed", active.row, error)
         from .models import run_from_row
@@ -1018,8 +1055,11 @@ def _as_path(value: Any, key: str) -> Path:
     )
 
 
-def normalize_inputs(inputs: Any) -> list[tuple[str, Path]]:
-    """``(key, path)`` pairs from a dict or a list of paths, artifacts or run results."""
+def normalize_inputs(inputs: Any, resolve: Callable[[Any], Path | None] | None = None) -> list[tuple[str, Path]]:
+    """``(key, path)`` pairs from a dict or a list of paths, artifacts or run results.
+
+    ``resolve`` may map a value to a path first (scenario coupler keys).
+    """
     if inputs is None:
         return []
     items: list[tuple[str | None, Any]]
@@ -1032,8 +1072,9 @@ def normalize_inputs(inputs: Any) -> list[tuple[str, Path]]:
     out: list[tuple[str, Path]] = []
     seen: set[str] = set()
     for key, value in items:
-        path = _input_path(value)
-        k = key or path.name
+        found = resolve(value) if resolve is not None else None
+        path = found if found is not None else _input_path(value)
+        k = key or (value if found is not None and isinstance(value, str) else path.name)
         if key is None and k in seen:
             n = 2
             while f"{k}#{n}" in seen:

@@ -363,7 +363,7 @@ def run_container(
     hasher = tracker._hasher(cache_mode)
     from ..tracker import _Plan, normalize_inputs
 
-    resolved = [(k, p, hasher.hash_path(p, k)) for k, p in normalize_inputs(inputs)]
+    resolved = [(k, p, hasher.hash_path(p, k)) for k, p in normalize_inputs(inputs, tracker._coupler_path)]
     components: dict[str, Any] = {
         "kind": "container",
         "image_digest": ref.digest,
@@ -395,7 +395,7 @@ def run_container(
     if cache_mode != "overwrite":
         found = tracker._try_reuse(plan, out_paths, list(out_paths))
         if not isinstance(found, str):
-            rr = tracker._record_hit(plan, found, run_id, parent_id, tags)
+            rr = tracker._record_hit(plan, found, run_id, parent_id, tags)  # also updates a scenario coupler
             _attach_to_parent(tracker, parent, rr._output_rows)
             return ContainerResult(
                 rr.run_id, True, rr.cache_source, rr.outputs, manifest, manifest_hash, ref.digest, None, [], rr
@@ -437,6 +437,7 @@ def run_container(
     active.row["meta"] = dumps(meta)
     tracker._finish(active, "completed")
     tracker._fire("complete", active.row, active.outputs)
+    tracker._step_done(None, active.outputs)
     _attach_to_parent(tracker, parent, active.outputs)
     rr = RunResult(active.id, False, None, active.row, dict(active.outputs))
     return ContainerResult(
@@ -471,7 +472,7 @@ def _record_log(tracker: Tracker, active: Any, log_path: Path) -> None:
 
 def _attach_to_parent(tracker: Tracker, parent: Any, outputs: Mapping[str, dict[str, Any]]) -> None:
     """Inside an active run, the container's outputs are outputs of that run too."""
-    if parent is None or not parent.persist or getattr(parent, "is_scenario", False):
+    if parent is None or not parent.persist or parent.scenario is not None:
         return
     with tracker._index.write():
         for key, row in outputs.items():
