@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -36,7 +37,7 @@ def test_activitysim_scenarios_twice() -> None:
     need("docker")
     first = run("activitysim_scenarios.py")
     second = run("activitysim_scenarios.py")
-    assert "high_income_sensitivity: container executed" in first or "cache hit" in first
+    assert re.search(r"high_income_sensitivity(~\d+)?: (container executed|cache hit)", first), first
     assert second.count("cache hit from") == 2, second
     assert "Outputs: ['baseline']" in second and "high_income_sensitivity {" in second
 

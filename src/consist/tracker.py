@@ -525,10 +525,7 @@ class Tracker:
             "kind": "dir" if is_dir else "file", "driver": driver_for(path, is_dir), "run_id": active.id,
             "created_at": time.time(), "meta": dumps(meta) if meta else None,
         }  # fmt: skip
-        if active.persist:
-            with self._index.write():
-                self._index.add_artifact(row)
-                self._index.link(active.id, row["id"], "output", key)
+        # Recorded with the run's final status, in one transaction (see _finish).
         active.outputs[key] = row
         return row
 
@@ -543,7 +540,12 @@ class Tracker:
         if error is not None:
             row["error"] = error if isinstance(error, str) else f"{type(error).__name__}: {error}"
         if active.persist:
-            self._index.upsert_run(row)
+            with self._index.write():
+                for key, out in active.outputs.items():
+                    if out.get("run_id") == active.id:  # produced here (not restored from the cache)
+                        self._index.add_artifact(out)
+                    self._index.link(active.id, out["id"], "output", key)
+                self._index.upsert_run(row)
 
     # ------------------------------------------------------------------ tracker.run
 
@@ -741,12 +743,9 @@ class Tracker:
         if not self._stack:
             raise RunStateError("end_run() called with no active run", None, "call begin_run() first")
         active = self._stack.pop()
-        if active.row["cache_hit"] and status == "completed" and active.persist:
-            with self._index.write():
-                for key, o in active.cached_outputs.items():
-                    if key not in active.outputs:
-                        self._index.link(active.id, o["id"], "output", key)
-                        active.outputs[key] = o
+        if active.row["cache_hit"] and status == "completed":
+            for key, o in active.cached_outputs.items():
+                active.outputs.setdefault(key, o)
         if status != "completed":
             active.row.update(cache_hit=0, cache_source=None)
         self._finish(active, status, error)

@@ -92,10 +92,21 @@ class DockerBackend(_OCIBackend):
     name = "docker"
     exe = "docker"
 
+    # One client per process and daemon address: creating one and pinging the daemon
+    # costs about 10 ms, more than the whole rest of a cache hit.
+    _clients: dict[tuple[str | None, ...], Any] = {}
+
     def __init__(self) -> None:
         self._client: Any = None
 
     def client(self) -> Any:
+        import os
+
+        where = tuple(
+            os.environ.get(k) for k in ("DOCKER_HOST", "DOCKER_CONTEXT", "DOCKER_TLS_VERIFY", "DOCKER_CERT_PATH")
+        )
+        if self._client is None:
+            self._client = self._clients.get(where)
         if self._client is None:
             try:
                 import docker
@@ -104,14 +115,15 @@ class DockerBackend(_OCIBackend):
                     "The Docker SDK for Python is not installed", None, "pip install 'docker>=7'"
                 ) from exc
             try:
-                self._client = docker.from_env(timeout=120)
-                self._client.api.ping()
+                client = docker.from_env(timeout=120)
+                client.api.ping()
             except Exception as exc:
                 raise BackendUnavailableError(
                     f"Cannot reach the Docker daemon: {exc}",
                     "dockerd is not running, DOCKER_HOST points elsewhere, or this user may not use the socket",
                     "start the daemon (`sudo systemctl start docker`, or `sudo dockerd &`) and check `docker info`",
                 ) from exc
+            self._client = self._clients[where] = client
         return self._client
 
     def resolve(self, image: str, *, pull_latest: bool = False) -> ImageRef:
@@ -131,6 +143,13 @@ class DockerBackend(_OCIBackend):
             attrs = api.inspect_image(image)
         except docker.errors.APIError as exc:
             raise BackendUnavailableError(f"Docker could not inspect {image!r}: {exc}", None, "check `docker info`")
+        except Exception as exc:  # connection refused etc.: the daemon went away since the client was made
+            self._clients.clear()
+            raise BackendUnavailableError(
+                f"Cannot reach the Docker daemon: {exc}",
+                "dockerd stopped or restarted",
+                "start the daemon (`sudo systemctl start docker`, or `sudo dockerd &`) and check `docker info`",
+            ) from exc
         digest, source = choose_digest(image, attrs["Id"], attrs.get("RepoDigests") or [])
         # Run exactly what was resolved: the image ID cannot move under us between
         # the cache decision and the start of the container.

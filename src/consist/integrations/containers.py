@@ -472,12 +472,10 @@ def _record_log(tracker: Tracker, active: Any, log_path: Path) -> None:
 
 def _attach_to_parent(tracker: Tracker, parent: Any, outputs: Mapping[str, dict[str, Any]]) -> None:
     """Inside an active run, the container's outputs are outputs of that run too."""
-    if parent is None or not parent.persist or parent.scenario is not None:
+    if parent is None or parent.scenario is not None:
         return
-    with tracker._index.write():
-        for key, row in outputs.items():
-            tracker._index.link(parent.id, row["id"], "output", key)
-            parent.outputs[key] = row
+    for key, row in outputs.items():
+        parent.outputs[key] = row  # linked when the parent run finishes
 
 
 __all__ = ["ContainerError", "ContainerResult", "run_container"]
