@@ -9,26 +9,17 @@ import hashlib
 import json
 import logging
 import os
-import statistics
 import sys
 import time
 from pathlib import Path
 
 logging.disable(logging.WARNING)
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import timed  # noqa: E402  (no consist import: it runs under the original's venv)
+
 import consist  # noqa: E402
 from consist import ExecutionOptions, Tracker  # noqa: E402
-
-
-def timed(fn, n):
-    ts = []
-    for i in range(n):
-        s = time.perf_counter()
-        fn(i)
-        ts.append(time.perf_counter() - s)
-    ts.sort()
-    return {"n": n, "median_ms": 1000 * statistics.median(ts), "mean_ms": 1000 * statistics.fmean(ts),
-            "p95_ms": 1000 * ts[max(0, int(0.95 * n) - 1)]}  # fmt: skip
 
 
 def trivial(i: int = 0):

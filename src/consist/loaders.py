@@ -7,11 +7,11 @@ united by name). pandas and DuckDB are imported on first use.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .errors import ConsistError, InputNotFoundError
+from .paths import as_path
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -23,11 +23,9 @@ _FORMATS = {
 
 
 def _path_of(obj: Any) -> Path:
-    if isinstance(obj, (str, os.PathLike)):
-        return Path(obj)
-    uri = getattr(obj, "uri", None)
-    if isinstance(uri, str):
-        return Path(uri)
+    path = as_path(obj)
+    if path is not None:
+        return path
     raise ConsistError(
         f"load_df() got a {type(obj).__name__}",
         None,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import atexit
 import dataclasses
+import functools
 import inspect
 import json
 import logging
@@ -33,6 +34,7 @@ from .hashing import FileHasher, NullMemo, canonical, dumps, hash_canonical
 from .identity import caller_source, code_identity, explain_miss, make_signature
 from .index import Index, index_path_for, pid_alive
 from .objects import ObjectStore
+from .paths import as_path
 from .results import RunArtifacts, RunResult
 from .store import DuckStore
 
@@ -75,7 +77,6 @@ class _Plan:
 
     name: str
     model: str
-    signature: str
     components: dict[str, Any]
     config: Any
     config_hash: str
@@ -84,6 +85,10 @@ class _Plan:
     year: int | None
     iteration: int | None
     hasher: FileHasher
+
+    @functools.cached_property
+    def signature(self) -> str:
+        return make_signature(self.components)
 
 
 @dataclasses.dataclass
@@ -329,7 +334,6 @@ class Tracker:
         return _Plan(
             name=name,
             model=model,
-            signature=make_signature(components),
             components=components,
             config=cfg,
             config_hash=config_hash,
@@ -1042,11 +1046,9 @@ def _holds(row: dict[str, Any], dest: Path, hasher: FileHasher) -> bool:
 
 
 def _as_path(value: Any, key: str) -> Path:
-    if isinstance(value, (str, os.PathLike)):
-        return Path(value)
-    uri = getattr(value, "uri", None)
-    if isinstance(uri, str):
-        return Path(uri)
+    path = as_path(value)
+    if path is not None:
+        return path
     raise OutputError(
         f"Output {key!r} is a {type(value).__name__}, not a path",
         "the function must return where it wrote the output",
@@ -1094,11 +1096,9 @@ def _input_path(value: Any) -> Path:
                 "pass result.outputs[key] instead",
             )
         return Path(next(iter(outs.values()))["uri"])
-    if isinstance(value, (str, os.PathLike)):
-        return Path(value)
-    uri = getattr(value, "uri", None)
-    if isinstance(uri, str):
-        return Path(uri)
+    path = as_path(value)
+    if path is not None:
+        return path
     raise ConsistError(
         f"Input of type {type(value).__name__} is not a path, artifact or run result",
         None,

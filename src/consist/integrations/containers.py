@@ -36,7 +36,6 @@ from typing import TYPE_CHECKING, Any
 from ..containers import ContainerSpec, Mount, get_backend
 from ..errors import ConsistError, ConsistWarning, ContainerError, ContainerExecutionError, PathNotAllowedError
 from ..hashing import canonical, dumps, hash_canonical
-from ..identity import make_signature
 from ..results import RunResult
 
 if TYPE_CHECKING:
@@ -379,7 +378,6 @@ def run_container(
     plan = _Plan(
         name=run_id,
         model=model or model_from_image(image),
-        signature=make_signature(components),
         components=components,
         config=canonical(manifest),
         config_hash=manifest_hash,
