@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
+from pathlib import Path
 from typing import Any
 
 from ..errors import BackendUnavailableError, ImageNotFoundError
@@ -171,6 +172,40 @@ class PodmanBackend(_OCIBackend):
     name = "podman"
     exe = "podman"
 
+    # The Podman CLI needs about 50 ms to start, more than a whole cache hit. Its image
+    # store rewrites images.json whenever an image or a tag changes, so a resolution
+    # stays valid while that file's stat is unchanged.
+    _images_json: dict[tuple[str | None, ...], Path | None] = {}
+    _resolved: dict[tuple[Any, ...], tuple[tuple[int, ...], ImageRef]] = {}
+
+    def _store_key(self) -> tuple[str | None, ...]:
+        import os
+
+        return (self._binary(), *(os.environ.get(k) for k in ("CONTAINERS_STORAGE_CONF", "CONTAINER_HOST", "HOME")))
+
+    def _store_stamp(self) -> tuple[int, ...] | None:
+        key = self._store_key()
+        if key not in self._images_json:
+            proc = subprocess.run(
+                [self._binary(), "info", "--format", "{{.Store.GraphRoot}} {{.Store.GraphDriverName}}"],
+                capture_output=True,
+                text=True,
+            )
+            found = None
+            if proc.returncode == 0 and " " in proc.stdout.strip():
+                root, driver = proc.stdout.strip().rsplit(" ", 1)
+                candidate = Path(root) / f"{driver}-images" / "images.json"
+                found = candidate if candidate.is_file() else None
+            self._images_json[key] = found
+        path = self._images_json[key]
+        if path is None:
+            return None
+        try:
+            st = path.stat()
+        except OSError:
+            return None
+        return (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
     def _inspect(self, image: str) -> dict[str, Any] | None:
         proc = subprocess.run(
             [self._binary(), "image", "inspect", "--format", "json", image], capture_output=True, text=True
@@ -208,11 +243,24 @@ class PodmanBackend(_OCIBackend):
                 attrs = self._inspect(f"{repo}@{served}")
                 assert attrs is not None
                 return ImageRef(image, served, attrs["Id"], "registry")
+        stamp = self._store_stamp()
+        memo_key = (*self._store_key(), image)
+        cached = self._resolved.get(memo_key)
+        if stamp is not None and cached is not None and cached[0] == stamp:
+            return cached[1]
         attrs = self._inspect(image)
         if attrs is None:
             self._pull(image)
             attrs = self._inspect(image)
             assert attrs is not None
+            stamp = self._store_stamp()
+        ref = self._ref_from(image, attrs)
+        if stamp is not None:
+            self._resolved[memo_key] = (stamp, ref)
+        return ref
+
+    @staticmethod
+    def _ref_from(image: str, attrs: dict[str, Any]) -> ImageRef:
         repo_digests = attrs.get("RepoDigests") or []
         digest, source = choose_digest(image, attrs["Id"], repo_digests)
         primary = attrs.get("Digest")
