@@ -246,6 +246,11 @@ def dumps(value: Any) -> str:
     return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 
 
+def loads(text: str | None) -> Any:
+    """Parse stored JSON text; None stays None."""
+    return json.loads(text) if text else None
+
+
 def hash_canonical(value: Any, tag: str = CONFIG_FORMAT) -> str:
     """SHA-256 of a tagged canonical value."""
     return sha256_bytes(f"{tag}\0{dumps(value)}".encode())
