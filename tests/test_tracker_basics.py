@@ -30,6 +30,18 @@ def test_close_is_idempotent_and_context_manager_closes(tmp_path: Path) -> None:
     assert t._closed
 
 
+def test_a_closed_tracker_refuses_work_with_a_clear_error(tmp_path: Path) -> None:
+    t = Tracker(tmp_path / "runs", project_root=tmp_path)
+    t.run(lambda: None, name="noop")
+    t.close()
+    for call in (lambda: t.run(lambda: None, name="noop"), t.find_runs, lambda: t.begin_run("r", "m")):
+        with pytest.raises(consist.errors.RunStateError, match="Tracker is closed"):
+            call()
+    # Nothing was lost: a new tracker on the same directory sees the run and hits.
+    with Tracker(tmp_path / "runs", project_root=tmp_path) as again:
+        assert again.run(lambda: None, name="noop").cache_hit
+
+
 def test_allow_external_paths_reads_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     assert Tracker(tmp_path / "a").allow_external_paths is False
     monkeypatch.setenv("CONSIST_ALLOW_EXTERNAL_PATHS", "1")

@@ -10,7 +10,7 @@ the problem, its likely cause, and what to do about it.
     ├── ConfigError               a config value cannot be hashed canonically
     ├── InputNotFoundError        an input path does not exist (also FileNotFoundError)
     ├── OutputError               a declared output was not produced or is unusable
-    ├── RunStateError             begin/end/log called in the wrong order
+    ├── RunStateError             begin/end/log in the wrong order, or a closed Tracker
     ├── RunNotFoundError          no run with that id (also KeyError)
     ├── StoreError                the provenance database cannot be used
     │   └── StoreLockedError      another program holds the DuckDB file

@@ -23,7 +23,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from .errors import StoreError
+from .errors import RunStateError, StoreError
 
 SCHEMA_VERSION = 1
 
@@ -75,6 +75,17 @@ def _row_dict(cursor: sqlite3.Cursor, row: Sequence[Any]) -> dict[str, Any]:
     return {d[0]: v for d, v in zip(cursor.description, row)}
 
 
+class _ClosedConnection:
+    """Stands in for the SQLite connection once the tracker is closed."""
+
+    def __getattr__(self, name: str) -> Any:
+        raise RunStateError(
+            "This Tracker is closed",
+            "close() ran, or its `with` block ended, before this call",
+            "open a new Tracker on the same run_dir and database; past runs and cached outputs are kept",
+        )
+
+
 class Index:
     """A connection to the shared run index. Thread-safe through one lock."""
 
@@ -112,7 +123,9 @@ class Index:
 
     def close(self) -> None:
         with self._lock:
-            self._db.close()
+            if not isinstance(self._db, _ClosedConnection):
+                self._db.close()
+                self._db = _ClosedConnection()
 
     @contextmanager
     def write(self) -> Iterator[int]:
