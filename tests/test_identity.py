@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -100,6 +102,46 @@ def test_pinned_code_version(make_tracker) -> None:
 def test_module_source_identity_outside_git(tracker: Tracker) -> None:
     r = tracker.run(noop)
     assert r.run.code_version.startswith("module:")
+
+
+_NO_SOURCE = """
+import consist, os, sys
+from pathlib import Path
+def make():
+    p = Path("out.bin")
+    p.write_bytes(os.urandom(64))
+    return p
+t = consist.Tracker(sys.argv[1], project_root=sys.argv[1])
+first = t.run(make, name="mk", outputs=["out"])
+Path("out.bin").unlink()
+second = t.run(make, name="mk", outputs=["out"])
+print(first.run.code_version, first.cache_hit, second.cache_hit)
+t.close()
+"""
+
+
+def test_code_without_a_source_file_has_a_stable_identity(tmp_path: Path) -> None:
+    # A script fed on stdin (or a notebook cell) has no source file to hash: its
+    # identity comes from the code object and must not change between calls or
+    # between processes with different string hash seeds.
+    seen = []
+    for seed in ("1", "2"):
+        proc = subprocess.run(
+            [sys.executable, "-", "runs"], input=_NO_SOURCE, text=True, capture_output=True,
+            cwd=tmp_path, env={**os.environ, "PYTHONHASHSEED": seed, "CONSIST_PROGRESS": "0"}, check=True,
+        )  # fmt: skip
+        version, first_hit, second_hit = proc.stdout.split()
+        assert version.startswith("code:")
+        assert second_hit == "True", "the same function must hit on its second call"
+        seen.append((version, first_hit))
+    assert seen[0][0] == seen[1][0]
+    assert seen[1][1] == "True", "a second process with another hash seed must hit too"
+    changed = subprocess.run(
+        [sys.executable, "-", "runs"], input=_NO_SOURCE.replace("os.urandom(64)", "os.urandom(65)"), text=True,
+        capture_output=True, cwd=tmp_path, env={**os.environ, "CONSIST_PROGRESS": "0"}, check=True,
+    )  # fmt: skip
+    assert changed.stdout.split()[0] != seen[0][0]
+    assert changed.stdout.split()[1] == "False"
 
 
 def _git(root: Path, *args: str) -> None:

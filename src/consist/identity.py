@@ -15,7 +15,6 @@ signature so that any miss can be explained component by component:
 from __future__ import annotations
 
 import inspect
-import marshal
 import os
 import subprocess
 import sys
@@ -126,6 +125,28 @@ def _file_stat(path: Path | None) -> tuple[Any, ...]:
     return (str(path), st.st_mtime_ns, st.st_size, st.st_ino)
 
 
+def _code_fingerprint(code: Any) -> bytes:
+    """Bytes that identify a code object's behaviour, stable across calls and processes.
+
+    ``marshal.dumps`` is not: its output depends on reference counts, and the order
+    of a frozenset constant depends on string hash randomisation. Line numbers and
+    the file name are left out, so moving a function does not change its identity.
+    """
+    parts: list[bytes] = [code.co_code]
+    for field in ("co_name", "co_names", "co_varnames", "co_freevars", "co_cellvars"):
+        parts.append(repr(getattr(code, field)).encode())
+    for field in ("co_argcount", "co_posonlyargcount", "co_kwonlyargcount", "co_flags"):
+        parts.append(str(getattr(code, field)).encode())
+    for const in code.co_consts:
+        if hasattr(const, "co_code"):
+            parts.append(b"code:" + _code_fingerprint(const))
+        elif isinstance(const, frozenset):
+            parts.append(b"frozenset:" + repr(sorted(map(repr, const))).encode())
+        else:
+            parts.append(f"{type(const).__name__}:{const!r}".encode())
+    return b"\x00".join(parts)
+
+
 def code_identity(fn: Callable[..., Any] | None, project_root: Path, source: Path | None = None) -> str:
     """The code version of a function (or of a source file when ``fn`` is None).
 
@@ -151,7 +172,7 @@ def code_identity(fn: Callable[..., Any] | None, project_root: Path, source: Pat
     if fn is not None:
         code = getattr(inspect.unwrap(fn), "__code__", None)
         if code is not None:
-            return f"code:{sha256_bytes(marshal.dumps(code)).split(':')[1][:32]}"
+            return f"code:{sha256_bytes(_code_fingerprint(code)).split(':')[1][:32]}"
     return "unknown"
 
 
