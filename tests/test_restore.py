@@ -160,3 +160,52 @@ def test_prune_verify_drops_damaged_objects(tracker: Tracker) -> None:
     _damage(obj, b"dada")
     assert tracker.prune_store(verify=True)["damaged"] == 1
     assert not obj.exists()
+
+
+@pytest.fixture
+def reflink_fs(tmp_path: Path):
+    """A small XFS file system with reflink, on a loop device (needs root and xfsprogs)."""
+    import shutil
+    import subprocess
+
+    if os.geteuid() != 0 or not shutil.which("mkfs.xfs") or not shutil.which("filefrag"):
+        pytest.skip("needs root, mkfs.xfs (xfsprogs) and filefrag to build a reflink file system")
+    image, mnt = tmp_path / "xfs.img", tmp_path / "mnt"
+    mnt.mkdir()
+    with open(image, "wb") as f:
+        f.truncate(320 * 1024 * 1024)  # the smallest XFS mkfs.xfs accepts is 300 MB
+    subprocess.run(["mkfs.xfs", "-q", "-m", "reflink=1", str(image)], check=True, capture_output=True)
+    mounted = subprocess.run(["mount", "-o", "loop", str(image), str(mnt)], capture_output=True, text=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a loop device here: {mounted.stderr.strip()}")
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", str(mnt)], check=False, capture_output=True)
+
+
+def _all_extents_shared(path: Path) -> bool:
+    import subprocess
+
+    out = subprocess.run(["filefrag", "-v", str(path)], check=True, capture_output=True, text=True).stdout
+    extents = [line for line in out.splitlines() if line.strip()[:1].isdigit() and ":" in line]
+    return bool(extents) and all("shared" in line for line in extents)
+
+
+def test_store_and_restore_clone_on_a_reflink_file_system(reflink_fs: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(reflink_fs)
+    payload = os.urandom(8 * 1024 * 1024)
+
+    def write() -> Path:
+        Path("big.bin").write_bytes(payload)
+        return Path("big.bin")
+
+    with Tracker(reflink_fs / "runs", project_root=reflink_fs) as t:
+        first = t.run(write, name="clone", outputs=["big"])
+        obj = t._objects.path_of(first.outputs["big"].hash)
+        assert _all_extents_shared(obj), "storing an output should clone it, not copy it"
+        Path("big.bin").unlink()
+        again = t.run(write, name="clone", outputs=["big"])
+        assert again.cache_hit
+        assert Path("big.bin").read_bytes() == payload
+        assert _all_extents_shared(Path("big.bin")), "restoring should clone the object"
