@@ -181,7 +181,9 @@ def reflink_fs(tmp_path: Path):
     try:
         yield mnt
     finally:
-        subprocess.run(["umount", str(mnt)], check=False, capture_output=True)
+        if Path.cwd().is_relative_to(mnt):  # monkeypatch restores the cwd only after this teardown
+            os.chdir(tmp_path)
+        subprocess.run(["umount", str(mnt)], check=True, capture_output=True)
 
 
 def _all_extents_shared(path: Path) -> bool:
@@ -209,3 +211,19 @@ def test_store_and_restore_clone_on_a_reflink_file_system(reflink_fs: Path, monk
         assert again.cache_hit
         assert Path("big.bin").read_bytes() == payload
         assert _all_extents_shared(Path("big.bin")), "restoring should clone the object"
+
+
+def test_a_manifest_entry_cannot_write_outside_its_directory(tmp_path: Path) -> None:
+    from consist.hashing import FileHasher, NullMemo, manifest_bytes
+    from consist.objects import ObjectStore
+
+    store = ObjectStore(tmp_path / "objects")
+    hasher = FileHasher(NullMemo())
+    (tmp_path / "payload").write_text("x")
+    digest, size = store.put_file(tmp_path / "payload", hasher)
+    for rel in ("../escaped.txt", "/tmp/escaped.txt", "a/../../escaped.txt"):
+        manifest = store.put_bytes(manifest_bytes([[rel, digest, size]]))
+        with pytest.raises(consist.errors.IntegrityError, match="outside its directory"):
+            store.restore_dir(manifest, tmp_path / "out" / "dest", hasher)
+    assert not (tmp_path / "out" / "escaped.txt").exists() and not Path("/tmp/escaped.txt").exists()
+    assert not (tmp_path / "out").exists(), "nothing may be written when the check fails"

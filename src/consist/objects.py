@@ -41,26 +41,34 @@ from .progress import ByteProgress
 
 COPY_CHUNK = 64 << 20
 
+#: What ObjectStore.check returns: an object path (a file), or (relative name,
+#: object path, size) for each file of a directory.
+Checked = str | list[tuple[str, str, int]]
+
+
+def _copy_fd(infd: int, outfd: int, size: int, bar: ByteProgress) -> None:
+    """Copy size bytes between open descriptors; copy_file_range clones where supported."""
+    left = size
+    try:
+        while left > 0:
+            n = os.copy_file_range(infd, outfd, min(left, COPY_CHUNK))
+            if n == 0:
+                break
+            left -= n
+            bar.advance(n)
+    except OSError as exc:
+        if exc.errno not in (errno.EXDEV, errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.EPERM):
+            raise
+        os.lseek(infd, size - left, os.SEEK_SET)
+        while chunk := os.read(infd, 1 << 20):
+            os.write(outfd, chunk)  # regular files: complete writes
+            bar.advance(len(chunk))
+
 
 def copy_bytes(src: Path, dst: Path, size: int, label: str) -> None:
-    """Copy src to a new file dst with copy_file_range (clones where supported)."""
+    """Copy src to a new file dst (clones where the file system supports it)."""
     with open(src, "rb") as fin, open(dst, "xb") as fout, ByteProgress(f"copying {label}", size) as bar:
-        infd, outfd = fin.fileno(), fout.fileno()
-        left = size
-        try:
-            while left > 0:
-                n = os.copy_file_range(infd, outfd, min(left, COPY_CHUNK))
-                if n == 0:
-                    break
-                left -= n
-                bar.advance(n)
-        except OSError as exc:
-            if exc.errno not in (errno.EXDEV, errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.EPERM):
-                raise
-            fin.seek(size - left)
-            while chunk := fin.read(1 << 20):
-                fout.write(chunk)
-                bar.advance(len(chunk))
+        _copy_fd(fin.fileno(), fout.fileno(), size, bar)
 
 
 class ObjectStore:
@@ -68,14 +76,19 @@ class ObjectStore:
 
     def __init__(self, root: Path, memo: HashMemo | None = None) -> None:
         self.root = root
+        self._root_str = os.fspath(root)
         self.memo: HashMemo = memo or NullMemo()
         self._made = False
 
     # ---------------------------------------------------------------- layout
 
     def path_of(self, digest: str) -> Path:
+        return Path(self._path_str(digest))
+
+    def _path_str(self, digest: str) -> str:
+        # Plain strings: a restore of many small files calls this once per file.
         algo, _, hexd = digest.partition(":")
-        return self.root / algo / hexd[:2] / hexd[2:]
+        return f"{self._root_str}/{algo}/{hexd[:2]}/{hexd[2:]}"
 
     def _tmp(self) -> Path:
         tmp = self.root / "tmp"
@@ -148,9 +161,12 @@ class ObjectStore:
 
     def verify(self, digest: str, size: int | None = None) -> Path:
         """The object's path after checking size and hash; IntegrityError if damaged or absent."""
-        path = self.path_of(digest)
+        return Path(self._verified(digest, size))
+
+    def _verified(self, digest: str, size: int | None = None) -> str:
+        path = self._path_str(digest)
         try:
-            st = path.stat()
+            st = os.stat(path)
         except FileNotFoundError:
             err = IntegrityError(
                 f"Stored object {digest} is missing from {self.root}",
@@ -168,7 +184,7 @@ class ObjectStore:
         algo = _object_algo()
         if self.memo.memo_get(stat_key(st), algo) == digest:
             return path
-        actual = FileHasher(NullMemo()).hash_file(path, st)
+        actual = FileHasher(NullMemo()).hash_file(Path(path), st)
         if actual != digest:
             raise IntegrityError(
                 f"Stored object {path} hashes to {actual}, not {digest}",
@@ -187,41 +203,40 @@ class ObjectStore:
 
     # ---------------------------------------------------------------- restore
 
-    def restore_file(self, digest: str, size: int | None, dest: Path, hasher: FileHasher) -> bool:
-        """Put the object's bytes at ``dest``; returns False when dest already held them."""
-        try:
-            st = dest.stat()
-        except FileNotFoundError:
-            st = None
-        if st is not None and (size is None or st.st_size == size) and dest.is_file():
-            if hasher.hash_file(dest, st) == digest:
-                return False
-        src = self.verify(digest, size)
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        tmp = dest.parent / f".{dest.name}.consist-{uuid.uuid4().hex[:8]}"
-        try:
-            copy_bytes(src, tmp, src.stat().st_size, dest.name)
-            os.chmod(tmp, 0o644 & ~_umask())
-            os.replace(tmp, dest)
-        finally:
-            tmp.unlink(missing_ok=True)
-        return True
+    def check(self, kind: str, digest: str, size: int | None) -> Checked:
+        """Verify everything a restore of this artifact will copy, before anything is written.
 
-    def restore_dir(self, digest: str, dest: Path, hasher: FileHasher) -> bool:
-        """Make ``dest`` hold exactly the stored directory (built aside, then swapped in)."""
+        Returns what :meth:`write` needs; raises IntegrityError when any object is
+        missing or damaged.
+        """
+        if kind != "dir":
+            return self._verified(digest, size)
         entries = self.read_manifest(digest)
-        if dest.is_dir():
-            current, _ = hasher.hash_dir(dest)
-            if current == digest:
-                return False
-        for _rel, fdigest, fsize in entries:  # check everything before touching dest
-            self.verify(fdigest, fsize)
+        for rel, _, _ in entries:
+            if not rel or os.path.isabs(rel) or ".." in rel.split("/"):
+                raise IntegrityError(
+                    f"Directory manifest {digest} lists {rel!r}, which points outside its directory",
+                    "the object store was edited by hand",
+                    "nothing to do: the step runs again; run tracker.prune_store() to drop the entry",
+                )
+        return [(rel, self._verified(fdigest, fsize), fsize) for rel, fdigest, fsize in entries]
+
+    def write(self, checked: Checked, dest: Path) -> None:
+        """Put checked bytes at ``dest``, replacing whatever is there in one rename."""
         dest.parent.mkdir(parents=True, exist_ok=True)
+        if isinstance(checked, str):
+            tmp = dest.parent / f".{dest.name}.consist-{uuid.uuid4().hex[:8]}"
+            try:
+                copy_bytes(Path(checked), tmp, os.stat(checked).st_size, dest.name)
+                os.chmod(tmp, 0o644 & ~_umask())
+                os.replace(tmp, dest)
+            finally:
+                tmp.unlink(missing_ok=True)
+            return
         build = dest.parent / f".{dest.name}.consist-{uuid.uuid4().hex[:8]}"
         build.mkdir()
         try:
-            for rel, fdigest, fsize in entries:
-                self.restore_file(fdigest, fsize, build / rel, hasher)
+            self._fill(build, checked, dest.name)
             if dest.exists() or dest.is_symlink():
                 trash = dest.parent / f".{dest.name}.consist-old-{uuid.uuid4().hex[:8]}"
                 os.replace(dest, trash)
@@ -232,7 +247,54 @@ class ObjectStore:
         finally:
             if build.exists():
                 shutil.rmtree(build, ignore_errors=True)
+
+    def restore_file(self, digest: str, size: int | None, dest: Path, hasher: FileHasher) -> bool:
+        """Put the object's bytes at ``dest``; returns False when dest already held them."""
+        try:
+            st = dest.stat()
+        except FileNotFoundError:
+            st = None
+        if st is not None and (size is None or st.st_size == size) and dest.is_file():
+            if hasher.hash_file(dest, st) == digest:
+                return False
+        self.write(self.check("file", digest, size), dest)
         return True
+
+    def restore_dir(self, digest: str, dest: Path, hasher: FileHasher) -> bool:
+        """Make ``dest`` hold exactly the stored directory (built aside, then swapped in)."""
+        if dest.is_dir() and hasher.hash_dir(dest)[0] == digest:
+            return False
+        self.write(self.check("dir", digest, None), dest)
+        return True
+
+    @staticmethod
+    def _fill(build: Path, sources: list[tuple[str, str, int]], label: str) -> None:
+        """Copy verified objects into a private build directory.
+
+        Directory outputs are often thousands of small files, where per-file Python
+        overhead dominates: the build directory is not visible yet, so files are
+        written under their final names (no temporary name, rename or chmod; the
+        umask applies through the create mode) and each parent is made once.
+        """
+        base = os.fspath(build)
+        made = {base}
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
+        with ByteProgress(f"restoring {label}", sum(size for _, _, size in sources)) as bar:
+            for rel, src, size in sources:
+                target = os.path.join(base, rel)
+                parent = os.path.dirname(target)
+                if parent not in made:
+                    os.makedirs(parent, exist_ok=True)
+                    made.add(parent)
+                infd = os.open(src, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+                try:
+                    outfd = os.open(target, flags, 0o644)
+                    try:
+                        _copy_fd(infd, outfd, size, bar)
+                    finally:
+                        os.close(outfd)
+                finally:
+                    os.close(infd)
 
     # ---------------------------------------------------------------- prune
 

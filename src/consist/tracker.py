@@ -355,12 +355,6 @@ class Tracker(QueryMixin, MaintenanceMixin):
                 return store
         return self._objects  # verify() then reports the object as missing
 
-    def _restore(self, row: dict[str, Any], dest: Path, hasher: FileHasher) -> bool:
-        store = self._store_for(row["hash"])
-        if row["kind"] == "dir":
-            return store.restore_dir(row["hash"], dest, hasher)
-        return store.restore_file(row["hash"], row["size"], dest, hasher)
-
     def _try_reuse(
         self,
         plan: _Plan,
@@ -380,18 +374,17 @@ class Tracker(QueryMixin, MaintenanceMixin):
             restored: dict[str, dict[str, Any]] = {}
             try:
                 plan_dest = {k: Path(dests[k]) if dests and k in dests else Path(o["uri"]) for k, o in outs.items()}
-                for k, o in outs.items():  # check every object before writing anything
-                    dest = plan_dest[k]
-                    if not _holds(o, dest, plan.hasher):
-                        store = self._store_for(o["hash"])
-                        if o["kind"] == "dir":
-                            for _rel, fd, fs in store.read_manifest(o["hash"]):
-                                store.verify(fd, fs)
-                        else:
-                            store.verify(o["hash"], o["size"])
+                to_write = {  # check every object before writing anything
+                    k: (store, store.check(o["kind"], o["hash"], o["size"]))
+                    for k, o in outs.items()
+                    if not _holds(o, plan_dest[k], plan.hasher)
+                    for store in (self._store_for(o["hash"]),)
+                }
                 for k, o in outs.items():
                     dest = plan_dest[k]
-                    self._restore(o, dest, plan.hasher)
+                    if k in to_write:
+                        store, checked = to_write[k]
+                        store.write(checked, dest)
                     if Path(o["uri"]) != dest.resolve():
                         o = {
                             **o,
