@@ -224,6 +224,6 @@ def test_a_manifest_entry_cannot_write_outside_its_directory(tmp_path: Path) -> 
     for rel in ("../escaped.txt", "/tmp/escaped.txt", "a/../../escaped.txt"):
         manifest = store.put_bytes(manifest_bytes([[rel, digest, size]]))
         with pytest.raises(consist.errors.IntegrityError, match="outside its directory"):
-            store.restore_dir(manifest, tmp_path / "out" / "dest", hasher)
+            store.write(store.check("dir", manifest, None), tmp_path / "out" / "dest")
     assert not (tmp_path / "out" / "escaped.txt").exists() and not Path("/tmp/escaped.txt").exists()
     assert not (tmp_path / "out").exists(), "nothing may be written when the check fails"

@@ -248,25 +248,6 @@ class ObjectStore:
             if build.exists():
                 shutil.rmtree(build, ignore_errors=True)
 
-    def restore_file(self, digest: str, size: int | None, dest: Path, hasher: FileHasher) -> bool:
-        """Put the object's bytes at ``dest``; returns False when dest already held them."""
-        try:
-            st = dest.stat()
-        except FileNotFoundError:
-            st = None
-        if st is not None and (size is None or st.st_size == size) and dest.is_file():
-            if hasher.hash_file(dest, st) == digest:
-                return False
-        self.write(self.check("file", digest, size), dest)
-        return True
-
-    def restore_dir(self, digest: str, dest: Path, hasher: FileHasher) -> bool:
-        """Make ``dest`` hold exactly the stored directory (built aside, then swapped in)."""
-        if dest.is_dir() and hasher.hash_dir(dest)[0] == digest:
-            return False
-        self.write(self.check("dir", digest, None), dest)
-        return True
-
     @staticmethod
     def _fill(build: Path, sources: list[tuple[str, str, int]], label: str) -> None:
         """Copy verified objects into a private build directory.
