@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import shutil
 import stat
+import subprocess
 from datetime import timedelta
 from pathlib import Path
 
@@ -165,9 +167,6 @@ def test_prune_verify_drops_damaged_objects(tracker: Tracker) -> None:
 @pytest.fixture
 def reflink_fs(tmp_path: Path):
     """A small XFS file system with reflink, on a loop device (needs root and xfsprogs)."""
-    import shutil
-    import subprocess
-
     if os.geteuid() != 0 or not shutil.which("mkfs.xfs") or not shutil.which("filefrag"):
         pytest.skip("needs root, mkfs.xfs (xfsprogs) and filefrag to build a reflink file system")
     image, mnt = tmp_path / "xfs.img", tmp_path / "mnt"
@@ -187,8 +186,6 @@ def reflink_fs(tmp_path: Path):
 
 
 def _all_extents_shared(path: Path) -> bool:
-    import subprocess
-
     out = subprocess.run(["filefrag", "-v", str(path)], check=True, capture_output=True, text=True).stdout
     extents = [line for line in out.splitlines() if line.strip()[:1].isdigit() and ":" in line]
     return bool(extents) and all("shared" in line for line in extents)

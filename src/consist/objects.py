@@ -259,7 +259,7 @@ class ObjectStore:
         """
         base = os.fspath(build)
         made = {base}
-        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL  # os.open descriptors are not inherited anyway
         with ByteProgress(f"restoring {label}", sum(size for _, _, size in sources)) as bar:
             for rel, src, size in sources:
                 target = os.path.join(base, rel)
@@ -267,7 +267,7 @@ class ObjectStore:
                 if parent not in made:
                     os.makedirs(parent, exist_ok=True)
                     made.add(parent)
-                infd = os.open(src, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+                infd = os.open(src, os.O_RDONLY)
                 try:
                     outfd = os.open(target, flags, 0o644)
                     try:

@@ -374,12 +374,11 @@ class Tracker(QueryMixin, MaintenanceMixin):
             restored: dict[str, dict[str, Any]] = {}
             try:
                 plan_dest = {k: Path(dests[k]) if dests and k in dests else Path(o["uri"]) for k, o in outs.items()}
-                to_write = {  # check every object before writing anything
-                    k: (store, store.check(o["kind"], o["hash"], o["size"]))
-                    for k, o in outs.items()
-                    if not _holds(o, plan_dest[k], plan.hasher)
-                    for store in (self._store_for(o["hash"]),)
-                }
+                to_write = {}
+                for k, o in outs.items():  # check every object before writing anything
+                    if not _holds(o, plan_dest[k], plan.hasher):
+                        store = self._store_for(o["hash"])
+                        to_write[k] = (store, store.check(o["kind"], o["hash"], o["size"]))
                 for k, o in outs.items():
                     dest = plan_dest[k]
                     if k in to_write:
