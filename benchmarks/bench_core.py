@@ -1,215 +1,210 @@
 """Core overhead: this consist against the original consist 0.3.5, in one run.
 
-    python benchmarks/bench_core.py [--quick] [--no-upstream]
+    .venv/bin/python benchmarks/bench_core.py [--quick] [--no-upstream] [--out FILE]
 
-Measures (medians): a trivial tracker.run miss and hit, opening a Tracker on a
-database of 1,000 runs, ``import consist``, a re-run with an unchanged 1 GiB
-input, first-hash throughput against plain hashlib.sha256, and the lookup with
-100,000 runs in the database. The original runs in its own virtual
-environment (``pip install consist==0.3.5``), driven as a subprocess with the
-same workload (benchmarks/upstream_core.py). Prints a JSON document and a
-Markdown table for BENCHMARKS.md.
+Each library runs in a worker process of its own (benchmarks/core_worker.py;
+the original in its own virtual environment with ``pip install
+consist==0.3.5``), doing the same operations. Paired measurements alternate
+which library goes first in each round. Measured: a trivial tracker.run miss
+and hit; on a database of 1,000 runs, constructing a Tracker, opening one and
+running a first query, and opening one for a first hit; ``import consist``; a
+re-run with an unchanged 1 GiB input; first-hash throughput against plain
+hashlib.sha256; and (this consist only) hit, miss and lookup with 100,000 runs
+in the database.
+
+Writes every sample to benchmarks/results/core-<date>-<time>.json and prints
+the Markdown table that benchmarks/render.py makes from that file.
 """
 
 from __future__ import annotations
 
 import argparse
-import hashlib
-import json
-import os
 import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import ROOT, make_big_file, timed, upstream_python
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+from _common import (  # noqa: E402
+    Worker,
+    compare,
+    interleaved,
+    make_big_file,
+    new_result,
+    rotation,
+    summary,
+    upstream_python,
+    write_result,
+)
 
-
-def trivial(i: int = 0) -> None:
-    return None
-
-
-def consume(big: Path, tag: int = 0) -> None:
-    return None
-
-
-def import_time(python: str, module: str, reps: int = 7) -> float:
-    """Median wall time of `python -c "import module"` minus an empty interpreter, in ms."""
-
-    def wall(code: str) -> float:
-        ts = []
-        for _ in range(reps):
-            s = time.perf_counter()
-            subprocess.run([python, "-c", code], check=True, cwd=tempfile.gettempdir())
-            ts.append(time.perf_counter() - s)
-        return statistics.median(ts)
-
-    return 1000 * (wall(f"import {module}") - wall("pass"))
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    buf = bytearray(1 << 20)
-    view = memoryview(buf)
-    with open(path, "rb", buffering=0) as f:
-        while n := f.readinto(buf):
-            h.update(view[:n])
-    return h.hexdigest()
+PARAMS = {"n": 200, "open_n": 20, "import_reps": 10, "hash_rounds": 6, "big_rounds": 12, "db_runs": 1000,
+          "file_mib": 1024, "scale_runs": 100_000, "scale_n": 200}  # fmt: skip
+QUICK = {"n": 20, "open_n": 4, "import_reps": 4, "hash_rounds": 2, "big_rounds": 4, "db_runs": 100,
+         "file_mib": 256, "scale_runs": 5_000, "scale_n": 50}  # fmt: skip
+TARGETS = {
+    "miss": {"max_ms": 5, "min_speedup": 50},
+    "hit": {"max_ms": 2, "min_speedup": 50},
+    "open_query": {"max_ms": 50},
+    "big_added": {"max_ms": 20},
+    "hash": {"min_pct_of_hashlib": 90},
+    "scale_lookup": {"max_ms": 5},
+}
 
 
-def ours(work: Path, n: int, big: Path, lookup_runs: int) -> dict:
-    from consist import Tracker
-    from consist.hashing import FileHasher, NullMemo
+def say(msg: str) -> None:
+    print(time.strftime("%H:%M:%S"), msg, file=sys.stderr, flush=True)
 
-    res: dict = {}
-    os.chdir(work)
-    t = Tracker(work / "runs", db_path=work / "prov.duckdb", project_root=work)
-    t.run(trivial, name="warm", config={"i": -5})  # first call loads modules: measured separately below
-    res["miss"] = timed(lambda i: t.run(trivial, name="trivial", config={"i": i}), n)
-    t.run(trivial, name="trivial", config={"i": -1})
-    res["hit"] = timed(lambda i: t.run(trivial, name="trivial", config={"i": -1}), n)
-    assert t.run(trivial, name="trivial", config={"i": -1}).cache_hit
-    # Database of 1,000 runs, then open a fresh Tracker on it.
-    for i in range(1000 - n - 3):
-        t.run(trivial, name="filler", config={"i": i})
-    t.close()
-    res["open_1000"] = timed(lambda i: Tracker(work / "runs", db_path=work / "prov.duckdb", project_root=work), 20)
 
-    def open_and_hit(i: int) -> None:
-        t2 = Tracker(work / "runs", db_path=work / "prov.duckdb", project_root=work)
-        assert t2.run(trivial, name="trivial", config={"i": -1}).cache_hit
-        t2.close()
-
-    res["open_1000_plus_hit_and_close"] = timed(open_and_hit, 20)
-
-    # 1 GiB input: first hash against hashlib, then unchanged re-runs.
-    size = big.stat().st_size
-    raw = []
-    for _ in range(3):
-        s = time.perf_counter()
-        sha256_file(big)
-        raw.append(time.perf_counter() - s)
-    mine = []
-    for _ in range(3):
-        s = time.perf_counter()
-        FileHasher(NullMemo()).hash_path(big)
-        mine.append(time.perf_counter() - s)
-    res["hash_gbps_hashlib"] = size / min(raw) / 1e9
-    res["hash_gbps_consist"] = size / min(mine) / 1e9
-    res["hash_ratio"] = min(raw) / min(mine)
-    t = Tracker(work / "runs", db_path=work / "prov.duckdb", project_root=work)
+def wall(python: str, code: str) -> float:
     s = time.perf_counter()
-    t.run(consume, inputs={"big": big}, config={"tag": 0})
-    res["big_first_run_s"] = time.perf_counter() - s
-    res["big_rerun"] = timed(lambda i: t.run(consume, inputs={"big": big}, config={"tag": 0}), 15)
-    res["hit_again"] = timed(lambda i: t.run(trivial, name="trivial", config={"i": -1}), n)
-    res["big_added_ms"] = res["big_rerun"]["median_ms"] - res["hit_again"]["median_ms"]
-    t.close()
-
-    # 100,000 runs in one database: lookup cost.
-    if lookup_runs:
-        t = Tracker(work / "runs_big", db_path=work / "big.duckdb", project_root=work)
-        s = time.perf_counter()
-        for i in range(lookup_runs):
-            t.run(trivial, name="many", config={"i": i})
-        res["fill_s"] = time.perf_counter() - s
-        s = time.perf_counter()
-        t.sync()
-        res["merge_into_duckdb_s"] = time.perf_counter() - s
-        res["runs_in_db"] = lookup_runs
-        res["hit_at_scale"] = timed(lambda i: t.run(trivial, name="many", config={"i": i * 37 % lookup_runs}), n)
-        res["miss_at_scale"] = timed(lambda i: t.run(trivial, name="many", config={"i": -1 - i}), n)
-        sig = t._index.query("SELECT signature FROM run LIMIT 1")[0]["signature"]
-        res["lookup_only"] = timed(lambda i: t._index.producers(sig), n)
-        t.close()
-    return res
+    subprocess.run([python, "-c", code], check=True, cwd=tempfile.gettempdir())
+    return time.perf_counter() - s
 
 
-def upstream(py: Path, work: Path, n: int, big: Path) -> dict:
-    out = subprocess.run(
-        [str(py), str(ROOT / "benchmarks" / "upstream_core.py"), str(work), str(n), str(big)],
-        cwd=work,
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
-    line = [x for x in out.splitlines() if x.startswith("RESULT ")][-1]
-    return json.loads(line[7:])
+def import_times(pythons: dict[str, str], reps: int) -> dict[str, Any]:
+    """`import consist` against an empty interpreter, for each library, all four interleaved."""
+    arms = {}
+    for side, py in pythons.items():
+        arms[f"{side}:import"] = lambda i, py=py: wall(py, "import consist")
+        arms[f"{side}:empty"] = lambda i, py=py: wall(py, "pass")
+    r = interleaved(arms, reps)
+    out: dict[str, Any] = {"rounds": reps, "first": r["first"]}
+    for side in pythons:
+        imp, empty = r["arms"][f"{side}:import"], r["arms"][f"{side}:empty"]
+        out[side] = {"import": imp, "empty": empty, "added_ms": imp["median_ms"] - empty["median_ms"]}
+    if "upstream" in out:
+        out["ratio_of_medians"] = out["upstream"]["added_ms"] / out["consist"]["added_ms"]
+    return out
+
+
+def paired(workers: dict[str, Worker], op: str, n: int, args: Any = None) -> dict[str, Any]:
+    """n rounds of `op` on every side, alternating which side goes first."""
+    arms = {side: (lambda i, w=w: w.seconds(op, **(args(i) if args else {}))) for side, w in workers.items()}
+    r = interleaved(arms, n)
+    out = {"rounds": n, "first": r["first"], **r["arms"]}
+    if "upstream" in out:
+        out.update(compare(out["consist"], out["upstream"]))
+    return out
+
+
+def hash_rounds(workers: dict[str, Worker], rounds: int, size: int) -> dict[str, Any]:
+    """First hash of the big file: each library's own hasher against plain hashlib, in the same process."""
+    got: dict[str, dict[str, list[float]]] = {side: {"hashlib": [], "library": []} for side in workers}
+    first = []
+    for i in range(rounds):
+        sides = rotation(list(workers), i)
+        first.append(sides[0])
+        inner = rotation(["hashlib", "library"], i)
+        for side in sides:
+            r = workers[side].call("hash", order=inner)
+            got[side]["hashlib"].append(r["hashlib_s"])
+            got[side]["library"].append(r["consist_s"])
+    out: dict[str, Any] = {"rounds": rounds, "first": first, "inner_first": [rotation(["hashlib", "library"], i)[0]
+                                                                            for i in range(rounds)]}  # fmt: skip
+    for side, d in got.items():
+        h, lib = summary(d["hashlib"]), summary(d["library"])
+        out[side] = {
+            "hashlib": h,
+            "library": lib,
+            "pct_of_hashlib": 100 * h["median_ms"] / lib["median_ms"],
+            "library_gb_per_s": size / (lib["median_ms"] / 1000) / 1e9,
+            "hashlib_gb_per_s": size / (h["median_ms"] / 1000) / 1e9,
+        }
+    return out
+
+
+def big_rounds(workers: dict[str, Worker], rounds: int) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Re-runs with the unchanged big input and trivial hits, interleaved on both sides."""
+    arms = {}
+    for side, w in workers.items():
+        arms[f"{side}:big"] = lambda i, w=w: w.seconds("big_rerun")
+        arms[f"{side}:hit"] = lambda i, w=w: w.seconds("hit")
+    r = interleaved(arms, rounds)
+    big: dict[str, Any] = {"rounds": rounds, "first": r["first"]}
+    hit: dict[str, Any] = {"rounds": rounds, "first": r["first"]}
+    for side in workers:
+        big[side] = r["arms"][f"{side}:big"]
+        hit[side] = r["arms"][f"{side}:hit"]
+    if "upstream" in big:
+        big.update(compare(big["consist"], big["upstream"]))
+        hit.update(compare(hit["consist"], hit["upstream"]))
+    return big, hit
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--quick", action="store_true", help="small N, 256 MiB file, 10,000 runs")
-    ap.add_argument("--no-upstream", action="store_true")
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="small sizes: a smoke test, not for publication")
+    ap.add_argument("--no-upstream", action="store_true", help="skip the original consist")
+    ap.add_argument("--out", help="results file (default: benchmarks/results/core-<date>-<time>.json)")
     args = ap.parse_args()
-    n = 50 if args.quick else 200
-    size = (256 if args.quick else 1024) << 20
-    lookup_runs = 10_000 if args.quick else 100_000
+    p = dict(QUICK if args.quick else PARAMS)
     base = Path(tempfile.mkdtemp(prefix="consist_bench_"))
-    big = base / "big.bin"
-    make_big_file(big, size)
-    result: dict = {"machine": os.uname().nodename, "cpus": os.cpu_count(), "file_bytes": size}
+    size = p["file_mib"] << 20
+    params = {**p, "file_gib": size / 2**30, "quick": args.quick, "upstream": not args.no_upstream}
+    result = new_result("core", base, params)
+    result["targets"] = TARGETS
+    m: dict[str, Any] = {}
+    result["measurements"] = m
+    workers: dict[str, Worker] = {}
     try:
-        result["import_ms_ours"] = import_time(sys.executable, "consist")
-        (base / "ours").mkdir()
-        result["ours"] = ours(base / "ours", n, big, lookup_runs)
+        big = base / "big.bin"
+        make_big_file(big, size)
+        pythons = {"consist": sys.executable}
         if not args.no_upstream:
-            py = upstream_python()
-            result["import_ms_upstream"] = import_time(str(py), "consist")
-            (base / "upstream").mkdir()
-            result["upstream"] = upstream(py, base / "upstream", max(20, n // 5), big)
+            pythons["upstream"] = str(upstream_python())
+        say("import consist")
+        m["import"] = import_times(pythons, p["import_reps"])
+        for side, py in pythons.items():
+            (base / side).mkdir()
+            workers[side] = Worker(py, HERE / "core_worker.py", "ours" if side == "consist" else "upstream")
+        result["versions"] = {}
+        for side, w in workers.items():
+            info = w.call("setup", work=str(base / side), big=str(big))
+            result["versions"][side] = {"consist": info["version"], "python": info["python"]}
+        say(f"miss x{p['n']}")
+        m["miss"] = paired(workers, "miss", p["n"], lambda i: {"i": i})
+        say(f"hit x{p['n']}")
+        m["hit"] = paired(workers, "hit", p["n"])
+        say(f"fill to {p['db_runs']} runs")
+        for w in workers.values():  # both fill at once: not timed for publication
+            w.send("fill", target=p["db_runs"])
+        m["db_runs"] = {side: w.receive()["runs"] for side, w in workers.items()}
+        say("hash")
+        m["hash"] = hash_rounds(workers, p["hash_rounds"], size)
+        for w in workers.values():
+            w.call("close_main")
+        say(f"open x{p['open_n']}")
+        m["open"] = paired(workers, "open", p["open_n"])
+        m["open_query"] = paired(workers, "open_query", p["open_n"])
+        m["open_hit"] = paired(workers, "open_hit", p["open_n"])
+        say("big input")
+        for w in workers.values():
+            w.call("big_open")
+        m["big_first"] = {side: {"s": w.seconds("big_first")} for side, w in workers.items()}
+        m["big_rerun"], m["hit_again"] = big_rounds(workers, p["big_rounds"])
+        m["big_added"] = {
+            side: {"ms": m["big_rerun"][side]["median_ms"] - m["hit_again"][side]["median_ms"]} for side in workers
+        }
+        for w in workers.values():
+            w.call("close_main")
+        if "upstream" in workers:
+            workers.pop("upstream").close()
+        say(f"scale: {p['scale_runs']:,} runs (this consist only)")
+        m["scale"] = workers["consist"].call("scale", runs=p["scale_runs"], n=p["scale_n"])
+        m["scale"].pop("ok", None)
     finally:
+        for w in workers.values():
+            w.close()
         shutil.rmtree(base, ignore_errors=True)
-    print(json.dumps(result, indent=1))
-    print(table(result))
+    path = write_result(result, args.out)
+    say(f"wrote {path}")
+    from render import render
 
-
-def table(r: dict) -> str:
-    o, u = r["ours"], r.get("upstream", {})
-
-    def cell(d: dict, key: str, fmt: str = "{:.2f} ms") -> str:
-        v = d.get(key)
-        if isinstance(v, dict):
-            v = v["median_ms"]
-        return fmt.format(v) if v is not None else "n/a"
-
-    def ratio(key: str) -> str:
-        a, b = o.get(key), u.get(key)
-        if not isinstance(a, dict) or not isinstance(b, dict):
-            return ""
-        return f"{b['median_ms'] / a['median_ms']:.0f}x"
-
-    rows = [
-        ("trivial `tracker.run` miss", cell(o, "miss"), cell(u, "miss"), ratio("miss"), "≤ 5 ms, ≥ 50x"),
-        ("trivial `tracker.run` hit", cell(o, "hit"), cell(u, "hit"), ratio("hit"), "≤ 2 ms, ≥ 50x"),
-        ("open Tracker, DB of 1,000 runs", cell(o, "open_1000"), cell(u, "open_1000"), ratio("open_1000"),
-         "≤ 50 ms"),
-        ("open + first hit + close", cell(o, "open_1000_plus_hit_and_close"),
-         cell(u, "open_1000_plus_hit_and_close"), ratio("open_1000_plus_hit_and_close"), ""),
-        ("`import consist`", f"{r['import_ms_ours']:.0f} ms",
-         f"{r['import_ms_upstream']:.0f} ms" if "import_ms_upstream" in r else "n/a",
-         f"{r['import_ms_upstream'] / r['import_ms_ours']:.0f}x" if "import_ms_upstream" in r else "", ""),
-        ("re-run with unchanged 1 GiB input (hit)", cell(o, "big_rerun"), cell(u, "big_rerun"), ratio("big_rerun"),
-         ""),
-        ("… time the 1 GiB input adds to a hit", f"{o['big_added_ms']:.2f} ms",
-         f"{u['big_added_ms']:.0f} ms" if "big_added_ms" in u else "n/a", "", "≤ 20 ms"),
-        ("first hash of 1 GiB vs hashlib.sha256", f"{o['hash_ratio'] * 100:.0f}% ({o['hash_gbps_consist']:.2f} GB/s)",
-         f"{u['hash_ratio'] * 100:.0f}%" if "hash_ratio" in u else "n/a", "", "≥ 90%"),
-    ]  # fmt: skip
-    if "hit_at_scale" in o:
-        rows += [
-            (f"hit with {o['runs_in_db']:,} runs in the DB", cell(o, "hit_at_scale"), "not measured", "", ""),
-            (f"miss with {o['runs_in_db']:,} runs in the DB", cell(o, "miss_at_scale"), "not measured", "", ""),
-            (f"signature lookup alone, {o['runs_in_db']:,} runs", cell(o, "lookup_only", "{:.3f} ms"),
-             "not measured", "", "≤ 5 ms"),
-        ]  # fmt: skip
-    lines = ["| measurement (median) | consist (this) | consist 0.3.5 | speed-up | target |", "|---|---|---|---|---|"]
-    lines += [f"| {a} | {b} | {c} | {d} | {e} |" for a, b, c, d, e in rows]
-    return "\n".join(lines)
+    print(render(result, str(path.relative_to(HERE.parent)) if path.is_relative_to(HERE.parent) else str(path)))
 
 
 if __name__ == "__main__":

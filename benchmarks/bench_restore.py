@@ -1,6 +1,6 @@
 """Restoring cached outputs on a hit: consist against plain `cp` of the same bytes.
 
-    python benchmarks/bench_restore.py [--n 5] [--size-mib 1024] [--files 10000]
+    .venv/bin/python benchmarks/bench_restore.py [--n 6] [--size-mib 1024] [--files 10000] [--out FILE]
 
 On each file system available (the root disk, ext4 here; and, when run as root
 with xfsprogs installed, an XFS file system with reflink on a loop device), a
@@ -8,15 +8,17 @@ tracker run produces one large file and, separately, a directory of many small
 files. Each timed call deletes the output and calls the run again, so the hit
 restores every byte from the object store; the baseline copies the same stored
 object with `cp --reflink=auto` (coreutils' default) into the same place.
+The two alternate pair by pair, each going first in every other pair.
+
+Writes every sample to benchmarks/results/restore-<date>-<time>.json and prints
+the Markdown table that benchmarks/render.py makes from that file.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -24,7 +26,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import ROOT, dump, make_big_file
+from _common import ROOT, compare, fs_type, interleaved, make_big_file, new_result, write_result
 
 SMALL = 4096
 
@@ -97,66 +99,56 @@ def measure(fs: Path, n: int, size_mib: int, files: int) -> dict:
 
 
 def _paired(setup, ours, baseline, n: int) -> dict:
-    """n interleaved pairs (drift on a shared disk hits both alike), each call after setup()."""
-    a, b = [], []
-    for i in range(n):
-        for fn, ts in ((ours, a), (baseline, b)):
+    """n pairs, alternating which goes first (drift on a shared disk hits both alike), each call after setup()."""
+
+    def arm(fn):
+        def call(i: int) -> float:
             setup()
             s = time.perf_counter()
             fn(i)
-            ts.append(time.perf_counter() - s)
+            return time.perf_counter() - s
 
-    def summary(ts: list[float]) -> dict:
-        return {"n": n, "median_ms": 1000 * statistics.median(ts), "all_ms": [round(1000 * x, 2) for x in ts]}
+        return call
 
-    return {
-        "consist_hit": summary(a),
-        "cp_reflink_auto": summary(b),
-        "ratio": statistics.median(a) / statistics.median(b),
-        "paired_ratio_median": statistics.median(x / y for x, y in zip(a, b)),
-    }
+    r = interleaved({"consist_hit": arm(ours), "cp_reflink_auto": arm(baseline)}, n)
+    c = compare(r["arms"]["cp_reflink_auto"], r["arms"]["consist_hit"])  # consist / cp
+    return {"rounds": n, "first": r["first"], **r["arms"], "ratio": c["ratio_of_medians"],
+            "paired_ratio_median": c["median_paired_ratio"]}  # fmt: skip
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--n", type=int, default=5)
+    ap.add_argument("--n", type=int, default=6, help="pairs per case")
     ap.add_argument("--size-mib", type=int, default=1024)
     ap.add_argument("--files", type=int, default=10_000)
+    ap.add_argument("--out", help="results file (default: benchmarks/results/restore-<date>-<time>.json)")
     args = ap.parse_args()
     os.environ.setdefault("CONSIST_PROGRESS", "0")
-    results: dict = {"n": args.n, "size_mib": args.size_mib, "files": args.files, "file_systems": {}}
     with tempfile.TemporaryDirectory(prefix="consist-bench-restore-", dir="/var/tmp") as base:
         base_path = Path(base)
         ext = base_path / "rootfs"
         ext.mkdir()
-        found = subprocess.run(["findmnt", "-n", "-o", "FSTYPE", "--target", str(ext)], capture_output=True, text=True)
-        fs_type = found.stdout.strip() or "unknown file system"
-        results["file_systems"][f"root disk ({fs_type})"] = measure(ext, args.n, args.size_mib, args.files)
+        params = {"n": args.n, "size_mib": args.size_mib, "size_gib": args.size_mib / 1024, "files": args.files,
+                  "small_file_bytes": SMALL, "small_file_kib": SMALL / 1024}  # fmt: skip
+        results = new_result("restore", ext, params)
+        fsys: dict = {}
+        results["file_systems"] = fsys
+        fsys[f"root disk ({fs_type(ext)})"] = measure(ext, args.n, args.size_mib, args.files)
         xfs = _xfs_mount(base_path, args.size_mib)
         try:
             if xfs is not None:
-                results["file_systems"]["XFS with reflink (loop)"] = measure(xfs, args.n, args.size_mib, args.files)
+                fsys["XFS with reflink (loop)"] = measure(xfs, args.n, args.size_mib, args.files)
             else:
                 print("XFS not measured: needs root and mkfs.xfs", file=sys.stderr)
         finally:
             os.chdir(ROOT)
             if xfs is not None:
                 subprocess.run(["umount", str(xfs)], check=False)
-    dump(results)
-    stamp = time.strftime("%Y-%m-%d")
-    path = ROOT / "benchmarks" / "results" / f"restore-{stamp}.json"
-    path.write_text(json.dumps(results, indent=1))
-    print(f"wrote {path}")
-    print("| file system | output | consist hit (restore) | `cp --reflink=auto` | ratio of medians | paired ratio |")
-    print("|---|---|---|---|---|---|")
-    for fs, rows in results["file_systems"].items():
-        for name, row in rows.items():
-            label = f"1 file of {args.size_mib} MiB" if name == "big_file" else f"{args.files:,} files of 4 KiB"
-            print(
-                f"| {fs} | {label} | {row['consist_hit']['median_ms']:.1f} ms "
-                f"| {row['cp_reflink_auto']['median_ms']:.1f} ms | {row['ratio']:.2f} "
-                f"| {row['paired_ratio_median']:.2f} |"
-            )
+    path = write_result(results, args.out)
+    print(f"wrote {path}", file=sys.stderr)
+    from render import render
+
+    print(render(results, str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)))
 
 
 if __name__ == "__main__":

@@ -1,0 +1,303 @@
+"""The Markdown blocks of BENCHMARKS.md, made from the results files.
+
+    .venv/bin/python benchmarks/render.py benchmarks/results/core-2026-11-25-0912.json
+    .venv/bin/python benchmarks/render.py --write BENCHMARKS.md [RESULTS_FILE ...]
+
+The first form prints the block for one results file. The second replaces the
+generated blocks of BENCHMARKS.md, which lie between
+
+    <!-- begin generated: benchmarks/results/<file>.json -->
+    <!-- end generated -->
+
+Each RESULTS_FILE given replaces the block of the same benchmark (core,
+containers, restore) and becomes the file it cites; without RESULTS_FILE every
+block is rendered again from the file it already cites. Every figure in a block
+is a value of its results file, formatted; check_published.py verifies that.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+BLOCK = re.compile(r"<!-- begin generated: (?P<path>\S+\.json) -->\n(?P<body>.*?)<!-- end generated -->", re.S)
+THIS, THEIRS = "consist (this)", "consist 0.3.5"
+NA, X = "\N{EN DASH}", "\N{MULTIPLICATION SIGN}"
+
+
+# ---------------------------------------------------------------------------- formatting
+
+
+def ms(v: float) -> str:
+    if v >= 100:
+        return f"{v:,.0f} ms"
+    if v >= 10:
+        return f"{v:.1f} ms"
+    if v >= 0.1:
+        return f"{v:.2f} ms"
+    return f"{v:.3f} ms"
+
+
+def times(r: float) -> str:
+    return f"{r:,.0f}{X}" if r >= 10 else f"{r:.2f}{X}"
+
+
+def pct(v: float) -> str:
+    return f"{v:+.1f} %"
+
+
+def met(*checks: bool | None) -> str:
+    if any(c is None for c in checks):
+        return "n/a"
+    return "yes" if all(checks) else "no"
+
+
+def row(*cells: Any) -> str:
+    return "| " + " | ".join(str(c) for c in cells) + " |"
+
+
+def size_label(mib: int) -> str:
+    return f"{mib / 1024:.0f} GiB" if mib % 1024 == 0 else f"{mib:,} MiB"
+
+
+def preamble(r: dict[str, Any], path: str) -> list[str]:
+    mc = r["machine"]
+    start, end = mc["load_average_at_start"][0], mc.get("load_average_at_end", ["?"])[0]
+    took = f", taking {r['duration_s'] / 60:.0f} min" if "duration_s" in r else ""
+    return [
+        f"Reproduce: `{r['command']}`",
+        "",
+        f"Measured {r['date']}{took}, on {mc['cpu_count']} {X} {mc['cpu_model']}, {mc['memory_gib']} GiB, "
+        f"{mc['os']}, Python {mc['python']}, work files on {mc['file_system']} "
+        f"(1-minute load average {start} at the start, {end} at the end). "
+        f"Every sample, with the machine facts: `{path}`.",
+        "",
+    ]
+
+
+# ---------------------------------------------------------------------------- core
+
+
+def core(r: dict[str, Any]) -> list[str]:
+    m, t, p = r["measurements"], r["targets"], r["parameters"]
+    up = "upstream" in m["miss"]
+
+    def n(key: str, sub: str | None = None) -> str:
+        def one(side: str) -> str:
+            d = m[key][side]
+            return str((d[sub] if sub else d)["n"])
+
+        return f"{one('consist')} / {one('upstream') if up else NA}"
+
+    def pair(key: str) -> tuple[str, str, str]:
+        d = m[key]
+        if not up:
+            return ms(d["consist"]["median_ms"]), "not run", ""
+        return ms(d["consist"]["median_ms"]), ms(d["upstream"]["median_ms"]), times(d["ratio_of_medians"])
+
+    def speed_ok(key: str, minimum: float) -> bool | None:
+        return m[key]["ratio_of_medians"] >= minimum if up else None
+
+    db = m["db_runs"]["consist"]
+    if up and m["db_runs"]["upstream"] != db:
+        raise ValueError(f"the two databases hold different numbers of runs: {m['db_runs']}")
+    size = size_label(p["file_mib"])
+    tm, th = t["miss"], t["hit"]
+    imp = m["import"]
+    hs = m["hash"]
+
+    def hash_cell(side: str) -> str:
+        if side not in hs:
+            return "not run"
+        return f"{hs[side]['pct_of_hashlib']:.0f} % ({hs[side]['library_gb_per_s']:.2f} GB/s)"
+
+    rows = [
+        row("trivial `tracker.run` miss", n("miss"), *pair("miss"), f"≤ {tm['max_ms']} ms, ≥ {tm['min_speedup']}{X}",
+            met(m["miss"]["consist"]["median_ms"] <= tm["max_ms"], speed_ok("miss", tm["min_speedup"]))),
+        row("trivial `tracker.run` hit", n("hit"), *pair("hit"), f"≤ {th['max_ms']} ms, ≥ {th['min_speedup']}{X}",
+            met(m["hit"]["consist"]["median_ms"] <= th["max_ms"], speed_ok("hit", th["min_speedup"]))),
+        row(f"construct a `Tracker` on a database of {db:,} runs (this consist opens only its SQLite run index)",
+            n("open"), *pair("open"), NA, NA),
+        row(f"open a `Tracker` on a database of {db:,} runs, first query (`find_runs(limit=10)`), close",
+            n("open_query"), *pair("open_query"), f"≤ {t['open_query']['max_ms']} ms",
+            met(m["open_query"]["consist"]["median_ms"] <= t["open_query"]["max_ms"])),
+        row(f"open a `Tracker` on a database of {db:,} runs, first hit, close", n("open_hit"), *pair("open_hit"),
+            NA, NA),
+        row("`import consist` (wall time over an empty interpreter)", n("import", "import"),
+            ms(imp["consist"]["added_ms"]), ms(imp["upstream"]["added_ms"]) if up else "not run",
+            times(imp["ratio_of_medians"]) if up else "", NA, NA),
+        row(f"re-run (hit) with an unchanged {size} input", n("big_rerun"), *pair("big_rerun"), NA, NA),
+        row(f"… time the {size} input adds to a hit (difference of medians)", n("big_rerun"),
+            ms(m["big_added"]["consist"]["ms"]), ms(m["big_added"]["upstream"]["ms"]) if up else "not run", "",
+            f"≤ {t['big_added']['max_ms']} ms", met(m["big_added"]["consist"]["ms"] <= t["big_added"]["max_ms"])),
+        row(f"first hash of {size}, throughput relative to plain `hashlib.sha256`", n("hash", "library"),
+            hash_cell("consist"), hash_cell("upstream"), "",
+            f"≥ {t['hash']['min_pct_of_hashlib']} %",
+            met(hs["consist"]["pct_of_hashlib"] >= t["hash"]["min_pct_of_hashlib"])),
+    ]  # fmt: skip
+    if "scale" in m:
+        sc = m["scale"]
+        big = f"{sc['runs_in_db']:,}"
+        rows += [
+            row(f"hit with {big} runs in the database", f"{sc['hit']['n']} / {NA}", ms(sc["hit"]["median_ms"]),
+                "not measured", "", NA, NA),
+            row(f"miss with {big} runs in the database", f"{sc['miss']['n']} / {NA}", ms(sc["miss"]["median_ms"]),
+                "not measured", "", NA, NA),
+            row(f"signature lookup alone, {big} runs", f"{sc['lookup_only']['n']} / {NA}",
+                ms(sc["lookup_only"]["median_ms"]), "not measured", "", f"≤ {t['scale_lookup']['max_ms']} ms",
+                met(sc["lookup_only"]["median_ms"] <= t["scale_lookup"]["max_ms"])),
+        ]  # fmt: skip
+    return [
+        "N is the number of samples per library (this / 0.3.5). Rows measured on both ran in N rounds, each "
+        "library once per round, alternating which went first.",
+        "",
+        row("measurement (median)", "N", THIS, THEIRS, "speed-up (ratio of medians)", "target", "met"),
+        row(*["---"] * 7),
+        *rows,
+    ]
+
+
+# ---------------------------------------------------------------------------- containers
+
+
+def containers(r: dict[str, Any]) -> list[str]:
+    m, t = r["measurements"], r["targets"]
+    miss, hit = m["miss"], m["hit"]
+    up = "upstream" in miss
+    ov = miss["overhead_pct"]
+    tov, th = t["miss_overhead"]["max_pct"], t["hit"]["max_ms"]
+
+    def overhead(side: str) -> str:
+        o = ov[side]
+        return f"{pct(o['ratio_of_medians'])} of medians, {pct(o['median_paired_ratio'])} median of paired ratios"
+
+    def hit_cell(d: dict[str, Any], side: str) -> str:
+        return f"{ms(d[side]['median_ms'])}, {d['starts'][side]} container starts in {d[side]['n']} hits"
+
+    n2 = f"{miss['consist']['n']} / {miss['upstream']['n'] if up else NA}"
+    nh = f"{hit['consist']['n']} / {hit['upstream']['n'] if up else NA}"
+    rows = [
+        row("bare `docker run --rm` of the command", f"{miss['bare']['n']}", ms(miss["bare"]["median_ms"]), NA, NA,
+            NA),
+        row("`run_container` miss (Docker)", n2, ms(miss["consist"]["median_ms"]),
+            ms(miss["upstream"]["median_ms"]) if up else "not run", NA, NA),
+        row("… overhead of a miss over the bare run", n2, overhead("consist"),
+            overhead("upstream") if up else "not run",
+            f"≤ {tov} % (of medians)", met(ov["consist"]["ratio_of_medians"] <= tov)),
+        row("`run_container` hit, one small output (Docker)", nh,
+            hit_cell(hit, "consist"), hit_cell(hit, "upstream") if up else "not run", f"≤ {th} ms, no start",
+            met(hit["consist"]["median_ms"] <= th, hit["starts"]["consist"] == t["hit"]["starts"])),
+    ]  # fmt: skip
+    if up:
+        rows.append(row("… speed-up of the hit over 0.3.5 (ratio of medians)", f"{hit['rounds']} rounds",
+                        times(hit["ratio_of_medians"]), "", NA, NA))  # fmt: skip
+    for key, label in (("podman_hit", "`run_container` hit (Podman)"),
+                       ("apptainer_hit", "`run_container` hit (Apptainer, .sif)")):  # fmt: skip
+        if key in m:
+            d = m[key]
+            ok = met(d["consist"]["median_ms"] <= th, d["starts"]["consist"] == t["hit"]["starts"])
+            rows.append(row(label, f"{d['consist']['n']} / {NA}", hit_cell(d, "consist"), "not measured",
+                            f"≤ {th} ms, no start", ok))  # fmt: skip
+        if key == "podman_hit" and "podman_first_hit" in m:
+            d = m["podman_first_hit"]["consist"]
+            rows.append(row("… the first hit in a new process (Podman)", f"{d['n']} / {NA}", ms(d["median_ms"]),
+                            "not measured", NA, NA))  # fmt: skip
+    return [
+        "N is the number of samples per library (this / 0.3.5). The bare run and the two libraries' misses ran in "
+        "N rounds, each once per round in rotating order; the Docker hits of the two libraries alternated which "
+        "went first.",
+        "",
+        row("measurement (median)", "N", THIS, THEIRS, "target", "met"),
+        row(*["---"] * 6),
+        *rows,
+    ]
+
+
+# ---------------------------------------------------------------------------- restore
+
+
+def restore(r: dict[str, Any]) -> list[str]:
+    p = r["parameters"]
+    rows = []
+    for fs, cases in r["file_systems"].items():
+        for name, d in cases.items():
+            label = (f"one file of {size_label(p['size_mib'])}" if name == "big_file"
+                     else f"{p['files']:,} files of {p['small_file_kib']:g} KiB")  # fmt: skip
+            rows.append(row(fs, label, d["consist_hit"]["n"], ms(d["consist_hit"]["median_ms"]),
+                            ms(d["cp_reflink_auto"]["median_ms"]), f"{d['ratio']:.2f}",
+                            f"{d['paired_ratio_median']:.2f}"))  # fmt: skip
+    return [
+        "N pairs per case, each a consist hit and a `cp`, alternating which went first; ratios are consist / `cp`.",
+        "",
+        row(
+            "file system",
+            "output",
+            "N pairs",
+            "consist hit (restore)",
+            "`cp --reflink=auto`",
+            "ratio of medians",
+            "median paired ratio",
+        ),
+        row(*["---"] * 7),
+        *rows,
+    ]
+
+
+RENDERERS = {"core": core, "containers": containers, "restore": restore}
+
+
+def render(result: dict[str, Any], path: str) -> str:
+    """The generated block (without its marker lines) for a results file cited as `path`."""
+    return "\n".join([*preamble(result, path), *RENDERERS[result["benchmark"]](result)]) + "\n"
+
+
+def load(path: str | Path) -> dict[str, Any]:
+    p = Path(path)
+    return json.loads((p if p.is_absolute() else ROOT / p).read_text())
+
+
+def cited(path: str | Path) -> str:
+    """How BENCHMARKS.md names a results file: relative to the repository root."""
+    p = Path(path).resolve()
+    return str(p.relative_to(ROOT)) if p.is_relative_to(ROOT) else str(p)
+
+
+def rewrite(doc: str, new_files: list[str]) -> str:
+    """doc with every generated block rendered again (from new_files where one is of the block's benchmark)."""
+    by_kind = {load(f)["benchmark"]: cited(f) for f in new_files}
+
+    def sub(match: re.Match[str]) -> str:
+        old = match["path"]
+        kind = load(old)["benchmark"] if (ROOT / old).exists() else Path(old).name.split("-")[0]
+        path = by_kind.pop(kind, old)
+        return f"<!-- begin generated: {path} -->\n{render(load(path), path)}<!-- end generated -->"
+
+    out = BLOCK.sub(sub, doc)
+    if by_kind:
+        raise SystemExit(f"no generated block for: {', '.join(by_kind.values())}")
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--write", metavar="MARKDOWN", help="replace the generated blocks of this file")
+    ap.add_argument("files", nargs="*", help="results files")
+    args = ap.parse_args()
+    if args.write:
+        doc = Path(args.write)
+        doc.write_text(rewrite(doc.read_text(), args.files))
+        print(f"rewrote {doc}", file=sys.stderr)
+        return
+    if not args.files:
+        ap.error("give a results file, or --write BENCHMARKS.md")
+    for f in args.files:
+        print(render(load(f), cited(f)))
+
+
+if __name__ == "__main__":
+    main()
