@@ -19,6 +19,7 @@ from .errors import (
     ConsistWarning,
     ContainerError,
     ContainerExecutionError,
+    ContainerTimeoutError,
     CouplerKeyError,
     ImageNotFoundError,
     InputNotFoundError,
@@ -146,5 +147,6 @@ __all__ = [
     "BackendUnavailableError",
     "ImageNotFoundError",
     "ContainerExecutionError",
+    "ContainerTimeoutError",
     "__version__",
 ]

@@ -159,12 +159,31 @@ class ContainerExecutionError(ContainerError, RuntimeError):
         self.run_id = run_id
 
 
+class ContainerTimeoutError(ContainerError, TimeoutError):
+    """The container ran longer than its time limit and was stopped."""
+
+    def __init__(self, *, seconds: float, command: Sequence[str], image: str, run_id: str | None = None) -> None:
+        problem = f"Container {image!r} was stopped after {seconds:g} s running {list(command)!r}"
+        if run_id:
+            problem += f" (run {run_id!r})"
+        super().__init__(
+            problem,
+            "the command hangs, waits for input, or needs longer than the time limit",
+            "raise timeout= (or CONSIST_CONTAINER_TIMEOUT, in seconds), or read the run's container.log",
+        )
+        self.seconds = seconds
+        self.command = list(command)
+        self.image = image
+        self.run_id = run_id
+
+
 __all__ = [
     "BackendUnavailableError",
     "ConfigError",
     "ConsistError",
     "ContainerError",
     "ContainerExecutionError",
+    "ContainerTimeoutError",
     "CouplerKeyError",
     "ImageNotFoundError",
     "InputNotFoundError",

@@ -2,9 +2,9 @@
 
 Hashing or copying a few kilobytes must not pay for importing rich, so the bar
 is created lazily: callers report bytes as they go and the bar shows up once
-the operation has been running for ``DELAY_S`` seconds. Set
-``CONSIST_PROGRESS=0`` to silence it or ``CONSIST_PROGRESS=1`` to show it even
-when stderr is not a terminal.
+the operation has been running for ``DELAY_S`` seconds
+(``CONSIST_PROGRESS_DELAY`` overrides it). Set ``CONSIST_PROGRESS=0`` to silence
+it or ``CONSIST_PROGRESS=1`` to show it even when stderr is not a terminal.
 """
 
 from __future__ import annotations
@@ -16,6 +16,13 @@ from types import TracebackType
 from typing import Any
 
 DELAY_S = 1.0
+
+
+def _delay() -> float:
+    try:
+        return float(os.environ.get("CONSIST_PROGRESS_DELAY", DELAY_S))
+    except ValueError:
+        return DELAY_S
 
 
 def _mode() -> str:
@@ -40,6 +47,7 @@ class ByteProgress:
         self._task: Any = None
         self._mode = _mode()
         self._enabled = self._mode != "off"
+        self._delay = _delay() if self._enabled else DELAY_S
         self.shown = False
 
     def __enter__(self) -> ByteProgress:
@@ -48,7 +56,7 @@ class ByteProgress:
     def advance(self, nbytes: int) -> None:
         self.done += nbytes
         if self._bar is None:
-            if not self._enabled or time.monotonic() - self._start < DELAY_S:
+            if not self._enabled or time.monotonic() - self._start < self._delay:
                 return
             self._open()
         self._bar.update(self._task, completed=self.done)

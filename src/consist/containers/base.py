@@ -5,13 +5,18 @@ from __future__ import annotations
 import abc
 import dataclasses
 import os
+import signal
 import subprocess
 import sys
 import threading
 from collections import deque
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import IO
+
+# Bound on the short engine commands (inspect, info, kill): a daemon that does not
+# answer must turn into an error, never into a process that waits forever.
+ENGINE_CALL_TIMEOUT_S = 120.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,6 +51,7 @@ class ContainerSpec:
     environment: Mapping[str, str]
     working_dir: str | None = None
     user: str | None = None  # "uid:gid", or None for the engine's default
+    name: str | None = None  # the container's name, so it can be stopped if we are interrupted
 
 
 @dataclasses.dataclass
@@ -55,6 +61,7 @@ class ExecResult:
     exit_code: int
     stderr_tail: str
     log_path: Path
+    timed_out: bool = False
 
 
 class Backend(abc.ABC):
@@ -80,19 +87,59 @@ class Backend(abc.ABC):
         env.update(spec.environment)
         return env
 
-    def run(self, spec: ContainerSpec, log_path: Path, *, stream: bool = False) -> ExecResult:
-        """Run the container, teeing its output to ``log_path``."""
-        return run_process(self.argv(spec), self.child_env(spec), log_path, stream=stream)
+    def stop(self, spec: ContainerSpec) -> None:  # noqa: B027 - optional hook, nothing to do by default
+        """Stop a container whose engine process was killed (timeout, Ctrl-C).
+
+        Killing the process group is enough where the container is a child of the
+        engine command (Apptainer); a daemon-run container (Docker, Podman) outlives
+        its client and is stopped here by name.
+        """
+
+    def run(
+        self, spec: ContainerSpec, log_path: Path, *, stream: bool = False, timeout: float | None = None
+    ) -> ExecResult:
+        """Run the container, teeing its output to ``log_path``.
+
+        After ``timeout`` seconds (None: no limit), or when the caller is
+        interrupted, the engine process group is killed and :meth:`stop` removes
+        the container.
+        """
+        return run_process(
+            self.argv(spec),
+            self.child_env(spec),
+            log_path,
+            stream=stream,
+            timeout=timeout,
+            on_abort=lambda: self.stop(spec),
+        )
 
 
-def run_process(argv: Sequence[str], env: Mapping[str, str], log_path: Path, *, stream: bool = False) -> ExecResult:
-    """Run argv; stdout and stderr go to log_path (prefixed) and, with stream, to ours."""
+def run_process(
+    argv: Sequence[str],
+    env: Mapping[str, str],
+    log_path: Path,
+    *,
+    stream: bool = False,
+    timeout: float | None = None,
+    on_abort: Callable[[], None] | None = None,
+) -> ExecResult:
+    """Run argv; stdout and stderr go to log_path (prefixed) and, with stream, to ours.
+
+    The process runs in its own process group, so a timeout or an interrupt
+    kills the engine command and everything it started; ``on_abort`` then
+    cleans up what lives outside that group (a daemon's container).
+    """
     log_path.parent.mkdir(parents=True, exist_ok=True)
     tail: deque[str] = deque(maxlen=30)
     lock = threading.Lock()
     with open(log_path, "w", encoding="utf-8", errors="replace") as log:
         proc = subprocess.Popen(
-            list(argv), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=dict(env)
+            list(argv),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=dict(env),
+            start_new_session=True,
         )
 
         def pump(pipe: IO[bytes], label: str, echo: IO[str], keep: bool) -> None:
@@ -114,13 +161,34 @@ def run_process(argv: Sequence[str], env: Mapping[str, str], log_path: Path, *, 
         ]
         for t in threads:
             t.start()
+        timed_out = False
         try:
-            code = proc.wait()
+            code = proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            timed_out = True
+            _abort(proc, on_abort)
+            code = proc.returncode
         except BaseException:
-            proc.kill()
-            proc.wait()
+            _abort(proc, on_abort)
             raise
         finally:
             for t in threads:
-                t.join()
-    return ExecResult(exit_code=code, stderr_tail="\n".join(tail), log_path=log_path)
+                t.join(timeout=30)
+    return ExecResult(exit_code=code, stderr_tail="\n".join(tail), log_path=log_path, timed_out=timed_out)
+
+
+def _abort(proc: subprocess.Popen[bytes], on_abort: Callable[[], None] | None) -> None:
+    """Kill the engine command's process group, then let the backend stop the container."""
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        proc.kill()
+    try:
+        proc.wait(timeout=ENGINE_CALL_TIMEOUT_S)
+    except subprocess.TimeoutExpired:  # pragma: no cover - a process that survives SIGKILL
+        pass
+    if on_abort is not None:
+        try:
+            on_abort()
+        except Exception:  # best effort: the original error is what the caller needs to see
+            pass

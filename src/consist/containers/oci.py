@@ -14,7 +14,10 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import BackendUnavailableError, ImageNotFoundError
-from .base import Backend, ContainerSpec, ImageRef
+from .base import ENGINE_CALL_TIMEOUT_S, Backend, ContainerSpec, ImageRef
+
+# Pulling a multi-gigabyte model image can take a while; it still must end.
+PULL_TIMEOUT_S = 3600.0
 
 
 def split_reference(image: str) -> tuple[str, str | None, str | None]:
@@ -67,6 +70,8 @@ class _OCIBackend(Backend):
 
     def argv(self, spec: ContainerSpec) -> list[str]:
         cmd = [self.exe, "run", "--rm"]
+        if spec.name:
+            cmd += ["--name", spec.name]
         for m in spec.mounts:
             cmd += ["--mount", f"type=bind,source={m.host},target={m.container}"]
         if spec.working_dir:
@@ -78,6 +83,31 @@ class _OCIBackend(Backend):
         cmd.append(spec.image.run_ref)
         cmd += list(spec.command)
         return cmd
+
+    def stop(self, spec: ContainerSpec) -> None:
+        """Remove the named container: it outlives a killed ``run`` client."""
+        if spec.name:
+            subprocess.run(
+                [self._binary(), "rm", "--force", spec.name],
+                capture_output=True,
+                stdin=subprocess.DEVNULL,
+                timeout=ENGINE_CALL_TIMEOUT_S,
+            )
+
+    def _engine(
+        self, args: list[str], what: str, timeout: float = ENGINE_CALL_TIMEOUT_S
+    ) -> subprocess.CompletedProcess[str]:
+        """Run a short engine command with a time limit; a hang becomes a clear error."""
+        try:
+            return subprocess.run(
+                [self._binary(), *args], capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=timeout
+            )
+        except subprocess.TimeoutExpired as exc:
+            raise BackendUnavailableError(
+                f"`{self.exe} {' '.join(args)}` did not answer within {timeout:g} s ({what})",
+                f"the {self.exe} engine hangs or its storage is locked by another process",
+                f"check `{self.exe} info`; restart the engine if it does not answer",
+            ) from exc
 
     def _pull_failed(self, image: str, detail: str) -> ImageNotFoundError:
         return ImageNotFoundError(
@@ -186,10 +216,8 @@ class PodmanBackend(_OCIBackend):
     def _store_stamp(self) -> tuple[int, ...] | None:
         key = self._store_key()
         if key not in self._images_json:
-            proc = subprocess.run(
-                [self._binary(), "info", "--format", "{{.Store.GraphRoot}} {{.Store.GraphDriverName}}"],
-                capture_output=True,
-                text=True,
+            proc = self._engine(
+                ["info", "--format", "{{.Store.GraphRoot}} {{.Store.GraphDriverName}}"], "finding the image store"
             )
             found = None
             if proc.returncode == 0 and " " in proc.stdout.strip():
@@ -207,9 +235,7 @@ class PodmanBackend(_OCIBackend):
         return (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
 
     def _inspect(self, image: str) -> dict[str, Any] | None:
-        proc = subprocess.run(
-            [self._binary(), "image", "inspect", "--format", "json", image], capture_output=True, text=True
-        )
+        proc = self._engine(["image", "inspect", "--format", "json", image], "inspecting the image")
         if proc.returncode != 0:
             if "image not known" in proc.stderr or "no such" in proc.stderr.lower():
                 return None
@@ -221,7 +247,7 @@ class PodmanBackend(_OCIBackend):
         return json.loads(proc.stdout)[0]
 
     def _pull(self, image: str) -> None:
-        proc = subprocess.run([self._binary(), "pull", "-q", image], capture_output=True, text=True)
+        proc = self._engine(["pull", "-q", image], "pulling the image", timeout=PULL_TIMEOUT_S)
         if proc.returncode != 0:
             raise self._pull_failed(image, proc.stderr)
 

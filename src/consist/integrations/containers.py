@@ -34,7 +34,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..containers import ContainerSpec, Mount, get_backend
-from ..errors import ConsistError, ConsistWarning, ContainerError, ContainerExecutionError, PathNotAllowedError
+from ..errors import (
+    ConsistError,
+    ConsistWarning,
+    ContainerError,
+    ContainerExecutionError,
+    ContainerTimeoutError,
+    PathNotAllowedError,
+)
 from ..hashing import canonical, dumps, hash_canonical
 from ..results import RunResult
 
@@ -253,11 +260,12 @@ def run_container(
     strict_mounts: bool = True,
     *,
     model: str | None = None,
-    run_as_user: bool | None = None,
+    run_as_user: bool | str | None = None,
     stream_logs: bool | None = None,
     year: int | None = None,
     iteration: int | None = None,
     tags: Sequence[str] | None = None,
+    timeout: float | None = None,
 ) -> ContainerResult:
     """Run ``command`` in ``image`` unless an identical run already produced the outputs.
 
@@ -304,17 +312,24 @@ def run_container(
     run_as_user:
         Run as the caller's uid:gid so outputs are not owned by root. Defaults to
         True when the caller is not root (Docker and Podman; Apptainer always
-        runs as the caller).
+        runs as the caller). A string ``"uid"`` or ``"uid:gid"`` runs as that
+        numeric user instead (Docker and Podman).
     stream_logs:
         Show the container's output live (default: ``CONSIST_CONTAINER_STREAM=1``).
         It is always kept in the run's log file.
     year, iteration, tags:
         Recorded on the run; year and iteration are part of the key.
+    timeout:
+        Seconds the container may run (default: ``CONSIST_CONTAINER_TIMEOUT``, else
+        no limit). When it runs longer, or the caller is interrupted, the container
+        is stopped and removed, and the run is recorded as failed.
 
     Raises
     ------
     ContainerExecutionError
         The container exited non-zero (also a ``RuntimeError``); nothing is cached.
+    ContainerTimeoutError
+        The container ran longer than ``timeout`` (also a ``TimeoutError``); nothing is cached.
     BackendUnavailableError, ImageNotFoundError, PathNotAllowedError
         Raised before anything runs or is recorded.
     """
@@ -341,16 +356,17 @@ def run_container(
     }
     # The human tag is not hashed: two tags of one image give one manifest hash.
     manifest_hash = hash_canonical({k: v for k, v in manifest.items() if k != "image"}, "consist-container-v1")
-    if run_as_user is None:
-        run_as_user = os.getuid() != 0
-    user = f"{os.getuid()}:{os.getgid()}" if run_as_user and backend.name != "apptainer" else None
-    spec = ContainerSpec(ref, tuple(argv), tuple(mounts), env, working_dir, user)
+    user = _container_user(run_as_user, backend.name)
+    limit = _timeout(timeout)
+    spec = ContainerSpec(ref, tuple(argv), tuple(mounts), env, working_dir, user, f"consist-{uuid.uuid4().hex[:16]}")
     stream = stream_logs if stream_logs is not None else os.environ.get("CONSIST_CONTAINER_STREAM") == "1"
 
     if lineage_mode == "none":
         _prepare_host_dirs(mounts)
         log_path = tracker.run_dir / ".consist" / "logs" / f"{uuid.uuid4().hex}.log"
-        res = backend.run(spec, log_path, stream=stream)
+        res = backend.run(spec, log_path, stream=stream, timeout=limit)
+        if res.timed_out:
+            raise ContainerTimeoutError(seconds=limit or 0, command=argv, image=image)
         if res.exit_code != 0:
             raise ContainerExecutionError(
                 exit_code=res.exit_code, command=argv, image=image, stderr_tail=res.stderr_tail
@@ -409,11 +425,13 @@ def run_container(
         for p in out_paths.values():
             p.parent.mkdir(parents=True, exist_ok=True)
         started = time.time()
-        res = backend.run(spec, log_path, stream=stream)
+        res = backend.run(spec, log_path, stream=stream, timeout=limit)
         meta["container_seconds"] = round(time.time() - started, 3)
         meta["exit_code"] = res.exit_code
         if active.persist:
             _record_log(tracker, active, log_path)
+        if res.timed_out:
+            raise ContainerTimeoutError(seconds=limit or 0, command=argv, image=image, run_id=active.id)
         if res.exit_code != 0:
             raise ContainerExecutionError(
                 exit_code=res.exit_code, command=argv, image=image, stderr_tail=res.stderr_tail, run_id=active.id
@@ -441,6 +459,47 @@ def run_container(
     return ContainerResult(
         active.id, False, None, rr.outputs, manifest, manifest_hash, ref.digest, log_path, missing, rr
     )
+
+
+def _container_user(run_as_user: bool | str | None, backend: str) -> str | None:
+    """The ``--user`` value for the engine, or None for the image's default user."""
+    if isinstance(run_as_user, str):
+        parts = run_as_user.split(":")
+        if not (1 <= len(parts) <= 2 and all(p.isascii() and p.isdigit() for p in parts)):
+            raise ConsistError(
+                f"run_as_user={run_as_user!r} is not a numeric user", None, 'pass True, False, "1000" or "1000:1000"'
+            )
+        if backend == "apptainer":
+            raise ConsistError(
+                "Apptainer always runs containers as the calling user",
+                "run_as_user names another user",
+                "run the tracker as that user, or use backend_type='docker' or 'podman'",
+            )
+        return run_as_user
+    if run_as_user is None:
+        run_as_user = os.getuid() != 0
+    if run_as_user and backend != "apptainer":
+        return f"{os.getuid()}:{os.getgid()}"
+    return None
+
+
+def _timeout(value: float | None) -> float | None:
+    """The container time limit: the argument, else CONSIST_CONTAINER_TIMEOUT, else none."""
+    if value is None:
+        raw = os.environ.get("CONSIST_CONTAINER_TIMEOUT", "").strip()
+        if not raw:
+            return None
+        try:
+            value = float(raw)
+        except ValueError:
+            raise ConsistError(
+                f"CONSIST_CONTAINER_TIMEOUT={raw!r} is not a number of seconds",
+                None,
+                "set it to e.g. 3600, or unset it",
+            ) from None
+    if not value > 0:
+        raise ConsistError(f"timeout={value!r} must be a positive number of seconds", None, "pass e.g. timeout=3600")
+    return float(value)
 
 
 def _prepare_host_dirs(mounts: Sequence[Mount]) -> None:
