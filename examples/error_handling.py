@@ -41,9 +41,11 @@ print("Warning logged:", "; ".join(str(w.message) for w in caught))
 print("Captured:", sorted(result.artifacts))
 
 # Image Pull Errors
+# An image that was never built, in a registry on this machine (running or not), so the
+# failed pull never leaves it; "my-org/not-built:v1.0" would ask Docker Hub instead.
 try:
     run_container(
-        tracker=tracker, run_id="no_image", image="my-org/not-built:v1.0", command=["true"],
+        tracker=tracker, run_id="no_image", image="localhost:5000/my-org/not-built:v1.0", command=["true"],
         outputs=[], pull_latest=False, backend_type="docker", **common,
     )  # fmt: skip
 except ConsistError as e:

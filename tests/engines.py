@@ -1,4 +1,11 @@
-"""Which real container engines the tests can use (set up by scripts/setup-containers.sh)."""
+"""Which real container engines the tests can use (set up by scripts/setup-containers.sh).
+
+``pytest --require-engines=all`` (what ``scripts/test.sh`` passes as root) makes
+the engines mandatory: the run stops before any test if one is missing, naming
+it, and a container test that cannot find its engine fails instead of skipping.
+The setting lives in pytest's own configuration, not in the environment, so no
+fixture can erase it.
+"""
 
 from __future__ import annotations
 
@@ -10,7 +17,22 @@ from pathlib import Path
 
 import pytest
 
+ENGINES = ("docker", "podman", "apptainer")
 ENV_FILE = Path(os.environ.get("CI_CONTAINERS_DIR", "/tmp/ci-containers")) / "containers.env"
+
+# Filled in by conftest.pytest_configure from --require-engines.
+REQUIRED: set[str] = set()
+
+
+def parse_required(value: str) -> set[str]:
+    """``"all"`` or a comma-separated list of engine names."""
+    names = {v.strip().lower() for v in value.split(",") if v.strip()}
+    if "all" in names:
+        return set(ENGINES)
+    unknown = names - set(ENGINES)
+    if unknown:
+        raise pytest.UsageError(f"--require-engines: unknown engine(s) {sorted(unknown)}; use {', '.join(ENGINES)}")
+    return names
 
 
 @functools.cache
@@ -26,24 +48,39 @@ def facts() -> dict[str, str]:
 
 
 @functools.cache
-def available(engine: str) -> bool:
+def problem(engine: str) -> str | None:
+    """Why ``engine`` cannot be used by the tests, or None when it can."""
     exe = {"docker": "docker", "podman": "podman", "apptainer": "apptainer"}[engine]
     if shutil.which(exe) is None:
-        return False
+        return f"{engine}: the `{exe}` command is not on PATH"
     probe = {"docker": ["docker", "info"], "podman": ["podman", "info"], "apptainer": ["apptainer", "--version"]}
     try:
-        return subprocess.run(probe[engine], capture_output=True, timeout=30).returncode == 0
-    except (OSError, subprocess.TimeoutExpired):
-        return False
+        proc = subprocess.run(probe[engine], capture_output=True, text=True, timeout=60)
+    except subprocess.TimeoutExpired:
+        return f"{engine}: `{' '.join(probe[engine])}` did not answer within 60 s"
+    except OSError as exc:
+        return f"{engine}: `{' '.join(probe[engine])}` could not start ({exc})"
+    if proc.returncode != 0:
+        detail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
+        return f"{engine}: `{' '.join(probe[engine])}` failed ({detail[0][:200]})"
+    key = {"docker": "CI_DOCKER", "podman": "CI_PODMAN", "apptainer": "CI_APPTAINER"}[engine]
+    if facts().get(key) != "1":
+        return f"{engine}: its test images are not set up ({ENV_FILE} has no {key}=1)"
+    return None
+
+
+def available(engine: str) -> bool:
+    return problem(engine) is None
 
 
 def need(engine: str) -> None:
-    """Skip without the engine, unless CI demands every engine (then fail loudly)."""
-    if available(engine) and facts():
+    """Skip without the engine, or fail when the run requires it."""
+    why = problem(engine)
+    if why is None:
         return
-    msg = f"{engine} is not set up (run scripts/setup-containers.sh)"
-    if os.environ.get("CONSIST_REQUIRE_ENGINES") == "1":
-        pytest.fail(msg)
+    msg = f"{why} (run scripts/setup-containers.sh)"
+    if engine in REQUIRED:
+        pytest.fail(f"required engine missing: {msg}", pytrace=False)
     pytest.skip(msg)
 
 

@@ -295,7 +295,7 @@ def test_engine_errors_are_clear_and_record_nothing(tracker: Tracker, monkeypatc
     need("docker")
     setup_data()
     with pytest.raises(consist.ImageNotFoundError, match="docker pull"):
-        copy_run(tracker, "docker", image="consist-test/does-not-exist:v9")
+        copy_run(tracker, "docker", image="localhost:5000/consist-test/does-not-exist:v9")
     if shutil.which("apptainer"):
         with pytest.raises(consist.ImageNotFoundError, match=r"\.sif path"):
             copy_run(tracker, "apptainer", image="/nowhere/model.sif")
@@ -320,3 +320,259 @@ def test_run_as_user_and_working_dir(tracker: Tracker) -> None:
     )
     assert Path("outputs/uid").read_text().strip() == str(os.getuid())
     assert Path("outputs/pwd").read_text().strip() == "/tmp" and set(r.artifacts) == {"uid", "pwd"}
+
+
+# ----------------------------------------------------------------------------- guarantees the
+# tests above cannot see: each test below fails when its guarantee is broken.
+
+DENIED_INSIDE_ROOTS = [
+    "/etc",
+    "/etc/ssl",
+    "/proc/self",
+    "/sys/kernel",
+    "/dev/shm",
+    "/var/lib/docker",
+    "/run/docker.sock",
+]
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_deny_list_applies_inside_allowed_roots(engine: str, make_tracker, tmp_path: Path) -> None:
+    """A broad allowed root (a mount of "/") must not open system paths to containers."""
+    need(engine)
+    setup_data()
+    t = make_tracker(mounts={"everything": "/"})  # every path below is under an allowed root
+    for path in DENIED_INSIDE_ROOTS:
+        with pytest.raises(consist.PathNotAllowedError, match="system directory"):
+            run_container(
+                t, "x", image(engine), COPY, {path: "/host", "./counter": "/counter"}, [], [], backend_type=engine
+            )
+    # The same tracker does accept an ordinary data folder, so the refusals above come
+    # from the deny list and not from the roots.
+    count = ["sh", "-c", "echo run >> /counter/n"]
+    ok = run_container(t, "ok", image(engine), count, {"./counter": "/counter"}, [], [], backend_type=engine)
+    assert ok.run_id == "ok" and executions() == 1
+    assert [r.id for r in t.find_runs()] == ["ok"]
+
+
+def _cmdlines() -> list[tuple[int, str]]:
+    out = []
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            try:
+                out.append(
+                    (int(proc.name), (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace"))
+                )
+            except OSError:
+                continue
+    return out
+
+
+def _run_in_thread(fn, *args, **kwargs):
+    import threading
+
+    box: dict[str, object] = {}
+
+    def target() -> None:
+        try:
+            box["result"] = fn(*args, **kwargs)
+        except BaseException as exc:  # handed to the test thread
+            box["error"] = exc
+
+    th = threading.Thread(target=target, daemon=True)
+    th.start()
+    return th, box
+
+
+def _wait_for(path: Path, seconds: float = 90.0) -> None:
+    import time
+
+    deadline = time.monotonic() + seconds
+    while not path.exists():
+        assert time.monotonic() < deadline, f"{path} did not appear within {seconds} s"
+        time.sleep(0.05)
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_secret_environment_value_is_never_on_a_command_line(engine: str, tracker: Tracker) -> None:
+    """While the container runs, no process on the host shows the value in its argv."""
+    need(engine)
+    setup_data()
+    secret = f"s3cr3t-{uuid.uuid4().hex}"
+    cmd = [
+        "sh",
+        "-c",
+        'test "$API_TOKEN" = "$EXPECTED" && echo same > /outputs/check; touch /counter/started; '
+        "i=0; while [ ! -e /counter/go ] && [ $i -lt 600 ]; do sleep 0.1; i=$((i+1)); done",
+    ]
+    th, box = _run_in_thread(
+        copy_run, tracker, engine, command=cmd, outputs=["./outputs/check"],
+        environment={"API_TOKEN": secret, "EXPECTED": secret},
+    )  # fmt: skip
+    try:
+        _wait_for(Path("counter/started"))
+        seen = [(pid, line) for pid, line in _cmdlines() if secret in line]
+        engine_procs = [line for _pid, line in _cmdlines() if "/counter" in line or "consist-" in line]
+    finally:
+        Path("counter/go").touch()
+        th.join(120)
+    assert "error" not in box, box.get("error")
+    assert seen == [], f"the secret is on a command line: {seen}"
+    assert engine_procs, "the engine's process was not found, so the check above looked at nothing"
+    assert Path("outputs/check").read_text().strip() == "same"  # the value did reach the container
+
+
+def _registry() -> str:
+    reg = facts().get("CI_REGISTRY")
+    assert reg, "the loopback registry is not set up (scripts/setup-containers.sh)"
+    return reg
+
+
+def _served_digest(ref: str) -> str:
+    """The manifest digest the loopback registry serves for host/repo:tag."""
+    import urllib.request
+
+    host, rest = ref.split("/", 1)
+    repo, tag = rest.rsplit(":", 1)
+    req = urllib.request.Request(
+        f"http://{host}/v2/{repo}/manifests/{tag}",
+        method="HEAD",
+        headers={"Accept": "application/vnd.docker.distribution.manifest.v2+json, "
+                           "application/vnd.oci.image.manifest.v1+json"},
+    )  # fmt: skip
+    with urllib.request.urlopen(req, timeout=20) as resp:
+        return resp.headers["Docker-Content-Digest"]
+
+
+@pytest.mark.parametrize("engine", ["docker", "podman"])
+def test_pull_latest_runs_what_the_registry_serves_now(engine: str, tracker: Tracker, tmp_path: Path) -> None:
+    """The local tag is stale (an older push): pull_latest must fetch and run the new image."""
+    need(engine)
+    setup_data()
+    ref = f"{_registry()}/ci/pull-latest-{uuid.uuid4().hex[:8]}:v"
+    ctx = tmp_path / "ctx"
+    ctx.mkdir()
+    tls = ["--tls-verify=false"] if engine == "podman" else []
+
+    def sh(*args: str) -> str:
+        return subprocess.run([engine, *args], check=True, capture_output=True, text=True, timeout=300).stdout.strip()
+
+    def build_and_push(marker: str) -> str:
+        (ctx / "Dockerfile").write_text(f"FROM {image(engine)}\nRUN echo {marker} > /marker\n")
+        sh("build", "-q", "-t", ref, str(ctx))
+        sh("push", *tls, ref)
+        return sh("image", "inspect", "--format", "{{.Id}}", ref)
+
+    try:
+        old_id = build_and_push("old")
+        old_digest = _served_digest(ref)
+        build_and_push("new")
+        new_digest = _served_digest(ref)
+        sh("tag", old_id, ref)  # the local tag points at the old image again
+        assert old_digest != new_digest
+        cmd = ["sh", "-c", "echo run >> /counter/n; cat /marker > /outputs/marker"]
+        stale = copy_run(tracker, engine, image=ref, command=cmd, outputs=["./outputs/marker"])
+        assert Path("outputs/marker").read_text().strip() == "old"  # without pull_latest: the local image
+        fresh = copy_run(tracker, engine, image=ref, command=cmd, outputs=["./outputs/marker"], pull_latest=True)
+        assert not fresh.cache_hit and executions() == 2
+        assert Path("outputs/marker").read_text().strip() == "new"
+        assert fresh.image_digest == new_digest != stale.image_digest
+        assert tracker.explain(fresh.run_id)["changed"] == ["image_digest"]
+    finally:
+        subprocess.run([engine, "rmi", "-f", ref], capture_output=True, timeout=120)
+
+
+@pytest.mark.parametrize("engine", ["docker", "podman"])
+def test_run_as_user_names_the_container_user(engine: str, tracker: Tracker) -> None:
+    need(engine)
+    setup_data()
+    Path("outputs").mkdir()
+    os.chmod("outputs", 0o777)
+    cmd = ["sh", "-c", "id -u > /outputs/uid; id -g > /outputs/gid"]
+    run_container(tracker, "u", image(engine), cmd, {"./outputs": "/outputs"}, [], ["./outputs/uid"],
+                  backend_type=engine, run_as_user="4321:4322")  # fmt: skip
+    assert Path("outputs/uid").read_text().strip() == "4321"
+    assert Path("outputs/gid").read_text().strip() == "4322"
+    assert Path("outputs/uid").stat().st_uid == 4321  # the restored copy is ours; the engine wrote as 4321
+    with pytest.raises(consist.ConsistError, match="numeric user"):
+        run_container(tracker, "bad", image(engine), cmd, {"./outputs": "/outputs"}, [], [], run_as_user="root; id")
+
+
+RUN_AS_CALLER = """
+import os, sys
+from pathlib import Path
+from consist import Tracker
+from consist.integrations.containers import run_container
+t = Tracker("runs", db_path="provenance.duckdb", project_root=".")
+r = run_container(t, "as-caller", sys.argv[1], ["sh", "-c", "id -u > /outputs/uid"], {"./outputs": "/outputs"}, [],
+                  ["./outputs/uid"], backend_type="docker")
+print(os.getuid(), Path("outputs/uid").read_text().strip(), Path("outputs/uid").stat().st_uid)
+t.close()
+"""
+
+
+def _runs_as(python: str, uid: int, gid: int) -> bool:
+    try:
+        return subprocess.run([python, "-c", "pass"], user=uid, group=gid, cwd="/", timeout=60).returncode == 0
+    except OSError:
+        return False
+
+
+def test_non_root_caller_runs_containers_as_itself(tmp_path: Path) -> None:
+    """run_as_user defaults to True for a non-root caller: outputs are not owned by root."""
+    need("docker")
+    import grp
+    import sys
+
+    if os.geteuid() != 0:
+        pytest.skip("needs root to start a process as another user")
+    import tempfile
+
+    uid = gid = 65534
+    # pytest's tmp_path lies under a directory only root may enter.
+    work = Path(tempfile.mkdtemp(prefix="consist-nobody-"))
+    (work / "outputs").mkdir(parents=True)
+    for p in (work, work / "outputs"):
+        os.chown(p, uid, gid)
+    docker_gid = grp.getgrnam("docker").gr_gid
+    # The virtualenv's interpreter may live in root's home; any Python 3.11 with our
+    # site-packages on its path will do for the other user.
+    python = next((exe for exe in (sys.executable, "/usr/bin/python3.11") if _runs_as(exe, uid, gid)), None)
+    if python is None:
+        pytest.fail("no Python interpreter that user 65534 may execute (install Debian's python3)")
+    import site
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CONSIST_")}
+    path = [str(Path(consist.__file__).parents[1]), *site.getsitepackages()]
+    env.update(HOME=str(work), CONSIST_PROGRESS="0", PYTHONPATH=os.pathsep.join(path))
+    try:
+        proc = subprocess.run(
+            [python, "-c", RUN_AS_CALLER, image("docker")],
+            cwd=work, env=env, user=uid, group=gid, extra_groups=[docker_gid],
+            capture_output=True, text=True, timeout=300,
+        )  # fmt: skip
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    assert proc.returncode == 0, proc.stderr
+    caller, inside, owner = proc.stdout.split()
+    assert caller == inside == owner == str(uid)
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_timeout_stops_the_container_and_records_a_failure(engine: str, tracker: Tracker) -> None:
+    need(engine)
+    setup_data()
+    cmd = ["sh", "-c", "echo run >> /counter/n; echo started; sleep 300"]
+    with pytest.raises(consist.ContainerTimeoutError, match="stopped after 3 s") as info:
+        copy_run(tracker, engine, command=cmd, run_id="slow", timeout=3)
+    assert isinstance(info.value, TimeoutError)
+    run = tracker.get_run("slow")
+    assert run.status == "failed" and "stopped after" in run.error
+    if engine != "apptainer":  # a daemon's container outlives its client unless it is removed
+        left = subprocess.run([engine, "ps", "-aq", "--filter", "name=consist-"], capture_output=True, text=True,
+                              timeout=60).stdout.split()  # fmt: skip
+        assert left == []
+    else:
+        assert not [line for _pid, line in _cmdlines() if "sleep 300" in line]
+    with pytest.raises(consist.ConsistError, match="positive"):
+        copy_run(tracker, engine, command=cmd, timeout=0)

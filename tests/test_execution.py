@@ -126,6 +126,31 @@ def test_failing_function_is_recorded_and_never_served(tracker: Tracker) -> None
     assert not r.cache_hit
 
 
+def test_failed_step_without_outputs_executes_again(tracker: Tracker, calls) -> None:
+    """With nothing to restore, only the run's status can keep a failure from being served."""
+    state = {"fail": True}
+
+    def side_effect_only(k: int) -> None:
+        calls()
+        if state["fail"]:
+            raise ValueError("boom")
+
+    with pytest.raises(ValueError, match="boom"):
+        tracker.run(side_effect_only, config={"k": 1})
+    state["fail"] = False
+    again = tracker.run(side_effect_only, config={"k": 1})
+    assert not again.cache_hit and calls.n == 2
+    assert tracker.run(side_effect_only, config={"k": 1}).cache_hit and calls.n == 2
+
+    with pytest.raises(KeyError):
+        with tracker.start_run("manual", "noout", config={"k": 1}):
+            raise KeyError("missing")
+    with tracker.start_run("manual", "noout", config={"k": 1}) as run:
+        assert not run.cache_hit  # the failed block is no producer
+    with tracker.start_run("manual", "noout", config={"k": 1}) as hit:
+        assert hit.cache_hit and hit.cache_source == run.id
+
+
 def test_manual_lifecycle(tracker: Tracker) -> None:
     write("in.csv", "1")
     run = tracker.begin_run("manual", "mymodel", config={"k": 1}, inputs=["in.csv"], tags=["t1"])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -159,3 +160,33 @@ def test_progress_bar_stays_hidden_for_quick_work(monkeypatch: pytest.MonkeyPatc
     with progress.ByteProgress("x", 10) as bar:
         bar.advance(10)
         assert not bar.shown
+
+
+PROGRESS_SCRIPT = """
+import os
+import re
+from pathlib import Path
+from consist import Tracker
+
+Path("data").mkdir()
+Path("data/big.bin").write_bytes(os.urandom(8 << 20))
+with Tracker("runs", db_path="provenance.duckdb", project_root=".") as t:
+    t.run(lambda big: None, name="step", inputs={"big": "data/big.bin"})
+"""
+
+
+def test_hashing_a_real_input_shows_a_progress_bar(tmp_path: Path) -> None:
+    """A separate process, so only the bar itself can put these words on its stderr."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CONSIST_")}
+    shown = subprocess.run(
+        [sys.executable, "-c", PROGRESS_SCRIPT], cwd=tmp_path, capture_output=True, text=True, timeout=120,
+        env={**env, "CONSIST_PROGRESS": "1", "CONSIST_PROGRESS_DELAY": "0"},
+    )  # fmt: skip
+    assert shown.returncode == 0, shown.stderr
+    assert re.search(r"hashing big\.bin.*8\.4 MB", shown.stderr), shown.stderr[-2000:]
+    (tmp_path / "again").mkdir()
+    quiet = subprocess.run(
+        [sys.executable, "-c", PROGRESS_SCRIPT], cwd=tmp_path / "again", capture_output=True, text=True, timeout=120,
+        env={**env, "CONSIST_PROGRESS": "0", "CONSIST_PROGRESS_DELAY": "0"},
+    )  # fmt: skip
+    assert quiet.returncode == 0 and "hashing" not in quiet.stderr

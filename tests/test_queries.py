@@ -174,3 +174,30 @@ def test_duckdb_file_is_plain_duckdb(tracker: Tracker) -> None:
     n = con.execute("SELECT count(*) FROM run_artifact WHERE run_id = ?", [ids["report"]]).fetchone()[0]
     assert n == 2
     con.close()
+
+
+def test_bulk_merge_into_duckdb_keeps_every_row(tracker: Tracker) -> None:
+    """More than 200 pending rows take the bulk (Arrow) path of the merge: nothing may go missing."""
+    Path("out").mkdir()
+
+    def step(i: int) -> Path:
+        return _w(f"out/{i}.txt", f"row {i}")
+
+    for i in range(230):
+        tracker.run(step, config={"i": i}, outputs=["table"])
+    index = tracker._index
+    expected = {table: index.query(f"SELECT * FROM {table}") for table in ("run", "artifact", "run_artifact")}
+    assert len(expected["run"]) == 230 and len(expected["run_artifact"]) >= 230
+    tracker.close()
+    con = duckdb.connect(str(tracker.db_path), read_only=True)
+    try:
+        for table, rows in expected.items():
+            key = "run_id || '/' || direction || '/' || key" if table == "run_artifact" else "id"
+            got = {r[0] for r in con.execute(f"SELECT {key} FROM {table}").fetchall()}
+            want = {f"{r['run_id']}/{r['direction']}/{r['key']}" if table == "run_artifact" else r["id"] for r in rows}
+            assert got == want, f"{table}: {len(want - got)} rows missing, {len(got - want)} unexpected"
+        sample = expected["run"][117]
+        row = con.execute("SELECT signature, config_hash, status, cache_hit FROM run WHERE id = ?", [sample["id"]])
+        assert row.fetchone() == (sample["signature"], sample["config_hash"], "completed", False)
+    finally:
+        con.close()
