@@ -20,7 +20,7 @@ if [ -z "$PY" ]; then
     echo "[consist] installing Debian's python3, python3-venv and python3-pip" >&2
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -q >/dev/null
-    apt-get install -y -q --no-install-recommends python3 python3-venv python3-pip git >/dev/null
+    apt-get install -y -q --no-install-recommends python3 python3-venv python3-pip >/dev/null
     PY=$(find_python) || { echo "[consist] no Python >= 3.11 with venv found" >&2; exit 1; }
   else
     echo "[consist] need Python >= 3.11 with the venv module (apt-get install python3-venv)" >&2
@@ -32,5 +32,5 @@ VENV=${CONSIST_VENV:-.venv}
 if [ ! -x "$VENV/bin/python" ]; then
   echo "[consist] creating $VENV with $PY" >&2
   "$PY" -m venv "$VENV"
-  "$VENV/bin/python" -m pip install -q --upgrade pip >/dev/null
+  "$VENV/bin/python" -m pip install -q "pip==26.3" >/dev/null  # pinned like the rest (constraints.txt)
 fi

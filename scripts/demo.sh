@@ -3,5 +3,5 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/_python.sh
-"$VENV/bin/python" -m pip install -q -e .
+"$VENV/bin/python" -m pip install -q -c constraints.txt -e .
 exec "$VENV/bin/python" examples/quickstart.py

@@ -22,7 +22,8 @@
 #   SETUP_DOCKER=1 SETUP_PODMAN=1 SETUP_APPTAINER=1 SETUP_REGISTRY=1 SETUP_PYTHON_IMAGE=1 (0 skips a part)
 #   REGISTRY_ADDR=127.0.0.1:5000                where the local registry listens
 #   DOCKER_STORAGE_DRIVERS="overlay2 vfs"       tried in order
-#   APPTAINER_DEB=/path/apptainer_X_amd64.deb   use this Debian .deb instead of downloading sid's
+#   APPTAINER_DEB=/path/apptainer_X_amd64.deb   use this Debian .deb (must match the pinned sha256, or
+#   APPTAINER_DEB_SHA256=...                     state its own checksum here)
 #   SKIP_APT_UPDATE=1                           skip apt-get update
 #   DEBIAN_MIRROR=URL                           Debian mirror (default: the first non-security one in apt's sources)
 # Output: $CI_CONTAINERS_DIR/containers.env (KEY=VALUE lines: image names, IDs, SIF paths, dockerd pid).
@@ -205,32 +206,43 @@ EOF
 # Symbols glibc >= 2.37 added that the shim provides (forwarding to the pre-C23 functions).
 SHIM_SYMS="__isoc23_strtol __isoc23_strtoul __isoc23_strtoll __isoc23_strtoull __isoc23_strtoimax __isoc23_strtoumax __isoc23_sscanf __isoc23_vsscanf __isoc23_fscanf __isoc23_vfscanf __isoc23_scanf __isoc23_vscanf"
 SHIM_PATH=/usr/lib/x86_64-linux-gnu/apptainer/lib/libisoc23compat.so
+# The one Apptainer build the tests use, wherever it comes from: Debian's 1.4.5-2 .deb, checked by
+# SHA-256. A pinned copy in shared/vendor (or vendor/) beside the checkout is used first; otherwise
+# exactly this version is downloaded from Debian unstable and must match the checksum.
+PINNED_APPTAINER_VERSION=1.4.5-2
 PINNED_APPTAINER_SHA256=26cf96e08fccb0e50ea0f285a5a19f940ee873d167a0680584fe6eba7d197d65
+PINNED_APPTAINER_FILE=apptainer_${PINNED_APPTAINER_VERSION}_amd64.deb
+
+sha_ok() { [ -s "$1" ] && echo "$2  $1" | sha256sum -c --status; }
 
 apptainer_fetch_deb() {
-  local d=$DIR/apptainer f
+  local d=$DIR/apptainer f want=$PINNED_APPTAINER_SHA256
   mkdir -p "$d/lists/partial" "$d/cache/archives/partial"
-  if [ -n "${APPTAINER_DEB:-}" ]; then echo "$APPTAINER_DEB"; return; fi
-  # A pinned copy (shared/vendor beside the checkout) protects against Debian sid moving on;
-  # it is used only when its checksum matches the one recorded here.
-  local here; here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-  for f in "$here"/../../shared/vendor/apptainer_1.4.5-2_amd64.deb "$here"/../vendor/apptainer_1.4.5-2_amd64.deb; do
-    if [ -s "$f" ] && echo "$PINNED_APPTAINER_SHA256  $f" | sha256sum -c --status; then
-      echo "$(cd "$(dirname "$f")" && pwd)/$(basename "$f")"; return
-    fi
-  done
-  f=$(ls -1 "$d"/apptainer_*_amd64.deb 2>/dev/null | grep -v glibc236compat | tail -1 || true)
-  if [ -z "$f" ]; then
-    # Only Debian unstable (sid) packages apptainer. Separate index dirs: the host's apt state is untouched.
-    echo "deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] $MIRROR sid main" >"$d/sid.list"
-    local o=(-o Dir::Etc::SourceList="$d/sid.list" -o Dir::Etc::SourceParts=/nonexistent
-             -o Dir::State::Lists="$d/lists" -o Dir::Cache="$d/cache" -o Acquire::Languages=none
-             -o APT::Sandbox::User=root -o Acquire::Retries=3)
-    log "fetching apptainer .deb from Debian sid"
-    retry 3 apt-get "${o[@]}" -q update >/dev/null
-    (cd "$d" && retry 3 apt-get "${o[@]}" -q download apptainer >/dev/null)
-    f=$(ls -1 "$d"/apptainer_*_amd64.deb | grep -v glibc236compat | tail -1)
+  if [ -n "${APPTAINER_DEB:-}" ]; then
+    # Another build is accepted only with its checksum stated explicitly.
+    want=${APPTAINER_DEB_SHA256:-$PINNED_APPTAINER_SHA256}
+    sha_ok "$APPTAINER_DEB" "$want" \
+      || die "APPTAINER_DEB=$APPTAINER_DEB does not match sha256 $want (set APPTAINER_DEB_SHA256 to use another build)"
+    echo "$APPTAINER_DEB"; return
   fi
+  local here; here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+  for f in "$here/../../shared/vendor/$PINNED_APPTAINER_FILE" "$here/../vendor/$PINNED_APPTAINER_FILE" "$d/$PINNED_APPTAINER_FILE"; do
+    if sha_ok "$f" "$want"; then echo "$(cd "$(dirname "$f")" && pwd)/$(basename "$f")"; return; fi
+  done
+  # Only Debian unstable (sid) packages apptainer. Separate index dirs: the host's apt state is untouched.
+  echo "deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] $MIRROR sid main" >"$d/sid.list"
+  local o=(-o Dir::Etc::SourceList="$d/sid.list" -o Dir::Etc::SourceParts=/nonexistent
+           -o Dir::State::Lists="$d/lists" -o Dir::Cache="$d/cache" -o Acquire::Languages=none
+           -o APT::Sandbox::User=root -o Acquire::Retries=3)
+  log "fetching apptainer $PINNED_APPTAINER_VERSION from Debian sid"
+  retry 3 apt-get "${o[@]}" -q update >/dev/null || die "cannot read Debian sid's package index from $MIRROR"
+  rm -f "$d/$PINNED_APPTAINER_FILE"
+  (cd "$d" && apt-get "${o[@]}" -q download "apptainer=$PINNED_APPTAINER_VERSION" >/dev/null 2>&1) \
+    || die "Debian's archive no longer serves apptainer $PINNED_APPTAINER_VERSION. Put $PINNED_APPTAINER_FILE" \
+           "(sha256 $PINNED_APPTAINER_SHA256) in vendor/ beside scripts/, or set APPTAINER_DEB and" \
+           "APPTAINER_DEB_SHA256 to a build you trust"
+  f=$d/$PINNED_APPTAINER_FILE
+  sha_ok "$f" "$want" || die "the downloaded $PINNED_APPTAINER_FILE does not match sha256 $want; refusing to install it"
   echo "$f"
 }
 
@@ -321,7 +333,8 @@ EOF
 }
 
 apptainer_setup() {
-  if ! apptainer --version >/dev/null 2>&1; then
+  local installed; installed=$(dpkg-query -W -f='${Version}' apptainer 2>/dev/null || true)
+  if [ "${installed%%+*}" != "$PINNED_APPTAINER_VERSION" ] || ! apptainer --version >/dev/null 2>&1; then
     local deb; deb=$(apptainer_repack "$(apptainer_fetch_deb)")
     log "installing $(basename "$deb")"
     apt-get install "${APT_OPTS[@]}" "$deb" >"$DIR/apt-apptainer.log" 2>&1 \

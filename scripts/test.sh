@@ -2,24 +2,42 @@
 # Install the test dependencies and the container engines, then run the whole suite.
 # Usage: bash scripts/test.sh [pytest args]
 #   CONSIST_SKIP_ENGINES=1  do not install or start Docker, Podman, Apptainer and the registry
+#                           (their tests then skip, and the run says so at the end)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/_python.sh
-"$VENV/bin/python" -m pip install -q -e '.[test]'
+
+# Debian packages the tests use directly: git (code identity), xfsprogs and e2fsprogs (the
+# reflink test builds an XFS image and reads extents with filefrag), curl (registry checks).
+SYSTEM_PACKAGES=(git xfsprogs e2fsprogs curl)
+missing=()
+for p in "${SYSTEM_PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'ok installed' || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  if [ "$(id -u)" = 0 ]; then
+    echo "[consist] installing ${missing[*]}" >&2
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -q >/dev/null
+    apt-get install -y -q --no-install-recommends "${missing[@]}" >/dev/null
+  else
+    echo "[consist] missing Debian packages ${missing[*]} (apt-get install them as root): tests that need them fail" >&2
+  fi
+fi
+
+# Exact versions of every Python dependency and dev tool (constraints.txt).
+"$VENV/bin/python" -m pip install -q -c constraints.txt -e '.[test]'
+
+pytest_opts=()
 if [ "${CONSIST_SKIP_ENGINES:-0}" != 1 ]; then
   if [ "$(id -u)" = 0 ]; then
     # Real engines for the container tests: dockerd, podman, apptainer and a loopback registry.
     bash scripts/setup-containers.sh all
-    export CONSIST_REQUIRE_ENGINES=1 # a missing engine fails the suite instead of skipping tests
-    # xfsprogs: the reflink test builds a small XFS file system on a loop device.
-    if ! command -v mkfs.xfs >/dev/null; then
-      apt-get install -y -q --no-install-recommends xfsprogs >/dev/null 2>&1 \
-        || { apt-get update -q >/dev/null 2>&1 && apt-get install -y -q --no-install-recommends xfsprogs >/dev/null 2>&1; } \
-        || echo "[consist] could not install xfsprogs: the reflink test will skip" >&2
-    fi
+    # A missing engine stops the suite, naming it; a skipped test fails the run.
+    pytest_opts+=(--require-engines=all --no-skips)
   else
     echo "[consist] not root: container engines are not installed; their tests skip if absent" >&2
   fi
 fi
 "$VENV/bin/python" -m ruff check src tests benchmarks examples
-exec "$VENV/bin/python" -m pytest "$@"
+exec "$VENV/bin/python" -m pytest "${pytest_opts[@]}" "$@"
