@@ -469,8 +469,17 @@ verify() {
   log "verify: all requested runtimes run containers"
 }
 
+require_commands() { # an engine whose package is installed but whose command is gone: say which
+  local c
+  [ "$SETUP_DOCKER" = 1 ] && for c in docker dockerd; do command -v $c >/dev/null || die "docker: the $c command is missing (apt-get install --reinstall docker.io)"; done
+  [ "$SETUP_PODMAN" = 1 ] && { command -v podman >/dev/null || die "podman: the podman command is missing (apt-get install --reinstall podman)"; }
+  [ "$SETUP_REGISTRY" = 1 ] && { command -v docker-registry >/dev/null || die "registry: the docker-registry command is missing (apt-get install --reinstall docker-registry)"; }
+  return 0
+}
+
 setup() {
   install_packages
+  require_commands
   if [ "$SETUP_DOCKER" = 1 ]; then start_dockerd; docker_images; fi
   if [ "$SETUP_PODMAN" = 1 ]; then podman_setup; fi
   if [ "$SETUP_REGISTRY" = 1 ]; then registry_start; registry_push; fi

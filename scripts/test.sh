@@ -39,5 +39,5 @@ if [ "${CONSIST_SKIP_ENGINES:-0}" != 1 ]; then
     echo "[consist] not root: container engines are not installed; their tests skip if absent" >&2
   fi
 fi
-"$VENV/bin/python" -m ruff check src tests benchmarks examples
+"$VENV/bin/python" -m ruff check src tests benchmarks examples scripts
 exec "$VENV/bin/python" -m pytest "${pytest_opts[@]}" "$@"
