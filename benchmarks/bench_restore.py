@@ -1,6 +1,6 @@
 """Restoring cached outputs on a hit: consist against plain `cp` of the same bytes.
 
-    .venv/bin/python benchmarks/bench_restore.py [--n 6] [--size-mib 1024] [--files 10000] [--out FILE]
+    .venv/bin/python benchmarks/bench_restore.py [--n 11] [--size-mib 1024] [--files 10000] [--out FILE]
 
 On each file system available (the root disk, ext4 here; and, when run as root
 with xfsprogs installed, an XFS file system with reflink on a loop device), a
@@ -118,7 +118,7 @@ def _paired(setup, ours, baseline, n: int) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--n", type=int, default=6, help="pairs per case")
+    ap.add_argument("--n", type=int, default=11, help="pairs per case (odd: a well-defined median)")
     ap.add_argument("--size-mib", type=int, default=1024)
     ap.add_argument("--files", type=int, default=10_000)
     ap.add_argument("--out", help="results file (default: benchmarks/results/restore-<date>-<time>.json)")
