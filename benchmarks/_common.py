@@ -303,6 +303,7 @@ def write_result(result: dict[str, Any], out: str | None = None) -> Path:
         path = Path(out)
     else:
         RESULTS.mkdir(parents=True, exist_ok=True)
-        path = RESULTS / f"{result['benchmark']}-{now.strftime('%Y-%m-%d-%H%M')}.json"
+        quick = "-quick" if result["parameters"].get("quick") else ""
+        path = RESULTS / f"{result['benchmark']}-{now.strftime('%Y-%m-%d-%H%M')}{quick}.json"
     path.write_text(json.dumps(result, indent=1) + "\n")
     return path

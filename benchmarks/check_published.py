@@ -140,6 +140,8 @@ def check(doc_path: Path, strict: bool = False) -> list[str]:
         if not committed(path):
             errors.append(f"{rel}: cited by {doc_path.name} but not committed")
         result = load(rel)
+        if result.get("parameters", {}).get("quick"):
+            errors.append(f"{rel}: a --quick run, not for publication")
         nums: list[float] = []
         texts: list[str] = []
         file_values(result, nums, texts)
