@@ -20,8 +20,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 BUGS = {
     "deny list off": (
-        "src/consist/integrations/containers.py",
-        "    bad = bad or any(_under(path, Path(d)) for d in _DENIED)\n",
+        "src/consist/containers/mounts.py",
+        "    hit = hit or any(_under(path, d) or _under(d, path) for d in denied)\n",
         "",
         ["tests/test_containers.py"],
     ),

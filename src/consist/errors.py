@@ -101,6 +101,10 @@ class PathNotAllowedError(ConsistError, PermissionError):
     """A host path lies outside the roots the tracker allows."""
 
 
+class InvalidNameError(ConsistError, ValueError):
+    """A run id or step name that cannot be used: it would name a folder outside its place."""
+
+
 class CouplerKeyError(ConsistError, KeyError):
     """A scenario coupler has no artifact under the requested key."""
 
@@ -187,6 +191,7 @@ __all__ = [
     "CouplerKeyError",
     "ImageNotFoundError",
     "InputNotFoundError",
+    "InvalidNameError",
     "IntegrityError",
     "OutputError",
     "PathNotAllowedError",

@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 from . import context
 from .errors import ConsistError, CouplerKeyError
 from .identity import caller_source
+from .names import check_run_id
 
 if TYPE_CHECKING:
     from .models import Artifact
@@ -190,7 +191,7 @@ class ScenarioContext:
 
     def __init__(self, tracker: Tracker, name: str, *, config: Any = None, tags: Sequence[str] | None = None) -> None:
         self.tracker = tracker
-        self.name = name
+        self.name = check_run_id(name, "scenario name")
         self.config = config
         self.tags = list(tags) if tags else None
         self.coupler = Coupler(tracker)
@@ -260,6 +261,7 @@ class ScenarioContext:
         the file the block is in.
         """
         t = self.tracker
+        check_run_id(name, "step name")
         run = t.begin_run(
             f"{self.name}_{name}", name, config=config, inputs=inputs, tags=tags, year=year, iteration=iteration
         )

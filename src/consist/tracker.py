@@ -31,6 +31,7 @@ from .errors import (
 from .hashing import FileHasher, NullMemo, canonical, dumps, hash_canonical, loads
 from .identity import caller_source, code_identity, explain_miss, make_signature
 from .index import Index, index_path_for, pid_alive
+from .names import check_run_id, fit
 from .objects import ObjectStore
 from .paths import as_path
 from .queries import MaintenanceMixin, QueryMixin
@@ -457,7 +458,7 @@ class Tracker(QueryMixin, MaintenanceMixin):
         meta: dict[str, Any] | None = None,
         status: str = "running",
     ) -> _Active:
-        wanted = run_id or f"{plan.name}_{uuid.uuid4().hex[:8]}"
+        wanted = check_run_id(run_id) if run_id else f"{fit(plan.name)[:190]}_{uuid.uuid4().hex[:8]}"
         row = self._new_row(plan, wanted, parent, tags)
         row["status"] = status
         if meta:
@@ -586,7 +587,9 @@ class Tracker(QueryMixin, MaintenanceMixin):
         parent_run_id:
             Recorded as the parent; defaults to the active run, if any.
         """
-        name = name or getattr(fn, "__name__", "step")
+        if run_id is not None:
+            check_run_id(run_id)
+        name = check_run_id(name, "name") if name is not None else fit(getattr(fn, "__name__", "step"))
         model = model or name
         declared_paths = dict(outputs) if isinstance(outputs, Mapping) else None
         declared_keys = list(outputs) if outputs is not None else []
@@ -707,6 +710,7 @@ class Tracker(QueryMixin, MaintenanceMixin):
         ``cache_source`` set: the caller may skip its work. Logging an output the
         cached run did not have (or with other content) turns it into a normal run.
         """
+        check_run_id(run_id)
         plan = self._plan(
             fn=None, source=caller_source(), name=run_id, model=model, config=config, inputs=inputs, year=year,
             iteration=iteration, cache_mode=cache_mode, code_version=code_version,

@@ -8,14 +8,17 @@ registry manifest digest and run pinned to it.
 
 from __future__ import annotations
 
+import itertools
+import os
 import shutil
 import urllib.error
 import urllib.request
 from pathlib import Path
 
-from ..errors import BackendUnavailableError, ImageNotFoundError
+from ..errors import BackendUnavailableError, ContainerError, ImageNotFoundError
 from ..hashing import FileHasher, HashMemo, NullMemo
-from .base import Backend, ContainerSpec, ImageRef
+from .base import Backend, ContainerSpec, ImageRef, Launch, check_environment
+from .mounts import check_mount_args
 from .oci import split_reference
 
 _MANIFEST_TYPES = ", ".join(
@@ -90,20 +93,46 @@ class ApptainerBackend(Backend):
         digest = FileHasher(self.memo).hash_file(path.resolve())
         return ImageRef(image, digest, str(path.resolve()), "sif-file")
 
-    def argv(self, spec: ContainerSpec) -> list[str]:
+    def launch(self, spec: ContainerSpec) -> Launch:
+        """``exec --cleanenv --contain`` with ``--bind src:dst[:ro]`` per volume.
+
+        Environment values travel as ``APPTAINERENV_<NAME>`` in the engine's
+        environment, the one channel ``--cleanenv`` lets through; the host's own
+        variables stay as they are for the engine process.
+        """
         cmd = [Path(self.executable()).name, "exec", "--cleanenv", "--contain", "--writable-tmpfs"]
         for m in spec.mounts:
-            cmd += ["--bind", f"{m.host}:{m.container}"]
+            cmd += ["--bind", f"{m.source}:{m.container}" + (":ro" if m.read_only else "")]
         if spec.working_dir:
             cmd += ["--pwd", spec.working_dir]
+        check_mount_args(self.mounts_in(cmd), spec.mounts)  # engine options only: the command is the tool's
         cmd.append(spec.image.run_ref)
         cmd += list(spec.command)
-        return cmd
+        check_environment(spec.environment)
+        if "HOME" in spec.environment:
+            raise ContainerError(
+                "Apptainer does not let the environment set HOME inside the container",
+                "it always sets HOME itself (from the host user, or --home)",
+                "pass the value under another name, or use backend_type='docker' or 'podman'",
+            )
+        env = dict(os.environ)
+        for key, value in spec.environment.items():
+            # Apptainer evaluates these values like a here-document: $, ` and \ would be expanded.
+            literal = value.replace("\\", "\\\\").replace("$", "\\$").replace("`", "\\`")
+            env[f"APPTAINERENV_{key}"] = literal
+            env[f"SINGULARITYENV_{key}"] = literal
+        return Launch(cmd, env)
 
-    def child_env(self, spec: ContainerSpec) -> dict[str, str]:
-        env = super().child_env(spec)
-        for key in spec.environment:
-            env.pop(key, None)  # --cleanenv: only the APPTAINERENV_ copies reach the container
-            env[f"APPTAINERENV_{key}"] = spec.environment[key]
-            env[f"SINGULARITYENV_{key}"] = spec.environment[key]
-        return env
+    @staticmethod
+    def mounts_in(argv: list[str]) -> list[tuple[str, str, bool]]:
+        """The bind mounts apptainer will read from ``argv``."""
+        found = []
+        for flag, value in itertools.pairwise(argv):
+            if flag != "--bind":
+                continue
+            parts = value.split(":")
+            if "," in value or len(parts) not in (2, 3) or (len(parts) == 3 and parts[2] != "ro"):
+                found.append(("?", value, False))
+                continue
+            found.append((parts[0], parts[1], len(parts) == 3))
+        return found

@@ -5,6 +5,7 @@ from __future__ import annotations
 import abc
 import dataclasses
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -14,17 +15,12 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import IO
 
+from ..errors import ContainerError
+from .mounts import Mount
+
 # Bound on the short engine commands (inspect, info, kill): a daemon that does not
 # answer must turn into an error, never into a process that waits forever.
 ENGINE_CALL_TIMEOUT_S = 120.0
-
-
-@dataclasses.dataclass(frozen=True)
-class Mount:
-    """A bind mount: ``host`` (absolute) appears at ``container`` inside."""
-
-    host: Path
-    container: str
 
 
 @dataclasses.dataclass(frozen=True)
@@ -77,15 +73,15 @@ class Backend(abc.ABC):
         """
 
     @abc.abstractmethod
-    def argv(self, spec: ContainerSpec) -> list[str]:
-        """The command line that runs ``spec`` (pure: no side effects)."""
+    def launch(self, spec: ContainerSpec) -> Launch:
+        """How to start ``spec``: the command line, the engine's environment and any
+        data handed over on an inherited pipe (pure until :meth:`Launch.start`)."""
 
-    def child_env(self, spec: ContainerSpec) -> dict[str, str]:
-        """The engine process's environment. Values reach the container from here,
-        never from the command line, so they do not show in ``ps`` or in logs."""
-        env = dict(os.environ)
-        env.update(spec.environment)
-        return env
+    def argv(self, spec: ContainerSpec) -> list[str]:
+        """The command line that runs ``spec``."""
+        launch = self.launch(spec)
+        launch.close()
+        return launch.argv
 
     def stop(self, spec: ContainerSpec) -> None:  # noqa: B027 - optional hook, nothing to do by default
         """Stop a container whose engine process was killed (timeout, Ctrl-C).
@@ -104,14 +100,83 @@ class Backend(abc.ABC):
         interrupted, the engine process group is killed and :meth:`stop` removes
         the container.
         """
-        return run_process(
-            self.argv(spec),
-            self.child_env(spec),
-            log_path,
-            stream=stream,
-            timeout=timeout,
-            on_abort=lambda: self.stop(spec),
-        )
+        launch = self.launch(spec)
+        try:
+            return run_process(
+                launch.argv,
+                launch.env,
+                log_path,
+                stream=stream,
+                timeout=timeout,
+                on_abort=lambda: self.stop(spec),
+                launch=launch,
+            )
+        finally:
+            launch.close()
+
+
+ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+def check_environment(env: Mapping[str, str]) -> None:
+    """Names an engine accepts, values an environment file can carry."""
+    for key, value in env.items():
+        if not ENV_NAME.match(key):
+            raise ContainerError(
+                f"Environment variable name {key!r} is not valid",
+                "names may hold only letters, digits and '_', and may not start with a digit",
+                "rename the variable",
+            )
+        if "\n" in value or "\r" in value or "\0" in value:
+            raise ContainerError(
+                f"The value of environment variable {key!r} holds a line break",
+                "values reach the container through the engine's environment file, one variable per line",
+                "pass multi-line settings in a mounted file instead",
+            )
+
+
+class Launch:
+    """A prepared engine command: argv, the engine's own environment, and data the
+    engine reads from an inherited pipe (``/dev/fd/N``), so that values meant for
+    the container reach neither a command line, nor the engine's environment,
+    nor the disk."""
+
+    def __init__(self, argv: list[str], env: Mapping[str, str] | None = None) -> None:
+        self.argv = argv
+        self.env = dict(os.environ if env is None else env)
+        self._feeds: list[tuple[int, int, bytes]] = []  # (read end, write end, data)
+
+    def pipe(self, data: bytes) -> str:
+        """A path the engine can open to read ``data`` once (``/dev/fd/N``)."""
+        r, w = os.pipe()
+        self._feeds.append((r, w, data))
+        return f"/dev/fd/{r}"
+
+    @property
+    def pass_fds(self) -> tuple[int, ...]:
+        return tuple(r for r, _w, _d in self._feeds)
+
+    def started(self) -> None:
+        """The child holds its copies now: write the data and close our ends."""
+        feeds, self._feeds = self._feeds, []
+        for r, w, data in feeds:
+            os.close(r)
+            threading.Thread(target=_feed, args=(w, data), daemon=True).start()
+
+    def close(self) -> None:
+        feeds, self._feeds = self._feeds, []
+        for r, w, _data in feeds:
+            os.close(r)
+            os.close(w)
+
+
+def _feed(fd: int, data: bytes) -> None:
+    """Write to a pipe in the background (more than the pipe's buffer would block)."""
+    try:
+        with open(fd, "wb", closefd=True) as f:
+            f.write(data)
+    except OSError:  # the engine exited without reading it all
+        pass
 
 
 def run_process(
@@ -122,6 +187,7 @@ def run_process(
     stream: bool = False,
     timeout: float | None = None,
     on_abort: Callable[[], None] | None = None,
+    launch: Launch | None = None,
 ) -> ExecResult:
     """Run argv; stdout and stderr go to log_path (prefixed) and, with stream, to ours.
 
@@ -140,7 +206,10 @@ def run_process(
             stderr=subprocess.PIPE,
             env=dict(env),
             start_new_session=True,
+            pass_fds=launch.pass_fds if launch else (),
         )
+        if launch is not None:
+            launch.started()
 
         def pump(pipe: IO[bytes], label: str, echo: IO[str], keep: bool) -> None:
             for raw in iter(pipe.readline, b""):

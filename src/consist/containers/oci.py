@@ -7,6 +7,7 @@ call, about 2 ms, against about 30 ms for the CLI), for Podman through its CLI.
 
 from __future__ import annotations
 
+import itertools
 import json
 import shutil
 import subprocess
@@ -14,7 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import BackendUnavailableError, ImageNotFoundError
-from .base import ENGINE_CALL_TIMEOUT_S, Backend, ContainerSpec, ImageRef
+from .base import ENGINE_CALL_TIMEOUT_S, Backend, ContainerSpec, ImageRef, Launch, check_environment
+from .mounts import check_mount_args
 
 # Pulling a multi-gigabyte model image can take a while; it still must end.
 PULL_TIMEOUT_S = 3600.0
@@ -68,21 +70,46 @@ class _OCIBackend(Backend):
             )
         return path
 
-    def argv(self, spec: ContainerSpec) -> list[str]:
+    def launch(self, spec: ContainerSpec) -> Launch:
+        """``run --rm`` with ``--mount`` per volume. Environment values go through an
+        environment file read from an inherited pipe: the engine command's own
+        environment stays the caller's (a container's PATH or DOCKER_HOST must not
+        change which engine runs, or where)."""
         cmd = [self.exe, "run", "--rm"]
         if spec.name:
             cmd += ["--name", spec.name]
         for m in spec.mounts:
-            cmd += ["--mount", f"type=bind,source={m.host},target={m.container}"]
+            cmd += [
+                "--mount",
+                f"type=bind,source={m.source},target={m.container}" + (",readonly" if m.read_only else ""),
+            ]
         if spec.working_dir:
             cmd += ["--workdir", spec.working_dir]
         if spec.user:
             cmd += ["--user", spec.user]
-        for key in sorted(spec.environment):
-            cmd += ["--env", key]  # the value comes from the CLI's own environment
+        check_mount_args(self.mounts_in(cmd), spec.mounts)  # engine options only: the command is the tool's
+        check_environment(spec.environment)
+        launch = Launch(cmd)
+        if spec.environment:
+            body = "".join(f"{k}={v}\n" for k, v in sorted(spec.environment.items()))
+            cmd += ["--env-file", launch.pipe(body.encode())]
         cmd.append(spec.image.run_ref)
         cmd += list(spec.command)
-        return cmd
+        return launch
+
+    @staticmethod
+    def mounts_in(argv: list[str]) -> list[tuple[str, str, bool]]:
+        """The bind mounts the engine will read from ``argv`` (before the image)."""
+        found = []
+        for flag, value in itertools.pairwise(argv):
+            if flag != "--mount":
+                continue
+            fields = dict(f.split("=", 1) if "=" in f else (f, "true") for f in value.split(","))
+            if set(fields) - {"type", "source", "target", "readonly"} or fields.get("type") != "bind":
+                found.append(("?", value, False))
+                continue
+            found.append((fields.get("source", "?"), fields.get("target", "?"), "readonly" in fields))
+        return found
 
     def stop(self, spec: ContainerSpec) -> None:
         """Remove the named container: it outlives a killed ``run`` client."""
@@ -110,11 +137,13 @@ class _OCIBackend(Backend):
             ) from exc
 
     def _pull_failed(self, image: str, detail: str) -> ImageNotFoundError:
-        return ImageNotFoundError(
+        err = ImageNotFoundError(
             f"Image {image!r} is not available locally and could not be pulled: {detail.strip()[:300]}",
             "a misspelled name or tag, no access to the registry, or the image was never built here",
             f"build it, or run `{self.exe} pull {image}` (after `{self.exe} login` for a private registry)",
         )
+        err.detail = detail.strip()[:300]  # type: ignore[attr-defined]
+        return err
 
 
 class DockerBackend(_OCIBackend):
@@ -165,11 +194,17 @@ class DockerBackend(_OCIBackend):
             return ImageRef(image, pinned, image, "pinned")
         self._binary()
         api = self.client().api
+        pull_failed: ImageNotFoundError | None = None
         if pull_latest:
-            self._pull(api, image)
+            try:
+                self._pull(api, image)
+            except ImageNotFoundError as exc:
+                pull_failed = exc  # a local image may still be there: fall back to it, with a warning
         try:
             attrs = api.inspect_image(image)
         except docker.errors.ImageNotFound:
+            if pull_failed is not None:
+                raise pull_failed from None
             self._pull(api, image)  # what `docker run` would do; fails fast without a registry
             attrs = api.inspect_image(image)
         except docker.errors.APIError as exc:
@@ -182,6 +217,8 @@ class DockerBackend(_OCIBackend):
                 "start the daemon (`sudo systemctl start docker`, or `sudo dockerd &`) and check `docker info`",
             ) from exc
         digest, source = choose_digest(image, attrs["Id"], attrs.get("RepoDigests") or [])
+        if pull_failed is not None:
+            _warn_local_fallback(image, digest, source, pull_failed)
         # Run exactly what was resolved: the image ID cannot move under us between
         # the cache decision and the start of the container.
         return ImageRef(image, digest, attrs["Id"], source)
@@ -264,7 +301,15 @@ class PodmanBackend(_OCIBackend):
                 served = registry_digest(image)
             except ImageNotFoundError:
                 served = None
-            self._pull(f"{repo}@{served}" if served else image)
+            try:
+                self._pull(f"{repo}@{served}" if served else image)
+            except ImageNotFoundError as exc:
+                attrs = self._inspect(image)
+                if attrs is None:
+                    raise
+                ref = self._ref_from(image, attrs)
+                _warn_local_fallback(image, ref.digest, ref.source, exc)
+                return ref
             if served:
                 attrs = self._inspect(f"{repo}@{served}")
                 assert attrs is not None
@@ -276,7 +321,10 @@ class PodmanBackend(_OCIBackend):
             return cached[1]
         attrs = self._inspect(image)
         if attrs is None:
-            self._pull(image)
+            try:
+                self._pull(image)
+            except ImageNotFoundError as exc:
+                raise self._with_docker_hint(image, exc) from None
             attrs = self._inspect(image)
             assert attrs is not None
             stamp = self._store_stamp()
@@ -284,6 +332,28 @@ class PodmanBackend(_OCIBackend):
         if stamp is not None:
             self._resolved[memo_key] = (stamp, ref)
         return ref
+
+    def _with_docker_hint(self, image: str, exc: ImageNotFoundError) -> ImageNotFoundError:
+        """Podman and Docker keep separate image stores: say so when Docker has the image."""
+        docker = shutil.which("docker")
+        if docker is None:
+            return exc
+        try:
+            found = (
+                subprocess.run(
+                    [docker, "image", "inspect", image], capture_output=True, stdin=subprocess.DEVNULL, timeout=30
+                ).returncode
+                == 0
+            )
+        except (OSError, subprocess.TimeoutExpired):
+            found = False
+        if not found:
+            return exc
+        return ImageNotFoundError(
+            f"Image {image!r} exists in Docker's image store but not in Podman's",
+            "Docker and Podman keep separate image stores; an image built or pulled with one is not seen by the other",
+            f"copy it: `docker save {image} | podman load`, or use backend_type='docker'",
+        )
 
     @staticmethod
     def _ref_from(image: str, attrs: dict[str, Any]) -> ImageRef:
@@ -293,3 +363,17 @@ class PodmanBackend(_OCIBackend):
         if source == "registry" and primary and any(d.endswith("@" + primary) for d in repo_digests):
             digest = primary  # stable: later pulls add digests to the list, not to this field
         return ImageRef(image, digest, attrs["Id"], source)
+
+
+def _warn_local_fallback(image: str, digest: str, source: str, exc: ImageNotFoundError) -> None:
+    import warnings
+
+    from ..errors import ConsistWarning
+
+    what = "its local image ID" if source == "local-id" else "the manifest digest the engine records for it"
+    warnings.warn(
+        f"pull_latest: could not pull {image!r} ({getattr(exc, 'detail', exc.problem)}); using the local image. "
+        f"The cache key is {what}, {digest}.",
+        ConsistWarning,
+        stacklevel=4,
+    )

@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..containers import ContainerSpec, Mount, get_backend
+from ..containers import mounts as mounts_mod
 from ..errors import (
     ConsistError,
     ConsistWarning,
@@ -43,6 +44,7 @@ from ..errors import (
     PathNotAllowedError,
 )
 from ..hashing import canonical, dumps, hash_canonical
+from ..names import check_run_id
 from ..results import RunResult
 
 if TYPE_CHECKING:
@@ -51,8 +53,6 @@ if TYPE_CHECKING:
 
 log_warn = warnings.warn
 
-_DENIED = ("/etc", "/proc", "/sys", "/dev", "/boot", "/var/run/docker.sock", "/run/docker.sock", "/run/podman",
-           "/var/lib/docker", "/var/lib/containers")  # fmt: skip
 MAX_COMMAND_CHARS = 100_000
 
 
@@ -118,60 +118,13 @@ def _command(command: str | Sequence[str]) -> list[str]:
     return argv
 
 
-def _host(path: str | os.PathLike[str]) -> Path:
-    return (Path.cwd() / Path(path).expanduser()).resolve()
-
-
 def _allowed_roots(tracker: Tracker) -> list[Path]:
     return [tracker.run_dir, tracker.project_root, *tracker.mounts.values()]
 
 
-def _under(path: Path, root: Path) -> bool:
-    return path == root or path.is_relative_to(root)
-
-
-def _check_sensitive(path: Path, what: str) -> None:
-    home = Path.home().resolve()
-    bad = path == Path("/") or home.is_relative_to(path)  # a home directory or one of its ancestors
-    bad = bad or any(_under(path, Path(d)) for d in _DENIED)
-    if bad:
-        raise PathNotAllowedError(
-            f"Refusing to mount {what} {path} into a container",
-            "it is the file system root, a home directory, a system directory or an engine socket",
-            "mount only the data folders the tool needs; pass strict_mounts=False to lift this check",
-        )
-
-
-def _check_under_roots(tracker: Tracker, path: Path, what: str) -> None:
-    roots = _allowed_roots(tracker)
-    if not any(_under(path, r) for r in roots):
-        raise PathNotAllowedError(
-            f"The {what} {path} lies outside the allowed roots ({', '.join(map(str, roots))})",
-            "strict_mounts=True lets containers see only the run_dir, the project root and the tracker's mounts",
-            f'add it to the tracker\'s mounts (Tracker(..., mounts={{"data": "{path}"}})), or pass strict_mounts=False',
-        )
-
-
-def plan_mounts(tracker: Tracker, volumes: Mapping[str, str] | None, strict: bool) -> list[Mount]:
-    """Validated bind mounts; relative host paths resolve against the current directory."""
-    mounts = []
-    seen_targets: set[str] = set()
-    for host, target in (volumes or {}).items():
-        if not isinstance(target, str) or not target.startswith("/"):
-            raise ConsistError(
-                f"Container path {target!r} for host path {host!r} is not absolute",
-                None,
-                'map host paths to absolute container paths, e.g. {"./data": "/inputs"}',
-            )
-        if target in seen_targets:
-            raise ConsistError(f"Two volumes map to the container path {target!r}", None, "use distinct paths")
-        seen_targets.add(target)
-        path = _host(host)
-        if strict:
-            _check_sensitive(path, "host path")
-            _check_under_roots(tracker, path, "host path")
-        mounts.append(Mount(path, os.path.normpath(target)))
-    return mounts
+def plan_mounts(tracker: Tracker, volumes: Mapping[str, str] | Sequence[str] | None, strict: bool) -> list[Mount]:
+    """Validated bind mounts (see :mod:`consist.containers.mounts`)."""
+    return mounts_mod.plan_mounts(volumes, roots=_allowed_roots(tracker), strict=strict)
 
 
 def plan_outputs(tracker: Tracker, outputs: Any, strict: bool) -> tuple[dict[str, Path], dict[str, str]]:
@@ -191,10 +144,10 @@ def plan_outputs(tracker: Tracker, outputs: Any, strict: bool) -> tuple[dict[str
             raise ConsistError(
                 f"Two outputs share the artifact key {key!r}", None, "pass outputs as a dict with distinct keys"
             )
-        path = _host(p)
+        path = mounts_mod.resolve_host(p)
         if strict and not tracker.allow_external_paths:
             roots = _allowed_roots(tracker)
-            if not any(_under(path, r) for r in roots):
+            if not any(path == r or path.is_relative_to(r) for r in roots):
                 raise PathNotAllowedError(
                     f"Container output path {path} is outside run_dir and the allowed roots",
                     "outputs are kept under the tracker's run_dir, project root or mounts",
@@ -206,7 +159,16 @@ def plan_outputs(tracker: Tracker, outputs: Any, strict: bool) -> tuple[dict[str
 
 
 def environment_hash(tracker: Tracker | None, env: Mapping[str, str]) -> str:
-    """Keyed hash of the environment; the key lives beside the database, never inside it."""
+    """The environment's part of the key, with no value recoverable from it.
+
+    No variables: a plain hash of the empty name list, the same on every machine.
+    With variables: an HMAC of names and values under a key kept beside the
+    database (``.<db>.consist/env.key``, mode 0600), never inside it, so the stored
+    hash cannot be checked against guessed values. Trackers sharing a database
+    share the key; to compare across databases, copy the key file.
+    """
+    if not env:
+        return hash_canonical([], "consist-env-names-v1")
     body = dumps(sorted(env.items())).encode()
     key = _env_key(tracker) if tracker is not None else b"consist-no-tracker"
     return "hmac-sha256:" + hmac.new(key, body, "sha256").hexdigest()
@@ -333,6 +295,13 @@ def run_container(
     BackendUnavailableError, ImageNotFoundError, PathNotAllowedError
         Raised before anything runs or is recorded.
     """
+    check_run_id(run_id)
+    if not isinstance(image, str) or not image.strip():
+        raise ConsistError(
+            f"image must be an image reference or a .sif path, got {image!r}",
+            None,
+            'pass e.g. image="my-org/my-model:v1.0", image="repo@sha256:...", or image="model.sif"',
+        )
     if lineage_mode not in ("full", "none"):
         raise ConsistError(f"Unknown lineage_mode {lineage_mode!r}", None, 'use "full" or "none"')
     argv = _command(command)
@@ -364,7 +333,7 @@ def run_container(
     if lineage_mode == "none":
         _prepare_host_dirs(mounts)
         log_path = tracker.run_dir / ".consist" / "logs" / f"{uuid.uuid4().hex}.log"
-        res = backend.run(spec, log_path, stream=stream, timeout=limit)
+        res = _execute(tracker, backend, spec, log_path, stream=stream, timeout=limit)
         if res.timed_out:
             raise ContainerTimeoutError(seconds=limit or 0, command=argv, image=image)
         if res.exit_code != 0:
@@ -425,7 +394,7 @@ def run_container(
         for p in out_paths.values():
             p.parent.mkdir(parents=True, exist_ok=True)
         started = time.time()
-        res = backend.run(spec, log_path, stream=stream, timeout=limit)
+        res = _execute(tracker, backend, spec, log_path, stream=stream, timeout=limit)
         meta["container_seconds"] = round(time.time() - started, 3)
         meta["exit_code"] = res.exit_code
         if active.persist:
@@ -459,6 +428,18 @@ def run_container(
     return ContainerResult(
         active.id, False, None, rr.outputs, manifest, manifest_hash, ref.digest, log_path, missing, rr
     )
+
+
+def _execute(
+    tracker: Tracker, backend: Any, spec: ContainerSpec, log_path: Path, *, stream: bool, timeout: float | None
+) -> Any:
+    """Run the container with host paths an engine cannot parse staged behind plain-named links."""
+    staging = mounts_mod.Staging(tracker.run_dir / ".consist" / "staging")
+    try:
+        staged = dataclasses.replace(spec, mounts=tuple(staging.apply(spec.mounts)))
+        return backend.run(staged, log_path, stream=stream, timeout=timeout)
+    finally:
+        staging.cleanup()
 
 
 def _container_user(run_as_user: bool | str | None, backend: str) -> str | None:
