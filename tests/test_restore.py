@@ -218,9 +218,10 @@ def test_a_manifest_entry_cannot_write_outside_its_directory(tmp_path: Path) -> 
     hasher = FileHasher(NullMemo())
     (tmp_path / "payload").write_text("x")
     digest, size = store.put_file(tmp_path / "payload", hasher)
-    for rel in ("../escaped.txt", "/tmp/escaped.txt", "a/../../escaped.txt"):
+    absolute = tmp_path / f"escaped-{tmp_path.name}.txt"  # unique: a stale file cannot fake a failure
+    for rel in ("../escaped.txt", str(absolute), "a/../../escaped.txt"):
         manifest = store.put_bytes(manifest_bytes([[rel, digest, size]]))
         with pytest.raises(consist.errors.IntegrityError, match="outside its directory"):
             store.write(store.check("dir", manifest, None), tmp_path / "out" / "dest")
-    assert not (tmp_path / "out" / "escaped.txt").exists() and not Path("/tmp/escaped.txt").exists()
+    assert not (tmp_path / "out" / "escaped.txt").exists() and not absolute.exists()
     assert not (tmp_path / "out").exists(), "nothing may be written when the check fails"
