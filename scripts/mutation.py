@@ -1,0 +1,130 @@
+"""Mutation testing of the modules that carry the cache and restore guarantees.
+
+Usage (from the repository root, with the test dependencies and mutmut installed):
+
+    .venv/bin/python -m pip install mutmut==3.8.1
+    .venv/bin/python scripts/mutation.py            # fresh run, then the report
+    .venv/bin/python scripts/mutation.py --report   # report on the last run only
+
+mutmut is configured under ``[tool.mutmut]`` in pyproject.toml (which files it
+mutates, which tests it runs). This script picks the mutants in scope: every
+function of hashing, identity, objects, index and store, and the functions of
+tracker.py and integrations/containers.py that decide identity, hits, restores,
+storage and mounts. It prints one table row per module and every mutant that
+was not killed. See docs/testing.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+SEP = "ǁ"  # mutmut's separator between class and method in mutant names
+
+# module -> functions in scope (None: the whole module). Methods are "Class.method".
+SCOPE: dict[str, list[str] | None] = {
+    "consist.hashing": None,
+    "consist.identity": None,
+    "consist.objects": None,
+    "consist.index": None,
+    "consist.store": None,
+    "consist.tracker": [
+        "Tracker._plan", "Tracker._canonical_config", "Tracker._hasher", "_ReadOnlyMemo.memo_get",
+        "normalize_inputs", "_input_path", "Tracker._try_reuse", "Tracker._store_for", "_holds",
+        "Tracker._explain", "Tracker._store_output", "driver_for", "Tracker._finish", "Tracker._record_hit",
+        "Tracker._open", "Tracker._new_row", "Tracker._link_inputs",
+    ],
+    "consist.integrations.containers": [
+        "plan_mounts", "plan_outputs", "_check_sensitive", "_check_under_roots", "_command",
+        "environment_hash", "_env_key", "_host", "_allowed_roots", "_under",
+    ],
+}  # fmt: skip
+
+STATUS = {1: "killed", 3: "killed", 0: "survived", 36: "timeout", 24: "timeout", -24: "timeout", 152: "timeout"}
+
+
+def mangled(module: str, function: str) -> str:
+    if "." in function:
+        cls, meth = function.split(".")
+        return f"{module}.x{SEP}{cls}{SEP}{meth}"
+    return f"{module}.x_{function}"
+
+
+def patterns() -> list[str]:
+    out = []
+    for module, functions in SCOPE.items():
+        if functions is None:
+            out.append(f"{module}.*")
+        else:
+            out += [f"{mangled(module, f)}__mutmut_*" for f in functions]
+    return out
+
+
+def in_scope(key: str) -> str | None:
+    for module, functions in SCOPE.items():
+        if functions is None and key.startswith(module + ".x"):
+            return module
+        if functions is not None and any(key.startswith(mangled(module, f) + "__mutmut_") for f in functions):
+            return module
+    return None
+
+
+def results() -> dict[str, dict[str, str]]:
+    """module -> mutant name -> status, read from mutmut's result files."""
+    by_module: dict[str, dict[str, str]] = {m: {} for m in SCOPE}
+    for meta in (ROOT / "mutants" / "src").rglob("*.py.meta"):
+        for key, code in json.loads(meta.read_text())["exit_code_by_key"].items():
+            module = in_scope(key)
+            if module is not None:
+                by_module[module][key] = "not checked" if code is None else STATUS.get(code, f"exit {code}")
+    return by_module
+
+
+def report() -> int:
+    by_module = results()
+    print("| module | mutants | killed | survived | timeout | other | score |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
+    worst = 100.0
+    for module, statuses in by_module.items():
+        c = Counter(statuses.values())
+        total = len(statuses)
+        other = total - c["killed"] - c["survived"] - c["timeout"]
+        score = 100.0 * (c["killed"] + c["timeout"]) / total if total else 0.0
+        worst = min(worst, score)
+        name = module.removeprefix("consist.").replace(".", "/") + ".py"
+        print(f"| {name} | {total} | {c['killed']} | {c['survived']} | {c['timeout']} | {other} | {score:.1f} % |")
+    print("\nNot killed:")
+    for statuses in by_module.values():
+        for key, status in sorted(statuses.items()):
+            if status != "killed":
+                print(f"  {status:12} {key}")
+    return 0 if worst >= 90.0 else 1
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--report", action="store_true", help="only report on the last run")
+    parser.add_argument("--keep", action="store_true", help="keep mutants/ from an earlier run (reuses results)")
+    parser.add_argument("--max-children", type=int, default=None, help="parallel workers (default: CPU count)")
+    args = parser.parse_args()
+    if not args.report:
+        if not args.keep:
+            shutil.rmtree(ROOT / "mutants", ignore_errors=True)
+        cmd = [sys.executable, "-m", "mutmut", "run", *patterns()]
+        if args.max_children:
+            cmd[4:4] = ["--max-children", str(args.max_children)]
+        started = time.monotonic()
+        subprocess.run(cmd, cwd=ROOT, check=False)
+        print(f"\nmutation run took {(time.monotonic() - started) / 60:.1f} min\n")
+    return report()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
