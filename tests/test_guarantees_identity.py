@@ -1,0 +1,342 @@
+"""Guarantees of consist.identity: signatures, code identity and miss explanations.
+
+Code identity decides whether a run can be reused after the code changed; miss
+explanations tell the user why it was not. Tests build real git checkouts and real
+module files; explanations are computed from index-shaped rows.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import importlib.util
+import json
+import subprocess
+import textwrap
+import types
+from pathlib import Path
+
+import pytest
+
+from consist import identity as I
+from consist.hashing import hash_canonical
+
+
+def sha_hex(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def git(root: Path, *args: str) -> str:
+    return subprocess.run(["git", "-C", str(root), *args], check=True, capture_output=True, text=True).stdout
+
+
+def make_repo(root: Path) -> str:
+    root.mkdir(parents=True, exist_ok=True)
+    git(root, "init", "-q")
+    git(root, "config", "user.email", "t@example.invalid")
+    git(root, "config", "user.name", "t")
+    (root / "model.py").write_text("x = 1\n")
+    git(root, "add", ".")
+    git(root, "commit", "-qm", "one")
+    return git(root, "rev-parse", "HEAD").strip()
+
+
+def load_module(path: Path, source: str) -> types.ModuleType:
+    path.write_text(textwrap.dedent(source))
+    spec = importlib.util.spec_from_file_location(f"gmod_{sha_hex(str(path).encode())[:8]}", path)
+    assert spec is not None and spec.loader is not None
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+# --------------------------------------------------------------------- signatures
+
+
+def test_signature_is_sha256_of_tagged_canonical_components() -> None:
+    components = {"b": {"y": 1, "x": 2}, "a": "v"}
+    text = '{"a":"v","b":{"x":2,"y":1}}'
+    expected = "sha256:" + sha_hex(b"consist-signature-v1\x00" + text.encode())
+    assert I.make_signature(components) == expected
+    assert I.make_signature(components) == hash_canonical(components, "consist-signature-v1")
+
+
+# --------------------------------------------------------------------- code identity: git
+
+
+def test_clean_and_dirty_git_identity(tmp_path: Path) -> None:
+    repo = tmp_path / "repo"
+    head = make_repo(repo)
+    probe = I._GitProbe(repo)
+    assert probe.git_dir == repo / ".git"
+    assert probe.version() == f"git:{head}"
+    (repo / "model.py").write_text("x = 2\n")
+    git(repo, "add", ".")
+    diff = subprocess.run(
+        ["git", "-C", str(repo), "diff", "HEAD", "--no-ext-diff", "--binary"], check=True, capture_output=True
+    ).stdout
+    assert probe.version() == f"git:{head}-dirty-{sha_hex(diff)[:12]}"
+
+
+def test_identity_follows_new_commits(tmp_path: Path) -> None:
+    repo = tmp_path / "repo"
+    first = make_repo(repo)
+    probe = I._GitProbe(repo)
+    assert probe.version() == f"git:{first}"
+    (repo / "model.py").write_text("x = 3\n")
+    git(repo, "commit", "-qam", "two")
+    second = git(repo, "rev-parse", "HEAD").strip()
+    assert second != first and probe.version() == f"git:{second}"
+
+
+def test_an_unchanged_checkout_is_not_asked_again(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    repo = tmp_path / "repo"
+    head = make_repo(repo)
+    probe = I._GitProbe(repo)
+    watched = I._file_stat(repo / "model.py")
+    assert probe.version(watched) == f"git:{head}"
+    monkeypatch.setenv("PATH", str(tmp_path / "no-git-here"))  # git can no longer run
+    assert probe.version(watched) == f"git:{head}"
+    assert probe._git("rev-parse", "HEAD") is None
+
+
+def test_a_watched_file_change_asks_git_again(tmp_path: Path) -> None:
+    repo = tmp_path / "repo"
+    head = make_repo(repo)
+    probe = I._GitProbe(repo)
+    assert probe.version(I._file_stat(repo / "model.py")) == f"git:{head}"
+    (repo / "model.py").write_text("x = 22\n")  # not staged: HEAD and the index are unchanged
+    assert probe.version(I._file_stat(repo / "model.py")).startswith(f"git:{head}-dirty-")
+
+
+def test_git_without_a_commit_falls_back_to_the_module_hash(tmp_path: Path) -> None:
+    repo = tmp_path / "fresh"
+    repo.mkdir()
+    git(repo, "init", "-q")
+    mod = load_module(repo / "step.py", "def step():\n    return 1\n")
+    assert I._GitProbe(repo).version() is None
+    ident = I.code_identity(mod.step, repo)
+    assert ident == "module:" + sha_hex((repo / "step.py").read_bytes())[:32]
+
+
+def test_git_file_pointing_to_the_git_dir(tmp_path: Path) -> None:
+    repo = tmp_path / "repo"
+    head = make_repo(repo)
+    tree = tmp_path / "tree"
+    git(repo, "worktree", "add", "-q", str(tree))
+    probe = I._GitProbe(tree)
+    assert probe.git_dir is not None and probe.git_dir.is_dir()
+    assert probe.git_dir.resolve() == (repo / ".git" / "worktrees" / "tree").resolve()
+    assert probe.version() == f"git:{head}"
+    relative = tmp_path / "rel"
+    relative.mkdir()
+    (relative / ".git").write_text("gitdir: ../repo/.git\n")
+    assert I._GitProbe._find_git_dir(relative) == (repo / ".git").resolve()
+    (relative / ".git").write_text("not a pointer\n")
+    assert I._GitProbe._find_git_dir(relative) is None
+    assert I._GitProbe(relative).version() is None
+
+
+def test_git_dir_is_found_from_a_subdirectory(tmp_path: Path) -> None:
+    repo = tmp_path / "repo"
+    head = make_repo(repo)
+    (repo / "src" / "pkg").mkdir(parents=True)
+    probe = I._GitProbe(repo / "src" / "pkg")
+    assert probe.git_dir == repo / ".git"
+    assert probe.version() == f"git:{head}"
+
+
+# --------------------------------------------------------------------- code identity: outside git
+
+
+def test_module_identity_is_the_hash_of_the_defining_file_and_follows_edits(tmp_path: Path) -> None:
+    mod = load_module(tmp_path / "steps_a.py", "def step():\n    return 1\n")
+    expected = "module:" + sha_hex((tmp_path / "steps_a.py").read_bytes())[:32]
+    assert I.code_identity(mod.step, tmp_path) == expected
+    assert I.code_identity(None, tmp_path, source=tmp_path / "steps_a.py") == expected
+    (tmp_path / "steps_a.py").write_text("def step():\n    return 12\n")
+    changed = I.code_identity(mod.step, tmp_path)
+    assert changed == "module:" + sha_hex((tmp_path / "steps_a.py").read_bytes())[:32] != expected
+
+
+def test_decorated_functions_are_identified_by_their_own_module(tmp_path: Path) -> None:
+    mod = load_module(tmp_path / "steps_b.py", "def step():\n    return 1\n")
+
+    @functools.wraps(mod.step)
+    def wrapper() -> object:
+        return mod.step()
+
+    assert I._source_file(wrapper) == tmp_path / "steps_b.py"
+    assert I.code_identity(wrapper, tmp_path) == I.code_identity(mod.step, tmp_path)
+
+
+def test_functions_without_a_source_file() -> None:
+    assert I._source_file(len) is None
+    ns: dict[str, object] = {}
+    exec(compile("def f(a, b=2):\n    return a + b\n", "<cell>", "exec"), ns)
+    f = ns["f"]
+    assert I._source_file(f) is None
+    expected = "code:" + sha_hex(I._code_fingerprint(f.__code__))[:32]
+    assert I.code_identity(f, Path("/nonexistent-root")) == expected
+    assert I.code_identity(None, Path("/nonexistent-root")) == "unknown"
+    assert I.code_identity(len, Path("/nonexistent-root")) == "unknown"
+
+
+def test_file_stat_watches_path_mtime_size_and_inode(tmp_path: Path) -> None:
+    f = tmp_path / "w.py"
+    f.write_text("a")
+    st = f.stat()
+    assert I._file_stat(f) == (str(f), st.st_mtime_ns, st.st_size, st.st_ino)
+    assert I._file_stat(None) == ()
+
+
+def _compiled(src: str, filename: str = "<cell>") -> types.CodeType:
+    ns: dict[str, object] = {}
+    exec(compile(src, filename, "exec"), ns)
+    return ns["f"].__code__  # type: ignore[attr-defined]
+
+
+def test_code_fingerprint_ignores_location_but_not_behaviour() -> None:
+    base = _compiled("def f(a):\n    return a + 1\n")
+    assert I._code_fingerprint(base) == I._code_fingerprint(_compiled("\n\n\ndef f(a):\n    return a + 1\n", "<x>"))
+    variants = [
+        "def f(a):\n    return a + 2\n",  # constant
+        "def f(a):\n    return a - 1\n",  # bytecode
+        "def f(b):\n    return b + 1\n",  # variable names
+        "def f(a, /):\n    return a + 1\n",  # positional-only
+        "def f(*, a):\n    return a + 1\n",  # keyword-only
+        "def f(a, c=0):\n    return a + 1\n",  # argument count
+        "def f(a):\n    return a + len([])\n",  # global names
+        "def f(a):\n    return a + 1.0\n",  # constant type (1 == 1.0)
+        "def f(a):\n    def g():\n        return a\n    return g\n",  # nested code, cell variables
+    ]
+    prints = {I._code_fingerprint(_compiled(v)) for v in variants}
+    assert len(prints) == len(variants) and I._code_fingerprint(base) not in prints
+    g_one = _compiled("def f(a):\n    def g():\n        return a + 1\n    return g\n")
+    g_two = _compiled("def f(a):\n    def g():\n        return a + 2\n    return g\n")
+    assert I._code_fingerprint(g_one) != I._code_fingerprint(g_two)
+    inner = next(c for c in g_one.co_consts if isinstance(c, types.CodeType))
+    assert I._code_fingerprint(inner) != I._code_fingerprint(inner.replace(co_freevars=("b",)))
+    assert I._code_fingerprint(base) != I._code_fingerprint(base.replace(co_flags=base.co_flags ^ 0x20))
+    assert I._code_fingerprint(base) != I._code_fingerprint(base.replace(co_name="h"))
+
+
+def test_code_fingerprint_of_a_frozenset_constant_ignores_its_iteration_order() -> None:
+    code = _compiled("def f(a):\n    return a in {'p', 'q', 'r'}\n")
+    fs = next(c for c in code.co_consts if isinstance(c, frozenset))
+    # Find two frozensets with equal elements that iterate in different orders (hash collisions).
+    words = [f"w{i}" for i in range(64)]
+    one, two = frozenset(words), frozenset(reversed(words))
+    for n in range(64, 2000):
+        if list(one) != list(two):
+            break
+        words.append(f"w{n}")
+        one, two = frozenset(words), frozenset(reversed(words))
+    assert one == two and list(one) != list(two)
+    a = code.replace(co_consts=tuple(one if c is fs else c for c in code.co_consts))
+    b = code.replace(co_consts=tuple(two if c is fs else c for c in code.co_consts))
+    assert I._code_fingerprint(a) == I._code_fingerprint(b)
+    c = code.replace(co_consts=tuple(frozenset(words[1:]) if x is fs else x for x in code.co_consts))
+    assert I._code_fingerprint(c) != I._code_fingerprint(a)
+
+
+def test_caller_source_is_the_first_frame_outside_consist(tmp_path: Path) -> None:
+    script = tmp_path / "pipeline.py"
+    found = I.caller_source()
+    assert found is not None and found.exists()
+    assert not found.resolve().is_relative_to(Path(I.__file__).resolve().parent)
+    script.write_text("from consist.identity import caller_source\nresult = caller_source()\n")
+    ns: dict[str, object] = {}
+    exec(compile(script.read_text(), "<stdin>", "exec"), ns)  # a frame with no file: skipped
+    assert ns["result"] is not None and not str(ns["result"]).startswith("<")
+
+
+# --------------------------------------------------------------------- miss explanations
+
+
+def row(run_id: str, identity: dict | None, config: dict | None = None) -> dict:
+    return {
+        "id": run_id,
+        "identity": json.dumps(identity) if identity is not None else None,
+        "config": json.dumps(config) if config is not None else None,
+    }
+
+
+COMPONENTS = {
+    "code": "git:abc",
+    "config": "sha256:c1",
+    "inputs": {"households": "sha256:h1", "zones": "sha256:z1"},
+    "run_fields": {"model": "m", "year": 2030, "iteration": None},
+    "cache_epoch": 1,
+}
+
+
+def test_no_prior_run() -> None:
+    assert I.explain_miss(COMPONENTS, {}, [], loads=json.loads) == {
+        "reason": "no_prior_run",
+        "changed": [],
+        "details": {},
+    }
+
+
+def test_identical_components_explain_as_identical() -> None:
+    expl = I.explain_miss(COMPONENTS, {"a": 1}, [row("r1", COMPONENTS, {"a": 1})], loads=json.loads)
+    assert expl == {"reason": "identical", "changed": [], "nearest_run": "r1", "details": {}}
+
+
+def test_nearest_run_has_most_equal_components_newest_first_on_ties() -> None:
+    far = {**COMPONENTS, "code": "git:old", "config": "sha256:old", "cache_epoch": 0}
+    near_new = {**COMPONENTS, "code": "git:new"}
+    near_old = {**COMPONENTS, "config": "sha256:c0"}
+    candidates = [row("far", far), row("near-new", near_new), row("near-old", near_old), row("blank", None)]
+    expl = I.explain_miss(COMPONENTS, None, candidates, loads=json.loads)
+    assert expl["nearest_run"] == "near-new"
+    assert expl["reason"] == "code_changed" and expl["changed"] == ["code"]
+    assert expl["details"] == {"code": {"before": "git:new", "after": "git:abc"}}
+    assert I.explain_miss(COMPONENTS, None, [row("blank", None)], loads=json.loads)["nearest_run"] == "blank"
+
+
+def test_config_explanation_lists_changed_dotted_keys() -> None:
+    old_config = {"a": 1, "nested": {"b": 2, "c": 3}, "gone": True, "empty": {}}
+    new_config = {"a": 1, "nested": {"b": 20, "c": 3}, "new": 5, "empty": {"now": 1}}
+    before = {**COMPONENTS, "config": "sha256:c0"}
+    expl = I.explain_miss(COMPONENTS, new_config, [row("r1", before, old_config)], loads=json.loads)
+    assert expl["reason"] == "config_changed"
+    assert expl["details"] == {"config_keys_changed": ["empty", "empty.now", "gone", "nested.b", "new"]}
+
+
+def test_config_explanation_with_missing_or_scalar_configs() -> None:
+    before = {**COMPONENTS, "config": "sha256:c0"}
+    expl = I.explain_miss(COMPONENTS, {"a": 1}, [row("r1", before, None)], loads=json.loads)
+    assert expl["details"]["config_keys_changed"] == ["a"]
+    expl = I.explain_miss(COMPONENTS, None, [row("r1", before, {"a": 1})], loads=json.loads)
+    assert expl["details"]["config_keys_changed"] == ["a"]
+    assert I._flatten(7) == {"<config>": 7}
+    assert I._flatten({}) == {}
+    assert I._flatten({"a": {"b": {}}}) == {"a.b": {}}
+    assert I._flatten({1: {2: "x"}}) == {"1.2": "x"}
+
+
+def test_input_explanation_separates_changed_added_and_removed() -> None:
+    before = {**COMPONENTS, "inputs": {"households": "sha256:h0", "zones": "sha256:z1", "old": "sha256:o"}}
+    now = {**COMPONENTS, "inputs": {"households": "sha256:h1", "zones": "sha256:z1", "extra": "sha256:e"}}
+    expl = I.explain_miss(now, None, [row("r1", before)], loads=json.loads)
+    assert expl["reason"] == "inputs_changed"
+    assert expl["details"] == {"inputs_changed": ["households"], "inputs_added": ["extra"], "inputs_removed": ["old"]}
+    no_inputs = {k: v for k, v in before.items() if k != "inputs"}
+    expl = I.explain_miss(now, None, [row("r1", no_inputs)], loads=json.loads)
+    assert expl["details"]["inputs_added"] == ["extra", "households", "zones"]
+    assert expl["details"]["inputs_removed"] == [] and expl["details"]["inputs_changed"] == []
+
+
+def test_several_changes_and_other_components() -> None:
+    before = {**COMPONENTS, "cache_epoch": 0, "run_fields": {"model": "m", "year": 2020, "iteration": None}}
+    before["retired"] = "x"
+    expl = I.explain_miss(COMPONENTS, None, [row("r1", before)], loads=json.loads)
+    assert expl["reason"] == "several_changed"
+    assert expl["changed"] == ["cache_epoch", "retired", "run_fields"]
+    assert expl["details"] == {
+        "cache_epoch": {"before": 0, "after": 1},
+        "retired": {"before": "x", "after": None},
+        "run_fields": {"before": before["run_fields"], "after": COMPONENTS["run_fields"]},
+    }
