@@ -1,0 +1,291 @@
+"""Guarantees of consist.index: the SQLite run index that every tracker writes first.
+
+Sequence numbers order every write, a failed transaction leaves nothing behind,
+run ids are never reused, and the lookups that decide cache hits only return
+completed runs that executed. Every test opens a real SQLite file.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import consist
+from consist.index import ARTIFACT_COLUMNS, RUN_COLUMNS, SCHEMA_VERSION, Index, index_path_for, pid_alive
+
+
+@pytest.fixture
+def ix(tmp_path: Path):
+    index = Index(tmp_path / "deep" / "dir" / "index.sqlite")
+    yield index
+    index.close()
+
+
+def run_row(run_id: str, **kw: object) -> dict:
+    row: dict = {c: None for c in RUN_COLUMNS}
+    row.update(id=run_id, name=run_id, model="m", status="completed", signature="sig", cache_hit=0, ended_at=1.0)
+    row.update(kw)
+    return row
+
+
+def art_row(art_id: str, **kw: object) -> dict:
+    row: dict = {c: None for c in ARTIFACT_COLUMNS}
+    row.update(id=art_id, key=art_id, uri=f"/data/{art_id}", hash=f"sha256:{art_id}", kind="file", created_at=1.0)
+    row.update(kw)
+    return row
+
+
+# --------------------------------------------------------------------- opening
+
+
+def test_a_new_index_is_a_wal_database_with_the_current_schema(tmp_path: Path, ix: Index) -> None:
+    assert ix.path.exists()
+    assert ix.query_one("PRAGMA journal_mode")["journal_mode"] == "wal"
+    assert ix.query_one("PRAGMA user_version")["user_version"] == SCHEMA_VERSION
+    assert ix.query_one("PRAGMA busy_timeout")["timeout"] == 60000
+    assert ix.query_one("PRAGMA synchronous")["synchronous"] == 1  # NORMAL
+    tables = {r["name"] for r in ix.query("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    assert {"counter", "run", "artifact", "run_artifact", "object", "hash_memo"} <= tables
+    assert ix.max_seq() == 0
+
+
+def test_reopening_keeps_the_rows(tmp_path: Path) -> None:
+    path = tmp_path / "index.sqlite"
+    first = Index(path)
+    first.upsert_run(run_row("kept"))
+    first.close()
+    again = Index(path)
+    try:
+        assert again.run("kept")["model"] == "m" and again.max_seq() == 1
+    finally:
+        again.close()
+
+
+def test_an_index_from_a_newer_version_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "index.sqlite"
+    con = sqlite3.connect(path)
+    con.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+    con.close()
+    with pytest.raises(consist.StoreError) as err:
+        Index(path)
+    assert f"has schema version {SCHEMA_VERSION + 1}; this consist understands up to {SCHEMA_VERSION}" in str(err.value)
+    assert "upgrade consist" in str(err.value)
+
+
+def test_a_file_that_is_not_a_database_is_a_clear_error(tmp_path: Path) -> None:
+    path = tmp_path / "index.sqlite"
+    path.write_bytes(b"this is not sqlite" * 100)
+    with pytest.raises(consist.StoreError, match=r"Cannot open the run index .*damaged or is not a consist index"):
+        Index(path)
+
+
+def test_a_closed_index_raises_run_state_errors(tmp_path: Path) -> None:
+    index = Index(tmp_path / "index.sqlite")
+    index.close()
+    index.close()  # twice is fine
+    with pytest.raises(consist.RunStateError, match="This Tracker is closed"):
+        index.max_seq()
+
+
+def test_index_path_sits_beside_the_duckdb_file(tmp_path: Path) -> None:
+    db = tmp_path / "data" / "prov.duckdb"
+    assert index_path_for(db) == tmp_path / "data" / ".prov.duckdb.consist" / "index.sqlite"
+
+
+# --------------------------------------------------------------------- writes
+
+
+def test_each_write_gets_the_next_sequence_number(ix: Index) -> None:
+    ix.upsert_run(run_row("a"))
+    ix.add_artifact(art_row("x"))
+    ix.link("a", "x", "output", "x")
+    assert ix.max_seq() == 3
+    assert ix.query_one("SELECT seq FROM run WHERE id = 'a'")["seq"] == 1
+    assert ix.query_one("SELECT seq FROM artifact WHERE id = 'x'")["seq"] == 2
+    assert ix.query_one("SELECT seq FROM run_artifact")["seq"] == 3
+
+
+def test_nested_writes_share_one_transaction_and_sequence_number(ix: Index) -> None:
+    with ix.write() as outer:
+        ix.upsert_run(run_row("a"))
+        with ix.write() as inner:
+            assert inner == outer
+            ix.add_artifact(art_row("x"))
+        ix.link("a", "x", "output", "x")
+    assert ix.max_seq() == 1
+    assert {r["seq"] for r in ix.query("SELECT seq FROM run UNION SELECT seq FROM artifact")} == {1}
+
+
+def test_a_failed_transaction_leaves_nothing(ix: Index) -> None:
+    ix.upsert_run(run_row("before"))
+    with pytest.raises(RuntimeError, match="midway"):
+        with ix.write():
+            ix.upsert_run(run_row("lost"))
+            ix.memo_put((1, 2, 3, 4), "algo", "sha256:lost")
+            raise RuntimeError("midway")
+    assert ix.run("lost") is None and ix.memo_get((1, 2, 3, 4), "algo") is None
+    assert ix.max_seq() == 1
+    ix.upsert_run(run_row("after"))  # the index is usable again
+    assert ix.run("after")["seq"] == 2
+
+
+def test_writes_are_visible_to_another_connection_at_once(tmp_path: Path, ix: Index) -> None:
+    ix.upsert_run(run_row("shared"))
+    ix.memo_put((9, 9, 9, 9), "a", "sha256:m")
+    other = Index(ix.path)
+    try:
+        assert other.run("shared") is not None
+        assert other.memo_get((9, 9, 9, 9), "a") == "sha256:m"
+    finally:
+        other.close()
+
+
+def test_upsert_replaces_a_run(ix: Index) -> None:
+    ix.upsert_run(run_row("r", status="running"))
+    ix.upsert_run(run_row("r", status="completed", error="none"))
+    rows = ix.query("SELECT status, error, seq FROM run")
+    assert rows == [{"status": "completed", "error": "none", "seq": 2}]
+
+
+def test_run_ids_are_never_reused(ix: Index) -> None:
+    assert ix.claim_run_id("base", run_row("ignored", model="one")) == "base"
+    assert ix.claim_run_id("base", run_row("ignored", model="two")) == "base~2"
+    assert ix.claim_run_id("base", run_row("ignored", model="three")) == "base~3"
+    models = {r["id"]: r["model"] for r in ix.query("SELECT id, model FROM run")}
+    assert models == {"base": "one", "base~2": "two", "base~3": "three"}
+
+
+def test_artifacts_are_kept_unless_replaced(ix: Index) -> None:
+    ix.add_artifact(art_row("a", uri="/first"))
+    ix.add_artifact(art_row("a", uri="/second"))
+    assert ix.query_one("SELECT uri FROM artifact WHERE id = 'a'")["uri"] == "/first"
+    ix.add_artifact(art_row("a", uri="/third"), replace=True)
+    assert ix.query_one("SELECT uri FROM artifact WHERE id = 'a'")["uri"] == "/third"
+
+
+def test_objects_are_tracked_per_store(ix: Index) -> None:
+    ix.add_object("sha256:o", "/store/one", 5)
+    ix.add_object("sha256:o", "/store/one", 5)
+    ix.add_object("sha256:o", "/store/two", 5)
+    assert sorted(ix.object_stores("sha256:o")) == ["/store/one", "/store/two"]
+    ix.drop_objects([("sha256:o", "/store/one")])
+    assert ix.object_stores("sha256:o") == ["/store/two"]
+    assert ix.object_stores("sha256:unknown") == []
+
+
+def test_memo_is_keyed_by_stat_and_algorithm(ix: Index) -> None:
+    key = (1, 2, 3, 4)
+    assert ix.memo_get(key, "sha256/file-v1") is None
+    ix.memo_put(key, "sha256/file-v1", "sha256:a")
+    ix.memo_put(key, "sha256/object-v1", "sha256:b")
+    assert ix.memo_get(key, "sha256/file-v1") == "sha256:a"
+    assert ix.memo_get(key, "sha256/object-v1") == "sha256:b"
+    assert ix.memo_get((1, 2, 3, 5), "sha256/file-v1") is None
+    ix.memo_put(key, "sha256/file-v1", "sha256:c")
+    assert ix.memo_get(key, "sha256/file-v1") == "sha256:c"
+    assert ix.max_seq() == 0  # the memo takes no sequence numbers
+    with ix.write():
+        ix.memo_put((5, 6, 7, 8), "sha256/file-v1", "sha256:d")
+    assert ix.memo_get((5, 6, 7, 8), "sha256/file-v1") == "sha256:d"
+
+
+def test_execute_runs_a_statement(ix: Index) -> None:
+    ix.upsert_run(run_row("gone"))
+    ix.execute("DELETE FROM run WHERE id = ?", ("gone",))
+    assert ix.run("gone") is None
+
+
+# --------------------------------------------------------------------- reads that decide hits
+
+
+def test_producers_are_completed_executed_runs_newest_first(ix: Index) -> None:
+    ix.upsert_run(run_row("old", ended_at=1.0))
+    ix.upsert_run(run_row("new", ended_at=3.0))
+    ix.upsert_run(run_row("mid", ended_at=2.0))
+    ix.upsert_run(run_row("hit", ended_at=4.0, cache_hit=1))
+    ix.upsert_run(run_row("failed", ended_at=5.0, status="failed"))
+    ix.upsert_run(run_row("running", ended_at=None, status="running"))
+    ix.upsert_run(run_row("interrupted", ended_at=6.0, status="interrupted"))
+    ix.upsert_run(run_row("other", ended_at=7.0, signature="other"))
+    assert [r["id"] for r in ix.producers("sig")] == ["new", "mid", "old"]
+    assert [r["id"] for r in ix.producers("sig", limit=2)] == ["new", "mid"]
+    for i in range(6):
+        ix.upsert_run(run_row(f"more{i}", ended_at=10.0 + i))
+    assert len(ix.producers("sig")) == 5  # five candidates by default
+
+
+def test_recent_runs_of_a_model(ix: Index) -> None:
+    ix.upsert_run(run_row("a", model="m", ended_at=1.0))
+    ix.upsert_run(run_row("b", model="m", ended_at=2.0))
+    ix.upsert_run(run_row("c", model="m", ended_at=3.0, cache_hit=1))
+    ix.upsert_run(run_row("d", model="other", ended_at=4.0))
+    ix.upsert_run(run_row("e", model="m", ended_at=5.0, status="failed"))
+    assert [r["id"] for r in ix.recent_runs_of_model("m")] == ["b", "a"]
+    assert [r["id"] for r in ix.recent_runs_of_model("m", limit=1)] == ["b"]
+    for i in range(55):
+        ix.upsert_run(run_row(f"many{i}", model="busy", ended_at=float(i)))
+    assert len(ix.recent_runs_of_model("busy")) == 50
+
+
+def test_links_in_recording_order_and_by_direction(ix: Index) -> None:
+    ix.upsert_run(run_row("r"))
+    for art in ("in1", "out2", "out1", "log"):
+        ix.add_artifact(art_row(art))
+    ix.link("r", "in1", "input", "in1")
+    ix.link("r", "out2", "output", "b")
+    ix.link("r", "out1", "output", "a")
+    ix.link("r", "log", "log", "container.log")
+    outs = ix.outputs_of("r")
+    assert [(o["link_key"], o["id"], o["direction"]) for o in outs] == [
+        ("b", "out2", "output"),
+        ("a", "out1", "output"),
+    ]
+    assert outs[0]["uri"] == "/data/out2" and outs[0]["hash"] == "sha256:out2"
+    assert [o["link_key"] for o in ix.links_of("r")] == ["in1", "b", "a", "container.log"]
+    assert [o["id"] for o in ix.links_of("r", "input")] == ["in1"]
+    assert ix.outputs_of("nobody") == []
+    with ix.write():
+        ix.link("r2", "out1", "output", "z")
+        ix.link("r2", "out2", "output", "y")
+    assert [o["link_key"] for o in ix.outputs_of("r2")] == ["y", "z"]  # same sequence number: by key
+
+
+def test_output_artifact_with_hash_is_the_newest_of_a_completed_run(ix: Index) -> None:
+    ix.upsert_run(run_row("done"))
+    ix.upsert_run(run_row("broken", status="failed"))
+    ix.add_artifact(art_row("old", hash="sha256:h", run_id="done", created_at=1.0))
+    ix.add_artifact(art_row("new", hash="sha256:h", run_id="done", created_at=2.0))
+    ix.add_artifact(art_row("newest-but-failed", hash="sha256:h", run_id="broken", created_at=3.0))
+    ix.add_artifact(art_row("input", hash="sha256:h", run_id=None, created_at=4.0))
+    assert ix.output_artifact_with_hash("sha256:h")["id"] == "new"
+    assert ix.output_artifact_with_hash("sha256:other") is None
+
+
+def test_changes_since_returns_rows_after_a_sequence_number(ix: Index) -> None:
+    ix.upsert_run(run_row("a"))
+    ix.add_artifact(art_row("x"))
+    ix.link("a", "x", "output", "x")
+    ix.upsert_run(run_row("b"))
+    top, runs, arts, links = ix.changes_since(0)
+    assert top == 4 and [r["id"] for r in runs] == ["a", "b"] and [a["id"] for a in arts] == ["x"]
+    assert [(lk["run_id"], lk["artifact_id"]) for lk in links] == [("a", "x")]
+    top, runs, arts, links = ix.changes_since(2)
+    assert top == 4 and [r["id"] for r in runs] == ["b"] and arts == [] and len(links) == 1
+    assert ix.changes_since(4) == (4, [], [], [])
+    ix.upsert_run(run_row("c"))  # the snapshot transaction was closed: writes still work
+    assert ix.max_seq() == 5
+
+
+# --------------------------------------------------------------------- processes
+
+
+def test_pid_alive() -> None:
+    assert pid_alive(os.getpid())
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    assert not pid_alive(proc.pid)

@@ -1,0 +1,412 @@
+"""Guarantees of consist.objects: the content-addressed store and what a restore writes.
+
+An object is only ever named by the hash of its bytes, is read-only, and is checked
+before anything is restored from it; a restore replaces its destination in one
+rename and never writes through a symlink. The memo is a real run index.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import stat
+import time
+from pathlib import Path
+
+import pytest
+
+import consist
+from consist import hashing as H
+from consist.index import Index
+from consist.objects import ObjectStore, copy_bytes
+
+
+def sha(data: bytes) -> str:
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+@pytest.fixture
+def index(tmp_path: Path):
+    ix = Index(tmp_path / "ix" / "index.sqlite")
+    yield ix
+    ix.close()
+
+
+@pytest.fixture
+def store(tmp_path: Path, index: Index) -> ObjectStore:
+    return ObjectStore(tmp_path / "objects", memo=index)
+
+
+def hasher(index: Index) -> H.FileHasher:
+    return H.FileHasher(index)
+
+
+def mode(path: Path) -> int:
+    return stat.S_IMODE(path.lstat().st_mode)
+
+
+def leftovers(directory: Path) -> list[str]:
+    return sorted(p.name for p in directory.iterdir() if ".consist-" in p.name)
+
+
+# --------------------------------------------------------------------- layout and storing
+
+
+def test_object_path_layout(tmp_path: Path) -> None:
+    s = ObjectStore(tmp_path / "objects")
+    digest = "sha256:" + "ab" + "c" * 62
+    assert s.path_of(digest) == tmp_path / "objects" / "sha256" / "ab" / ("c" * 62)
+
+
+def test_put_file_stores_read_only_bytes_under_their_hash(tmp_path: Path, store: ObjectStore, index: Index) -> None:
+    src = tmp_path / "out.csv"
+    src.write_bytes(b"a,b\n1,2\n")
+    digest, size = store.put_file(src, hasher(index))
+    assert (digest, size) == (sha(b"a,b\n1,2\n"), 8)
+    obj = store.path_of(digest)
+    assert obj.read_bytes() == b"a,b\n1,2\n" and mode(obj) == 0o444
+    assert store.has(digest) and not store.has(sha(b"other"))
+    assert list((store.root / "tmp").iterdir()) == []  # the temporary copy was renamed into place
+    # The store trusts its own write: the object's stat is memoised under the object algorithm.
+    assert index.memo_get(H.stat_key(obj.stat()), "sha256/object-v1") == digest
+
+
+def test_storing_known_content_again_copies_nothing(tmp_path: Path, store: ObjectStore, index: Index) -> None:
+    (tmp_path / "a").write_bytes(b"same")
+    (tmp_path / "b").write_bytes(b"same")
+    digest, _ = store.put_file(tmp_path / "a", hasher(index))
+    before = store.path_of(digest).stat()
+    assert store.put_file(tmp_path / "b", hasher(index)) == (digest, 4)
+    after = store.path_of(digest).stat()
+    assert (before.st_ino, before.st_mtime_ns) == (after.st_ino, after.st_mtime_ns)
+    assert store.put_bytes(b"same") == digest and store.path_of(digest).stat().st_ino == before.st_ino
+
+
+def _rewrite_after_hashing(src: Path, data: bytes) -> H.FileHasher:
+    """A hasher whose memo rewrites ``src`` once it is hashed, before the store copies it."""
+    st = src.stat()
+    os.utime(src, ns=(st.st_atime_ns, st.st_mtime_ns - 10 * 10**9))  # old enough to be memoised
+
+    class RewriteAfterHashing(H.NullMemo):
+        def memo_put(self, key, algo, digest):
+            src.write_bytes(data)
+
+    return H.FileHasher(RewriteAfterHashing())
+
+
+def test_a_file_rewritten_between_hashing_and_copying_is_stored_under_its_real_hash(
+    tmp_path: Path, store: ObjectStore
+) -> None:
+    src = tmp_path / "moving.bin"
+    src.write_bytes(b"first version")
+    digest, size = store.put_file(src, _rewrite_after_hashing(src, b"other version"))  # same size
+    assert (digest, size) == (sha(b"other version"), 13)
+    assert store.verify(digest, size).read_bytes() == b"other version"
+    assert not store.has(sha(b"first version"))
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="ObjectStore.put_file copies only the size the file had when it was hashed: a file that grows "
+    "meanwhile is stored (and later restored) truncated, a content the file never had",
+)
+def test_a_file_that_grows_while_stored_is_not_stored_truncated(tmp_path: Path, store: ObjectStore) -> None:
+    src = tmp_path / "growing.bin"
+    src.write_bytes(b"first version")
+    digest, size = store.put_file(src, _rewrite_after_hashing(src, b"second, longer version"))
+    assert store.verify(digest, size).read_bytes() in (b"first version", b"second, longer version")
+
+
+def test_put_bytes_and_directories(tmp_path: Path, store: ObjectStore, index: Index) -> None:
+    d = tmp_path / "d"
+    (d / "sub").mkdir(parents=True)
+    (d / "x.csv").write_bytes(b"xx")
+    (d / "sub" / "y.csv").write_bytes(b"yyy")
+    digest, total, manifest = store.put_dir(d, hasher(index))
+    assert manifest == [["sub/y.csv", sha(b"yyy"), 3], ["x.csv", sha(b"xx"), 2]]
+    assert total == 5
+    assert digest == sha(H.manifest_bytes(manifest)) == H.FileHasher(H.NullMemo()).hash_path(d)
+    assert store.path_of(digest).read_bytes() == H.manifest_bytes(manifest)
+    assert store.read_manifest(digest) == manifest
+    assert store.put_bytes(b"blob") == sha(b"blob") and store.path_of(sha(b"blob")).read_bytes() == b"blob"
+    assert mode(store.path_of(sha(b"blob"))) == 0o444
+
+
+def test_a_manifest_of_another_format_is_refused(store: ObjectStore) -> None:
+    digest = store.put_bytes(b'{"format":"something-else","files":[]}')
+    with pytest.raises(consist.IntegrityError, match="not a directory manifest"):
+        store.read_manifest(digest)
+
+
+# --------------------------------------------------------------------- verifying
+
+
+def test_verify_reports_missing_short_and_damaged_objects(store: ObjectStore, tmp_path: Path) -> None:
+    digest = store.put_bytes(b"0123456789")
+    assert store.verify(digest, 10) == store.path_of(digest)
+    assert store.verify(digest) == store.path_of(digest)
+    with pytest.raises(consist.IntegrityError, match="has 10 bytes, expected 11"):
+        store.verify(digest, 11)
+    absent = sha(b"never stored")
+    with pytest.raises(consist.IntegrityError, match="is missing from") as err:
+        store.verify(absent)
+    assert err.value.missing_digest == absent
+    obj = store.path_of(digest)
+    os.chmod(obj, 0o644)
+    obj.write_bytes(b"0123456780")  # same size, other bytes, new mtime
+    with pytest.raises(consist.IntegrityError, match="hashes to " + sha(b"0123456780")):
+        store.verify(digest, 10)
+
+
+def test_a_verified_object_is_not_read_again_while_its_stat_is_unchanged(store: ObjectStore, index: Index) -> None:
+    digest = store.put_bytes(b"original")
+    obj = store.path_of(digest)
+    other = store.put_bytes(b"verified")
+    assert store.verify(other) == store.path_of(other)
+    st = obj.stat()
+    os.chmod(obj, 0o644)
+    with open(obj, "r+b") as f:
+        f.write(b"ORIGINAL")  # same size, same inode
+    os.utime(obj, ns=(st.st_atime_ns, st.st_mtime_ns))  # same mtime: the memo key is unchanged
+    assert store.verify(digest) == obj  # trusted: memoised when the store wrote it
+    index.execute("DELETE FROM hash_memo")
+    with pytest.raises(consist.IntegrityError, match="hashes to"):
+        store.verify(digest)
+
+
+def test_a_successful_check_is_memoised(tmp_path: Path, index: Index) -> None:
+    (tmp_path / "objs").mkdir()
+    writer = ObjectStore(tmp_path / "objs")  # no memo: nothing recorded when written
+    digest = writer.put_bytes(b"checked once")
+    reader = ObjectStore(tmp_path / "objs", memo=index)
+    key = H.stat_key(reader.path_of(digest).stat())
+    assert index.memo_get(key, "sha256/object-v1") is None
+    reader.verify(digest)
+    assert index.memo_get(key, "sha256/object-v1") == digest
+
+
+def test_check_of_a_file_and_of_a_directory(tmp_path: Path, store: ObjectStore, index: Index) -> None:
+    f = store.put_bytes(b"file")
+    assert store.check("file", f, 4) == str(store.path_of(f))
+    d = tmp_path / "d"
+    d.mkdir()
+    (d / "a").write_bytes(b"A")
+    digest, _total, _manifest = store.put_dir(d, hasher(index))
+    assert store.check("dir", digest, None) == [("a", str(store.path_of(sha(b"A"))), 1)]
+
+
+@pytest.mark.parametrize("bad", ["", "/etc/passwd", "../escape", "a/../../escape", "a/.."])
+def test_manifest_entries_that_leave_their_directory_are_refused(store: ObjectStore, bad: str) -> None:
+    inner = store.put_bytes(b"x")
+    digest = store.put_bytes(H.manifest_bytes([["ok", inner, 1], [bad, inner, 1]]))
+    with pytest.raises(consist.IntegrityError, match="points outside its directory"):
+        store.check("dir", digest, None)
+
+
+def test_a_dotdot_lookalike_name_is_fine(store: ObjectStore) -> None:
+    inner = store.put_bytes(b"x")
+    digest = store.put_bytes(H.manifest_bytes([["..data/x", inner, 1], ["a..b", inner, 1]]))
+    assert [rel for rel, _p, _s in store.check("dir", digest, None)] == ["..data/x", "a..b"]
+
+
+# --------------------------------------------------------------------- writing
+
+
+def test_restored_file_replaces_the_destination_with_a_normal_mode(tmp_path: Path, store: ObjectStore) -> None:
+    digest = store.put_bytes(b"restored")
+    dest = tmp_path / "new" / "dir" / "out.csv"
+    store.write(store.check("file", digest, 8), dest)
+    assert dest.read_bytes() == b"restored"
+    assert mode(dest) == 0o644 & ~process_umask()
+    dest.write_bytes(b"scribbled over, longer")
+    store.write(store.check("file", digest, 8), dest)
+    assert dest.read_bytes() == b"restored" and leftovers(dest.parent) == []
+
+
+def process_umask() -> int:
+    current = os.umask(0o022)
+    os.umask(current)
+    return current
+
+
+def test_umask_is_the_process_umask() -> None:
+    from consist import objects
+
+    before = process_umask()
+    assert objects._umask() == before
+    assert process_umask() == before  # reading it left the process umask unchanged
+
+
+def test_restoring_through_a_symlink_replaces_the_link_not_its_target(tmp_path: Path, store: ObjectStore) -> None:
+    digest = store.put_bytes(b"restored")
+    target = tmp_path / "precious.txt"
+    target.write_bytes(b"do not touch")
+    link = tmp_path / "out.txt"
+    link.symlink_to(target)
+    store.write(store.check("file", digest, None), link)
+    assert not link.is_symlink() and link.read_bytes() == b"restored"
+    assert target.read_bytes() == b"do not touch"
+
+
+def _stored_dir(tmp_path: Path, store: ObjectStore, index: Index) -> str:
+    src = tmp_path / "src_dir"
+    (src / "deep" / "er").mkdir(parents=True)
+    (src / "deep" / "er" / "f.csv").write_bytes(b"deep")
+    (src / "deep" / "g.csv").write_bytes(b"g")
+    (src / "top.csv").write_bytes(b"top")
+    return store.put_dir(src, hasher(index))[0]
+
+
+def tree(root: Path) -> dict[str, bytes]:
+    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+EXPECTED_TREE = {"deep/er/f.csv": b"deep", "deep/g.csv": b"g", "top.csv": b"top"}
+
+
+def test_directory_restore_into_nothing_an_old_directory_a_file_or_a_link(
+    tmp_path: Path, store: ObjectStore, index: Index
+) -> None:
+    digest = _stored_dir(tmp_path, store, index)
+    out = tmp_path / "outs"
+    fresh = out / "fresh"
+    store.write(store.check("dir", digest, None), fresh)
+    assert tree(fresh) == EXPECTED_TREE
+
+    stale = out / "stale"
+    (stale / "deep").mkdir(parents=True)
+    (stale / "deep" / "g.csv").write_bytes(b"old")
+    (stale / "stray.txt").write_bytes(b"not from the run")
+    store.write(store.check("dir", digest, None), stale)
+    assert tree(stale) == EXPECTED_TREE
+
+    was_file = out / "was_file"
+    was_file.write_bytes(b"a file where the directory goes")
+    store.write(store.check("dir", digest, None), was_file)
+    assert tree(was_file) == EXPECTED_TREE
+
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "keep.txt").write_bytes(b"keep")
+    link = out / "link"
+    link.symlink_to(elsewhere, target_is_directory=True)
+    store.write(store.check("dir", digest, None), link)
+    assert not link.is_symlink() and tree(link) == EXPECTED_TREE
+    assert tree(elsewhere) == {"keep.txt": b"keep"}
+    assert [p for p in leftovers(out) if not (out / p).is_symlink()] == []
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="ObjectStore.write moves a symlink at the destination aside and removes it with shutil.rmtree, "
+    "which refuses symlinks (errors ignored): a hidden '.<name>.consist-old-*' link stays behind",
+)
+def test_directory_restore_over_a_symlink_leaves_nothing_behind(
+    tmp_path: Path, store: ObjectStore, index: Index
+) -> None:
+    digest = _stored_dir(tmp_path, store, index)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    out = tmp_path / "outs"
+    out.mkdir()
+    (out / "link").symlink_to(elsewhere, target_is_directory=True)
+    store.write(store.check("dir", digest, None), out / "link")
+    assert tree(out / "link") == EXPECTED_TREE
+    assert sorted(p.name for p in out.iterdir()) == ["link"]
+
+
+def test_restored_directory_files_get_the_umask_mode(tmp_path: Path, store: ObjectStore, index: Index) -> None:
+    from consist import objects
+
+    digest = _stored_dir(tmp_path, store, index)
+    dest = tmp_path / "restored"
+    store.write(store.check("dir", digest, None), dest)
+    assert {mode(p) for p in dest.rglob("*") if p.is_file()} == {0o644 & ~process_umask()}
+    assert objects._umask() == process_umask()
+
+
+def test_a_failed_directory_restore_leaves_the_destination_and_no_build_dir(
+    tmp_path: Path, store: ObjectStore, index: Index
+) -> None:
+    digest = _stored_dir(tmp_path, store, index)
+    checked = store.check("dir", digest, None)
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    (dest / "mine.txt").write_bytes(b"mine")
+    broken = [*checked, ("missing.csv", str(tmp_path / "no-such-object"), 1)]
+    with pytest.raises(FileNotFoundError):
+        store.write(broken, dest)
+    assert tree(dest) == {"mine.txt": b"mine"} and leftovers(tmp_path) == []
+
+
+# --------------------------------------------------------------------- copying
+
+
+def test_copy_bytes_copies_exactly_and_never_overwrites(tmp_path: Path) -> None:
+    src = tmp_path / "src.bin"
+    data = os.urandom(3 << 20)
+    src.write_bytes(data)
+    copy_bytes(src, tmp_path / "dst.bin", len(data), "dst")
+    assert (tmp_path / "dst.bin").read_bytes() == data
+    with pytest.raises(FileExistsError):
+        copy_bytes(src, tmp_path / "dst.bin", len(data), "dst")
+
+
+def test_copy_stops_at_the_end_of_a_file_shorter_than_expected(tmp_path: Path) -> None:
+    src = tmp_path / "short.bin"
+    src.write_bytes(b"only this")
+    copy_bytes(src, tmp_path / "copy.bin", 1000, "copy")  # the file shrank after its size was read
+    assert (tmp_path / "copy.bin").read_bytes() == b"only this"
+
+
+@pytest.mark.skipif(not Path("/dev/shm").is_dir(), reason="needs /dev/shm (tmpfs) for a cross-device copy")
+def test_copy_across_file_systems_falls_back_to_read_and_write(tmp_path: Path) -> None:
+    if os.stat("/dev/shm").st_dev == tmp_path.stat().st_dev:
+        pytest.skip("/dev/shm is on the same file system as the test directory")
+    src = Path("/dev/shm") / f"consist-test-{os.getpid()}-{time.monotonic_ns()}"
+    data = os.urandom((1 << 20) + 123)
+    src.write_bytes(data)
+    try:
+        copy_bytes(src, tmp_path / "copied.bin", len(data), "copied")
+        assert (tmp_path / "copied.bin").read_bytes() == data
+        store = ObjectStore(tmp_path / "objects")
+        digest, size = store.put_file(src, H.FileHasher(H.NullMemo()))
+        assert (digest, size) == (sha(data), len(data)) and store.verify(digest, size).read_bytes() == data
+    finally:
+        src.unlink()
+
+
+def test_copy_progress_names_the_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capfd) -> None:
+    monkeypatch.setenv("CONSIST_PROGRESS", "1")
+    monkeypatch.setenv("CONSIST_PROGRESS_DELAY", "0")
+    src = tmp_path / "big.bin"
+    src.write_bytes(b"z" * (3 << 20))
+    store = ObjectStore(tmp_path / "objects")
+    digest, _ = store.put_file(src, H.FileHasher(H.NullMemo()))
+    err = capfd.readouterr().err
+    assert "copying big.bin" in err and "3.1/3.1 MB" in err
+    store.write(store.check("file", digest, 3 << 20), tmp_path / "restored.bin")
+    err = capfd.readouterr().err
+    assert "copying restored.bin" in err and "3.1/3.1 MB" in err
+
+
+# --------------------------------------------------------------------- maintenance
+
+
+def test_all_objects_remove_and_clear_tmp(tmp_path: Path, store: ObjectStore) -> None:
+    assert list(ObjectStore(tmp_path / "empty").all_objects()) == []
+    a, b = store.put_bytes(b"a"), store.put_bytes(b"bb")
+    (store.root / "sha256" / "stray-file").write_bytes(b"not a shard")
+    assert sorted(store.all_objects()) == sorted([(a, store.path_of(a)), (b, store.path_of(b))])
+    assert store.remove(b) == 2 and not store.has(b)
+    assert store.remove(b) == 0
+    tmp = store.root / "tmp"
+    old, new = tmp / "old", tmp / "new"
+    old.write_bytes(b"left by a killed process")
+    new.write_bytes(b"in use")
+    os.utime(old, (time.time() - 7200, time.time() - 7200))
+    store.clear_tmp()
+    assert not old.exists() and new.exists()
+    store.clear_tmp(older_than_s=-1)
+    assert not new.exists()
+    ObjectStore(tmp_path / "never-used").clear_tmp()  # no tmp directory: nothing to do
