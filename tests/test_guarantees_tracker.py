@@ -1,0 +1,539 @@
+"""Guarantees of the Tracker's cache decisions and restores.
+
+What a run is keyed on (``_plan``), when an earlier run is reused and what is put
+back (``_try_reuse``, ``_holds``, ``_store_for``, ``_record_hit``), and what is
+recorded for a run that executed (``_open``, ``_new_row``, ``_link_inputs``,
+``_store_output``, ``_finish``). Real trackers, files and databases throughout.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import socket
+import time
+import warnings
+from pathlib import Path
+
+import pytest
+
+import consist
+from consist import Tracker
+from consist.hashing import FileHasher, NullMemo, dumps, hash_canonical, manifest_bytes
+from consist.identity import make_signature
+from consist.tracker import _holds, driver_for, normalize_inputs
+
+
+def sha(data: bytes) -> str:
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+def write(path: str | Path, data: str | bytes) -> Path:
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    p.write_bytes(data.encode() if isinstance(data, str) else data)
+    return p
+
+
+def aged(path: Path) -> Path:
+    st = path.stat()
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns - 10 * 10**9))
+    return path
+
+
+def index_row(tracker: Tracker, run_id: str) -> dict:
+    row = tracker._index.run(run_id)
+    assert row is not None, run_id
+    return row
+
+
+def links(tracker: Tracker, run_id: str, direction: str) -> dict[str, dict]:
+    return {r["link_key"]: r for r in tracker._index.links_of(run_id, direction)}
+
+
+# --------------------------------------------------------------------- what a run is keyed on
+
+
+def test_plan_components_are_exactly_the_documented_ones(make_tracker) -> None:
+    t = make_tracker(code_version="v7", cache_epoch=3)
+    write("in/a.csv", "A")
+    plan = t._plan(
+        fn=None, source=None, name="step", model="model", config={"b": 2.0, "a": [1]}, inputs={"src": "in/a.csv"},
+        year=2030, iteration=2, cache_mode="reuse", code_version=None,
+    )  # fmt: skip
+    cfg = {"a": [1], "b": 2}
+    assert plan.components == {
+        "code": "v7",
+        "config": hash_canonical(cfg),
+        "inputs": {"src": sha(b"A")},
+        "run_fields": {"model": "model", "year": 2030, "iteration": 2},
+        "cache_epoch": 3,
+    }
+    assert plan.signature == make_signature(plan.components)
+    assert (plan.name, plan.model, plan.config, plan.config_hash) == ("step", "model", cfg, hash_canonical(cfg))
+    assert plan.inputs == [("src", Path("in/a.csv"), sha(b"A"))]
+    assert (plan.cache_mode, plan.year, plan.iteration) == ("reuse", 2030, 2)
+    assert plan.hasher.strategy == "full" and plan.hasher.memo is t._index
+    extra = t._plan(
+        fn=None, source=None, name="s", model="m", config=None, inputs=None, year=None, iteration=None,
+        cache_mode="reuse", code_version="pinned", extra={"kind": "container", "cache_epoch": 9},
+    )  # fmt: skip
+    assert extra.components["kind"] == "container" and extra.components["cache_epoch"] == 9
+    assert extra.components["code"] == "pinned" and extra.components["config"] == hash_canonical({})
+    assert extra.components["inputs"] == {} and extra.config == {}
+
+
+def test_code_version_precedence(make_tracker) -> None:
+    def step() -> None:
+        return None
+
+    unpinned = make_tracker()
+    assert unpinned.run(step).run.code_version.startswith("module:")
+    pinned = make_tracker(code_version="tracker-pin")
+    assert pinned.run(step).run.code_version == "tracker-pin"
+    assert pinned.run(step, code_version="call-pin").run.code_version == "call-pin"
+
+
+def test_unknown_cache_mode_is_refused_before_anything_is_hashed(tracker: Tracker) -> None:
+    with pytest.raises(consist.ConsistError) as err:
+        tracker.run(lambda src: None, name="x", inputs={"src": "missing.csv"}, cache_mode="always")
+    assert str(err.value) == "Unknown cache_mode 'always'. Fix: use one of reuse, overwrite, readonly."
+
+
+def test_a_missing_input_names_its_key(tracker: Tracker) -> None:
+    with pytest.raises(consist.InputNotFoundError, match="The input 'households' path does not exist"):
+        tracker.run(lambda households: None, name="x", inputs={"households": "nowhere.csv"})
+
+
+def test_config_files_are_keyed_by_content(tracker: Tracker) -> None:
+    cfg = write("settings.yaml", "a: 1\n")
+    expected = {"__config_file__": sha(b"a: 1\n")}
+    assert tracker._canonical_config(cfg, tracker._hasher("reuse")) == expected
+    assert tracker._canonical_config("settings.yaml", tracker._hasher("reuse")) == expected
+    assert tracker._canonical_config("not-a-file.yaml", tracker._hasher("reuse")) == "not-a-file.yaml"
+    assert tracker._canonical_config(None, tracker._hasher("reuse")) == {}
+    r = tracker.run(lambda: None, name="c", config=cfg)
+    assert r.run.config == expected and r.run.config_hash == hash_canonical(expected)
+
+
+def test_readonly_runs_read_the_hash_memo_but_never_write_it(make_tracker) -> None:
+    t = make_tracker()
+    f = aged(write("big.bin", b"x" * 1000))
+    ro = t._hasher("readonly")
+    assert ro.strategy == "full"
+    ro.hash_path(f)
+    assert ro.bytes_hashed == 1000
+    assert t._index.query_one("SELECT count(*) AS n FROM hash_memo")["n"] == 0  # nothing written
+    t._hasher("reuse").hash_path(f)
+    assert t._index.query_one("SELECT count(*) AS n FROM hash_memo")["n"] == 1
+    again = t._hasher("readonly")
+    assert again.hash_path(f) == sha(b"x" * 1000) and again.bytes_hashed == 0  # read from the memo
+    fast = make_tracker(run_dir="fast_runs", hashing_strategy="fast")
+    assert fast._hasher("readonly").strategy == "fast" and fast._hasher("reuse").strategy == "fast"
+
+
+# --------------------------------------------------------------------- inputs
+
+
+def test_normalize_inputs_keys(tmp_path: Path) -> None:
+    assert normalize_inputs(None) == []
+    pairs = [("a", Path("x/one.csv")), ("2", Path("two.csv"))]
+    assert normalize_inputs({"a": "x/one.csv", 2: Path("two.csv")}) == pairs
+    assert normalize_inputs("data/one.csv") == [("one.csv", Path("data/one.csv"))]
+    assert normalize_inputs(Path("data/one.csv")) == [("one.csv", Path("data/one.csv"))]
+    assert normalize_inputs(["a/in.csv", "b/in.csv", "c/in.csv", "d/other.csv"]) == [
+        ("in.csv", Path("a/in.csv")),
+        ("in.csv#2", Path("b/in.csv")),
+        ("in.csv#3", Path("c/in.csv")),
+        ("other.csv", Path("d/other.csv")),
+    ]
+    resolved = normalize_inputs(["households", "plain.csv"], lambda v: Path("/c/hh.csv") if v == "households" else None)
+    assert resolved == [("households", Path("/c/hh.csv")), ("plain.csv", Path("plain.csv"))]
+    assert normalize_inputs({"k": "households"}, lambda v: Path("/c/hh.csv")) == [("k", Path("/c/hh.csv"))]
+
+
+def test_artifacts_and_run_results_as_inputs(tracker: Tracker) -> None:
+    one = tracker.run(lambda: write("one.txt", "1"), name="one", outputs=["o"])
+    assert normalize_inputs([one.outputs["o"]]) == [("one.txt", one.outputs["o"].path)]
+    assert normalize_inputs(one.outputs["o"]) == [("one.txt", one.outputs["o"].path)]
+    assert normalize_inputs({"x": one}) == [("x", one.outputs["o"].path)]
+    two = tracker.run(lambda: {"a": write("a.txt", "a"), "b": write("b.txt", "b")}, name="two", outputs=["a", "b"])
+    with pytest.raises(consist.ConsistError) as err:
+        normalize_inputs({"x": two})
+    assert "A run result with 2 outputs was passed as one input" in str(err.value)
+    assert "pass result.outputs[key] instead" in str(err.value)
+    with pytest.raises(consist.ConsistError) as err:
+        normalize_inputs({"x": 42})
+    assert "Input of type int is not a path, artifact or run result" in str(err.value)
+    assert "pass a path (str or pathlib.Path), an Artifact or a RunResult" in str(err.value)
+
+
+def test_inputs_are_linked_to_the_artifact_that_produced_them(tracker: Tracker) -> None:
+    first = tracker.run(lambda: write("made.csv", "m"), name="make", outputs=["made"])
+    made = first.outputs["made"]
+    second = tracker.run(lambda src: None, name="use", inputs={"src": "made.csv"})
+    assert links(tracker, second.run_id, "input")["src"]["id"] == made.id
+
+
+def test_raw_inputs_get_one_artifact_per_path_and_content(tracker: Tracker) -> None:
+    raw = write("raw/zones.csv", "z")
+    (Path("raw") / "dir").mkdir()
+    write("raw/dir/f.txt", "f")
+    a = tracker.run(lambda src, d: None, name="a", inputs={"src": raw, "d": "raw/dir"})
+    b = tracker.run(lambda src: None, name="b", inputs={"src": raw})
+    la, lb = links(tracker, a.run_id, "input"), links(tracker, b.run_id, "input")
+    uri = str(raw.resolve())
+    expected_id = hash_canonical([uri, sha(b"z")], "consist-input-artifact-v1").split(":")[1][:32]
+    assert la["src"]["id"] == lb["src"]["id"] == expected_id
+    assert (la["src"]["uri"], la["src"]["size"], la["src"]["kind"], la["src"]["driver"]) == (uri, 1, "file", "csv")
+    assert la["src"]["run_id"] is None and la["src"]["hash"] == sha(b"z") and la["src"]["key"] == "src"
+    assert (la["d"]["size"], la["d"]["kind"], la["d"]["driver"]) == (None, "dir", "dir")
+    write("raw/zones.csv", "zz")
+    c = tracker.run(lambda src: None, name="c", inputs={"src": raw})
+    assert links(tracker, c.run_id, "input")["src"]["id"] != expected_id
+
+
+def test_fast_hashing_never_links_inputs_to_outputs_by_hash(make_tracker) -> None:
+    t = make_tracker(hashing_strategy="fast")
+    first = t.run(lambda: write("made.csv", "m"), name="make", outputs=["made"])
+    second = t.run(lambda src: None, name="use", inputs={"src": "made.csv"})
+    linked = links(t, second.run_id, "input")["src"]
+    assert linked["id"] != first.outputs["made"].id and linked["run_id"] is None
+
+
+# --------------------------------------------------------------------- what is recorded
+
+
+def test_the_run_row_records_identity_and_provenance(make_tracker) -> None:
+    t = make_tracker(code_version="cv", cache_epoch=5)
+    write("in.csv", "i")
+    r = t.run(lambda src, k: None, name="step", run_id="rid", inputs={"src": "in.csv"}, config={"k": 1.0},
+              year=2040, iteration=3, tags=["x", "y"])  # fmt: skip
+    row = index_row(t, "rid")
+    identity = json.loads(row["identity"])
+    assert identity["inputs"] == {"src": sha(b"i")}
+    assert row["name"] == "rid" and row["model"] == "step" and row["status"] == "completed"
+    assert (row["year"], row["iteration"], row["cache_epoch"]) == (2040, 3, 5)
+    assert json.loads(row["tags"]) == ["x", "y"]
+    assert row["signature"] == make_signature(identity) and row["code_version"] == "cv"
+    assert row["config"] == dumps({"k": 1}) and row["config_hash"] == hash_canonical({"k": 1})
+    assert row["input_hash"] == hash_canonical({"src": sha(b"i")}, "consist-inputs-v1")
+    assert (row["cache_hit"], row["cache_source"], row["error"]) == (0, None, None)
+    assert (row["run_dir"], row["pid"], row["host"]) == (str(t.run_dir), os.getpid(), socket.gethostname())
+    assert row["started_at"] <= row["ended_at"] <= time.time()
+    assert r.run.parent_run_id is None
+    untagged = t.run(lambda: None, name="bare")
+    assert index_row(t, untagged.run_id)["tags"] is None
+    assert untagged.run_id.startswith("bare_") and len(untagged.run_id) == len("bare_") + 8
+
+
+def test_nested_runs_record_their_parent(tracker: Tracker) -> None:
+    with tracker.start_run("outer", "pipeline"):
+        inner = tracker.run(lambda: None, name="inner")
+    assert inner.run.parent_run_id == "outer"
+    explicit = tracker.run(lambda: None, name="other", parent_run_id="someone")
+    assert explicit.run.parent_run_id == "someone"
+
+
+def test_outputs_are_stored_and_recorded(tracker: Tracker) -> None:
+    def step() -> dict[str, Path]:
+        write("out/d/x.csv", "xx")
+        write("out/d/sub/y.csv", "yyy")
+        return {"table": write("out/t.CSV", "t,u\n"), "folder": Path("out/d"), "z": write("out/m.zarr/0", "0").parent}
+
+    r = tracker.run(step, name="o", outputs=["table", "folder", "z"])
+    rows = links(tracker, r.run_id, "output")
+    t_row, d_row, z_row = rows["table"], rows["folder"], rows["z"]
+    assert (t_row["hash"], t_row["size"], t_row["kind"], t_row["driver"]) == (sha(b"t,u\n"), 4, "file", "csv")
+    assert t_row["uri"] == str(Path("out/t.CSV").resolve()) and t_row["run_id"] == r.run_id
+    assert t_row["meta"] is None and t_row["key"] == "table"
+    manifest = [["sub/y.csv", sha(b"yyy"), 3], ["x.csv", sha(b"xx"), 2]]
+    assert (d_row["hash"], d_row["size"], d_row["kind"]) == (sha(manifest_bytes(manifest)), 5, "dir")
+    assert (d_row["driver"], json.loads(d_row["meta"])) == ("dir", {"files": 2})
+    assert (z_row["kind"], z_row["driver"]) == ("dir", "zarr")
+    root = str(tracker._objects.root)
+    for row in (t_row, d_row):
+        assert tracker._objects.has(row["hash"])
+        assert tracker._index.object_stores(row["hash"]) == [root]
+    assert tracker._index.query_one("SELECT size FROM object WHERE hash = ?", (d_row["hash"],))["size"] == 5
+
+
+def test_outputs_are_content_hashed_even_with_fast_input_hashing(make_tracker) -> None:
+    t = make_tracker(hashing_strategy="fast")
+    r = t.run(lambda: write("o.txt", "content"), name="f", outputs=["o"])
+    assert r.outputs["o"].hash == sha(b"content")
+
+
+def test_a_missing_output_is_an_error_that_says_where(tracker: Tracker) -> None:
+    with pytest.raises(consist.OutputError) as err:
+        tracker.run(lambda: None, name="liar", outputs={"o": "never/written.csv"})
+    assert f"Output 'o' does not exist at {Path('never/written.csv').absolute()}" in str(err.value)
+    assert "make the function write the file before returning its path" in str(err.value)
+
+
+def test_readonly_misses_describe_outputs_without_storing_them(tracker: Tracker) -> None:
+    def step() -> dict[str, Path]:
+        write("ro/d/a", "aa")
+        return {"f": write("ro/f.json", "{}"), "d": Path("ro/d")}
+
+    r = tracker.run(step, name="ro", outputs=["f", "d"], cache_mode="readonly")
+    f, d = r.outputs["f"], r.outputs["d"]
+    assert (f.hash, f.size, f.kind, f.driver, f.meta) == (sha(b"{}"), 2, "file", "json", None)
+    assert (d.size, d.kind, d.meta) == (2, "dir", {"files": 1})
+    assert d.hash == sha(manifest_bytes([["a", sha(b"aa"), 2]]))
+    assert not tracker._objects.has(f.hash) and not tracker._objects.has(d.hash)
+    assert tracker._index.query("SELECT * FROM object") == []
+    assert tracker._index.query("SELECT * FROM run") == []
+    assert tracker._index.query("SELECT * FROM artifact") == []
+
+
+def test_failed_runs_record_the_error(tracker: Tracker) -> None:
+    def boom() -> None:
+        raise ValueError("bad input")
+
+    with pytest.raises(ValueError):
+        tracker.run(boom, run_id="f1")
+    row = index_row(tracker, "f1")
+    assert (row["status"], row["error"]) == ("failed", "ValueError: bad input")
+    assert row["ended_at"] is not None and row["ended_at"] >= row["started_at"]
+    tracker.begin_run("f2", "manual")
+    tracker.end_run("failed", "the model diverged")
+    assert index_row(tracker, "f2")["error"] == "the model diverged"
+    tracker.begin_run("ok", "manual")
+    tracker.end_run()
+    assert index_row(tracker, "ok")["error"] is None
+
+
+def test_a_failed_scenario_step_marks_its_scenario(tracker: Tracker) -> None:
+    with pytest.raises(RuntimeError):
+        with tracker.scenario("sc") as sc:
+            sc.run(lambda: (_ for _ in ()).throw(RuntimeError("step broke")), name="step")
+    header = tracker.get_run("sc")
+    assert header.status == "failed"
+
+
+def test_restored_outputs_of_a_manual_hit_keep_their_producer(tracker: Tracker) -> None:
+    with tracker.start_run("make", "m"):
+        tracker.log_output(write("made.txt", "m"), key="made")
+    Path("made.txt").unlink()
+    with tracker.start_run("again", "m") as run:
+        assert run.cache_hit
+    out = links(tracker, "again", "output")["made"]
+    assert out["run_id"] == "make"
+    assert tracker._index.query_one("SELECT count(*) AS n FROM artifact WHERE key = 'made'")["n"] == 1
+
+
+# --------------------------------------------------------------------- hits
+
+
+def test_a_hit_is_recorded_with_its_source_and_outputs(tracker: Tracker, calls) -> None:
+    def step() -> Path:
+        calls()
+        return write("o.txt", "o")
+
+    first = tracker.run(step, run_id="first", outputs=["o"], tags=["t"])
+    events = []
+    tracker.on_run_start(lambda run: events.append(("start", run.id, run.cache_hit)))
+    tracker.on_run_complete(lambda run, outs: events.append(("done", run.id, sorted(outs))))
+    hit = tracker.run(step, run_id="second", outputs=["o"], tags=["t"])
+    assert calls.n == 1 and hit.cache_hit and hit.cache_source == "first" and hit.run_id == "second"
+    row = index_row(tracker, "second")
+    assert (row["status"], row["cache_hit"], row["cache_source"]) == ("completed", 1, "first")
+    assert row["ended_at"] >= row["started_at"] and row["signature"] == index_row(tracker, "first")["signature"]
+    assert links(tracker, "second", "output")["o"]["id"] == first.outputs["o"].id
+    assert events == [("start", "second", True), ("done", "second", ["o"])]
+    assert set(hit.outputs["o"].model_dump()) >= {"id", "uri", "hash"}
+    assert hit.outputs["o"].id == first.outputs["o"].id and hit.run.cache_miss_explanation is None
+
+
+def test_a_hit_is_served_by_the_run_that_executed_never_by_a_hit(tracker: Tracker) -> None:
+    tracker.run(lambda: write("o.txt", "o"), name="s", run_id="producer", outputs=["o"])
+    tracker.run(lambda: write("o.txt", "o"), name="s", run_id="hit1", outputs=["o"])
+    again = tracker.run(lambda: write("o.txt", "o"), name="s", run_id="hit2", outputs=["o"])
+    assert again.cache_source == "producer"
+
+
+def test_outputs_restored_to_another_path_get_their_own_artifact(make_tracker, tmp_path: Path) -> None:
+    t = make_tracker()
+
+    def step() -> None:
+        write("out/r.csv", "r")
+
+    os.chdir(tmp_path)
+    (tmp_path / "checkout_a").mkdir()
+    os.chdir(tmp_path / "checkout_a")
+    first = t.run(step, name="s", outputs={"r": "out/r.csv"})
+    (tmp_path / "checkout_b").mkdir()
+    os.chdir(tmp_path / "checkout_b")
+    hit = t.run(step, name="s", outputs={"r": "out/r.csv"})
+    assert hit.cache_hit and Path("out/r.csv").read_text() == "r"
+    restored = links(t, hit.run_id, "output")["r"]
+    original = first.outputs["r"]
+    assert restored["id"] != original.id and restored["run_id"] == first.run_id
+    assert restored["uri"] == str((tmp_path / "checkout_b" / "out" / "r.csv").resolve())
+    assert json.loads(restored["meta"]) == {"restored_from": original.id}
+    assert restored["hash"] == original.hash and restored["created_at"] >= index_row(t, first.run_id)["ended_at"]
+    assert hit.outputs["r"].id == restored["id"] and hit.outputs["r"].meta == {"restored_from": original.id}
+    third = t.run(step, name="s", outputs={"r": "out/r.csv"})  # same place again: reuse that artifact row
+    assert third.cache_hit
+    # Every hit restored away from the producer's path records its own artifact row.
+    assert t._index.query_one("SELECT count(*) AS n FROM artifact WHERE key = 'r'")["n"] == 3
+    assert links(t, third.run_id, "output")["r"]["uri"] == restored["uri"]
+
+
+def test_readonly_hits_restore_but_record_nothing(tracker: Tracker) -> None:
+    tracker.run(lambda: write("o.txt", "o"), name="s", outputs=["o"])
+    before = tracker._index.max_seq()
+    Path("o.txt").unlink()
+    hit = tracker.run(lambda: write("o.txt", "other"), name="s", outputs=["o"], cache_mode="readonly")
+    assert hit.cache_hit and Path("o.txt").read_text() == "o"
+    assert tracker._index.max_seq() == before
+
+
+def test_an_output_already_in_place_is_not_rewritten(tracker: Tracker) -> None:
+    def step() -> dict[str, Path]:
+        write("keep/d/a.txt", "a")
+        return {"f": write("keep/f.txt", "f"), "d": Path("keep/d")}
+
+    tracker.run(step, name="k", outputs=["f", "d"])
+    inode_f, inode_a = Path("keep/f.txt").stat().st_ino, Path("keep/d/a.txt").stat().st_ino
+    assert tracker.run(step, name="k", outputs=["f", "d"]).cache_hit
+    assert Path("keep/f.txt").stat().st_ino == inode_f and Path("keep/d/a.txt").stat().st_ino == inode_a
+    write("keep/f.txt", "F")  # same size, other bytes
+    write("keep/d/a.txt", "b")
+    assert tracker.run(step, name="k", outputs=["f", "d"]).cache_hit
+    assert Path("keep/f.txt").read_text() == "f" and Path("keep/d/a.txt").read_text() == "a"
+
+
+def test_holds_compares_kind_size_and_content(tmp_path: Path) -> None:
+    hasher = FileHasher(NullMemo())
+    f = write(tmp_path / "f.txt", "abc")
+    assert _holds({"kind": "file", "size": 3, "hash": sha(b"abc")}, f, hasher)
+    assert not _holds({"kind": "file", "size": 4, "hash": sha(b"abc")}, f, hasher)
+    assert not _holds({"kind": "file", "size": 3, "hash": sha(b"abd")}, f, hasher)
+    assert not _holds({"kind": "file", "size": 3, "hash": sha(b"abc")}, tmp_path / "absent", hasher)
+    d = tmp_path / "d"
+    d.mkdir()
+    write(d / "x", "x")
+    dir_hash = sha(manifest_bytes([["x", sha(b"x"), 1]]))
+    assert _holds({"kind": "dir", "size": None, "hash": dir_hash}, d, hasher)
+    assert not _holds({"kind": "dir", "size": None, "hash": sha(b"other")}, d, hasher)
+    assert not _holds({"kind": "dir", "size": None, "hash": dir_hash}, f, hasher)
+
+
+def test_every_object_is_checked_before_any_output_is_written(tracker: Tracker) -> None:
+    seen = []
+
+    def step() -> dict[str, Path]:
+        seen.append(sorted(p.name for p in Path("outs").glob("*")) if Path("outs").exists() else [])
+        return {"a": write("outs/a.txt", "a"), "b": write("outs/b.txt", "b")}
+
+    r = tracker.run(step, name="two", outputs=["a", "b"])
+    b_obj = tracker._objects.path_of(r.outputs["b"].hash)
+    os.chmod(b_obj, 0o644)
+    b_obj.write_text("x")  # damaged: same size, other content
+    for name in ("a.txt", "b.txt"):
+        Path("outs", name).unlink()
+    with pytest.warns(consist.ConsistWarning) as caught:
+        again = tracker.run(step, name="two", outputs=["a", "b"])
+    assert not again.cache_hit
+    assert seen == [[], []]  # a.txt was not restored before b's damage was found
+    message = str(caught[0].message)
+    assert message.startswith(f"Cached outputs of run {r.run_id!r} cannot be restored (Stored object ")
+    assert message.endswith("; running the step again.")
+    assert tracker.explain(again.run_id)["reason"] == "outputs_unavailable"
+
+
+def test_a_producer_missing_a_declared_output_is_skipped(tracker: Tracker, calls) -> None:
+    def step() -> None:
+        calls()
+        consist.log_output(write("a.txt", "a"), key="a")
+
+    first = tracker.run(step, name="p")  # recorded output: a
+    plan = tracker._plan(
+        fn=step, source=None, name="p", model="p", config=None, inputs=None, year=None, iteration=None,
+        cache_mode="reuse", code_version=None,
+    )  # fmt: skip
+    assert tracker._try_reuse(plan, None, ["a", "b"]) == "outputs_not_recorded"
+    producer, outs = tracker._try_reuse(plan, None, ["a"])
+    assert producer["id"] == first.run_id and set(outs) == {"a"}
+    assert tracker._try_reuse(plan, None, []) != "outputs_not_recorded"
+    assert calls.n == 1
+
+
+def test_the_newest_usable_producer_is_reused(tracker: Tracker) -> None:
+    def step() -> Path:
+        return write("o.txt", "o")
+
+    tracker.run(step, name="n", run_id="older", outputs=["o"])
+    newer = tracker.run(step, name="n", run_id="newer", outputs=["o"], cache_mode="overwrite")
+    # Point the newer producer's output at content no store holds: the older producer is used instead.
+    tracker._index.execute("UPDATE artifact SET hash = ? WHERE id = ?", ("sha256:" + "0" * 64, newer.outputs["o"].id))
+    Path("o.txt").unlink()
+    hit = tracker.run(step, name="n", outputs=["o"])
+    assert hit.cache_hit and hit.cache_source == "older" and Path("o.txt").read_text() == "o"
+
+
+def test_pruned_outputs_rerun_without_a_warning(tracker: Tracker, calls) -> None:
+    def step() -> Path:
+        calls()
+        return write("o.txt", "o")
+
+    r = tracker.run(step, name="p", outputs=["o"])
+    tracker._objects.remove(r.outputs["o"].hash)
+    tracker._index.drop_objects([(r.outputs["o"].hash, str(tracker._objects.root))])
+    Path("o.txt").unlink()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        again = tracker.run(step, name="p", outputs=["o"])
+    assert not again.cache_hit and calls.n == 2
+    assert tracker.explain(again.run_id)["reason"] == "outputs_pruned"
+
+
+def test_outputs_are_restored_from_another_run_dir_sharing_the_database(make_tracker, calls) -> None:
+    def step() -> Path:
+        calls()
+        return write("shared.txt", "s")
+
+    a = make_tracker(run_dir="runs_a")
+    b = make_tracker(run_dir="runs_b")
+    r = a.run(step, name="sh", outputs=["o"])
+    Path("shared.txt").unlink()
+    hit = b.run(step, name="sh", outputs=["o"])
+    assert hit.cache_hit and Path("shared.txt").read_text() == "s" and calls.n == 1
+    assert b._store_for(r.outputs["o"].hash).root == a._objects.root
+    a._objects.remove(r.outputs["o"].hash)  # deleted by hand: still listed in the index
+    Path("shared.txt").unlink()
+    assert b._store_for(r.outputs["o"].hash).root == b._objects.root
+    with pytest.warns(consist.ConsistWarning, match="missing"):
+        assert not b.run(step, name="sh", outputs=["o"]).cache_hit
+
+
+def test_miss_explanations_name_the_reason(tracker: Tracker) -> None:
+    def step(k: int) -> Path:
+        return write("o.txt", str(k))
+
+    first = tracker.run(step, name="e", config={"k": 1}, outputs=["o"])
+    assert first.run.cache_miss_explanation["reason"] == "no_prior_run"
+    changed = tracker.run(step, name="e", config={"k": 2}, outputs=["o"])
+    expl = changed.run.cache_miss_explanation
+    assert expl["reason"] == "config_changed" and expl["nearest_run"] == first.run_id
+    forced = tracker.run(step, name="e", config={"k": 2}, outputs=["o"], cache_mode="overwrite")
+    assert forced.run.cache_miss_explanation["reason"] == "cache_mode_overwrite"
+    other_model = tracker.run(step, name="e2", config={"k": 2}, outputs=["o"])
+    assert other_model.run.cache_miss_explanation["reason"] == "no_prior_run"
+
+
+@pytest.mark.parametrize(
+    ("name", "is_dir", "driver"),
+    [
+        ("a.csv", False, "csv"), ("a.TSV", False, "csv"), ("a.parquet", False, "parquet"), ("a.pq", False, "parquet"),
+        ("a.json", False, "json"), ("a.jsonl", False, "jsonl"), ("a.ndjson", False, "jsonl"), ("a.h5", False, "h5"),
+        ("a.hdf5", False, "h5"), ("a.zarr", True, "zarr"), ("a.nc", False, "netcdf"), ("a.omx", False, "openmatrix"),
+        ("a.txt", False, "text"), ("a.log", False, "text"), ("a.yaml", False, "yaml"), ("a.yml", False, "yaml"),
+        ("model.sif", False, "sif"), ("a.bin", False, None), ("tables", True, "dir"), ("x.csv", True, "dir"),
+    ],
+)  # fmt: skip
+def test_driver_from_extension(name: str, is_dir: bool, driver: str | None) -> None:
+    assert driver_for(Path(name), is_dir) == driver
