@@ -111,7 +111,7 @@ def make():
     p = Path("out.bin")
     p.write_bytes(os.urandom(64))
     return p
-t = consist.Tracker(sys.argv[1], project_root=sys.argv[1])
+t = consist.Tracker(sys.argv[1], project_root=".")
 first = t.run(make, name="mk", outputs=["out"])
 Path("out.bin").unlink()
 second = t.run(make, name="mk", outputs=["out"])

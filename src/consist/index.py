@@ -25,7 +25,11 @@ from typing import Any
 
 from .errors import RunStateError, StoreError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+# What each schema version adds to the one before, applied in order to older indexes.
+_UPGRADES = {
+    2: "ALTER TABLE artifact ADD COLUMN location TEXT;",
+}
 
 RUN_COLUMNS = (
     "id", "name", "model", "status", "parent_run_id", "year", "iteration", "tags",
@@ -33,7 +37,7 @@ RUN_COLUMNS = (
     "cache_hit", "cache_source", "cache_epoch", "error", "meta", "run_dir", "pid", "host",
     "started_at", "ended_at",
 )  # fmt: skip
-ARTIFACT_COLUMNS = ("id", "key", "uri", "hash", "size", "kind", "driver", "run_id", "created_at", "meta")
+ARTIFACT_COLUMNS = ("id", "key", "uri", "hash", "size", "kind", "driver", "run_id", "created_at", "meta", "location")
 LINK_COLUMNS = ("run_id", "artifact_id", "direction", "key")
 
 _DDL = f"""
@@ -53,7 +57,7 @@ CREATE INDEX IF NOT EXISTS run_by_seq ON run (seq);
 CREATE INDEX IF NOT EXISTS run_by_parent ON run (parent_run_id);
 CREATE TABLE IF NOT EXISTS artifact (
     id TEXT PRIMARY KEY, key TEXT, uri TEXT, hash TEXT, size INTEGER, kind TEXT,
-    driver TEXT, run_id TEXT, created_at REAL, meta TEXT, seq INTEGER NOT NULL);
+    driver TEXT, run_id TEXT, created_at REAL, meta TEXT, seq INTEGER NOT NULL, location TEXT);
 CREATE INDEX IF NOT EXISTS artifact_by_hash ON artifact (hash);
 CREATE INDEX IF NOT EXISTS artifact_by_key ON artifact (key);
 CREATE INDEX IF NOT EXISTS artifact_by_seq ON artifact (seq);
@@ -103,6 +107,8 @@ class Index:
             if version == 0:
                 # Idempotent DDL: two processes creating the index at once both succeed.
                 self._db.executescript(_DDL)
+            elif version < SCHEMA_VERSION:
+                self._upgrade(version)
             elif version > SCHEMA_VERSION:
                 raise StoreError(
                     f"The run index {path} has schema version {version}; "
@@ -118,6 +124,21 @@ class Index:
             ) from exc
         self._lock = threading.RLock()
         self._in_tx = False
+
+    def _upgrade(self, version: int) -> None:
+        """Bring an older index to this schema, in one transaction (a second process waits, then skips)."""
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            current = self._db.execute("PRAGMA user_version").fetchone()["user_version"]
+            for target in range(current + 1, SCHEMA_VERSION + 1):
+                # One statement at a time: executescript() would commit half-way.
+                for stmt in filter(None, (s.strip() for s in _UPGRADES[target].split(";"))):
+                    self._db.execute(stmt)
+            self._db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            self._db.execute("COMMIT")
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
 
     # ---------------------------------------------------------------- plumbing
 

@@ -64,7 +64,11 @@ class Artifact(SQLModel, table=True):
 
     ``hash`` is ``"sha256:<hex>"`` of the content (for a directory, of its
     manifest of relative paths and file hashes); ``run_id`` is the run that
-    produced it, or None for raw inputs. ``path`` is the host path as a ``Path``.
+    produced it, or None for raw inputs. ``path`` is the host path as a ``Path``
+    (for a restored output: where it was restored in this workspace).
+    ``location`` is the portable place it was recorded at, relative to a named
+    root of the tracker (``run_dir://...``, ``project://...``, ``<mount>://...``),
+    or an absolute path for outputs allowed outside every root.
     """
 
     __tablename__ = "artifact"
@@ -79,6 +83,7 @@ class Artifact(SQLModel, table=True):
     run_id: Optional[str] = None
     created_at: Optional[dt.datetime] = None
     meta: Optional[dict[str, Any]] = Field(default=None, sa_column=Column(JSON))
+    location: Optional[str] = None
 
     @property
     def path(self) -> Path:

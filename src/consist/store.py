@@ -25,7 +25,7 @@ from typing import Any
 from .errors import StoreError, StoreLockedError
 from .index import ARTIFACT_COLUMNS, LINK_COLUMNS, RUN_COLUMNS, Index
 
-DUCK_SCHEMA_VERSION = 1
+DUCK_SCHEMA_VERSION = 2
 
 _DUCK_DDL = """
 CREATE TABLE IF NOT EXISTS consist_meta (key VARCHAR PRIMARY KEY, value BIGINT);
@@ -37,7 +37,8 @@ CREATE TABLE IF NOT EXISTS run (
     run_dir VARCHAR, pid INTEGER, host VARCHAR, started_at TIMESTAMP, ended_at TIMESTAMP);
 CREATE TABLE IF NOT EXISTS artifact (
     id VARCHAR PRIMARY KEY, key VARCHAR, uri VARCHAR, hash VARCHAR, size BIGINT, kind VARCHAR,
-    driver VARCHAR, run_id VARCHAR, created_at TIMESTAMP, meta JSON);
+    driver VARCHAR, run_id VARCHAR, created_at TIMESTAMP, meta JSON, location VARCHAR);
+ALTER TABLE artifact ADD COLUMN IF NOT EXISTS location VARCHAR;
 CREATE TABLE IF NOT EXISTS run_artifact (
     run_id VARCHAR, artifact_id VARCHAR, direction VARCHAR, key VARCHAR,
     PRIMARY KEY (run_id, direction, key));

@@ -31,6 +31,7 @@ from .errors import (
 from .hashing import FileHasher, NullMemo, canonical, dumps, hash_canonical, loads
 from .identity import caller_source, code_identity, explain_miss, make_signature
 from .index import Index, index_path_for, pid_alive
+from .locations import Roots, UnresolvableLocation
 from .names import check_run_id, fit
 from .objects import ObjectStore
 from .paths import as_path
@@ -166,6 +167,7 @@ class Tracker(QueryMixin, MaintenanceMixin):
         self.allow_external_paths = bool(allow_external_paths)
         self.cache_epoch = cache_epoch
         self.code_version = code_version
+        self.roots = Roots(self.run_dir, self.project_root, self.mounts, allow_external=self.allow_external_paths)
         self._index = Index(index_path_for(self.db_path))
         self._objects = ObjectStore(self.run_dir / ".consist" / "objects", memo=self._index)
         self._store = DuckStore(self.db_path, self._index)
@@ -374,7 +376,9 @@ class Tracker(QueryMixin, MaintenanceMixin):
                 continue
             restored: dict[str, dict[str, Any]] = {}
             try:
-                plan_dest = {k: Path(dests[k]) if dests and k in dests else Path(o["uri"]) for k, o in outs.items()}
+                plan_dest = {
+                    k: Path(dests[k]) if dests and k in dests else self._restore_path(o) for k, o in outs.items()
+                }
                 to_write = {}
                 for k, o in outs.items():  # check every object before writing anything
                     if not _holds(o, plan_dest[k], plan.hasher):
@@ -390,12 +394,13 @@ class Tracker(QueryMixin, MaintenanceMixin):
                             **o,
                             "id": uuid.uuid4().hex,
                             "uri": str(dest.resolve()),
+                            "location": self.roots.locate(dest.resolve()) or str(dest.resolve()),
                             "created_at": time.time(),
                             "meta": dumps({"restored_from": o["id"]}),
                         }
                         o["_new"] = True
                     restored[k] = o
-            except (IntegrityError, OSError) as exc:
+            except (IntegrityError, OSError, UnresolvableLocation) as exc:
                 missing = getattr(exc, "missing_digest", None)
                 if missing and not self._index.object_stores(missing):
                     reason = "outputs_pruned"  # removed on purpose by prune_store(): no warning
@@ -409,6 +414,10 @@ class Tracker(QueryMixin, MaintenanceMixin):
                 continue
             return prod, restored
         return reason
+
+    def _restore_path(self, row: Mapping[str, Any]) -> Path:
+        """Where a recorded output goes in *this* workspace (see :mod:`consist.locations`)."""
+        return self.roots.resolve(row.get("location") or row["uri"])
 
     def _explain(self, plan: _Plan, reason: str) -> dict[str, Any]:
         candidates = self._index.recent_runs_of_model(plan.model)
@@ -483,10 +492,11 @@ class Tracker(QueryMixin, MaintenanceMixin):
                     "id": art_id, "key": key, "uri": uri, "hash": digest,
                     "size": None if is_dir else path.stat().st_size, "kind": "dir" if is_dir else "file",
                     "driver": driver_for(path, is_dir), "run_id": None, "created_at": time.time(), "meta": None,
+                    "location": self.roots.locate(Path(uri)),
                 })  # fmt: skip
             self._index.link(run_id, art_id, "input", key)
 
-    def _store_output(self, active: _Active, key: str, path: Path) -> dict[str, Any]:
+    def _store_output(self, active: _Active, key: str, path: Path, *, allow_external: bool = False) -> dict[str, Any]:
         path = Path(path).absolute()
         if not path.exists():
             raise OutputError(
@@ -494,6 +504,10 @@ class Tracker(QueryMixin, MaintenanceMixin):
                 "the step did not write it, or wrote it somewhere else",
                 "make the function write the file before returning its path",
             )
+        resolved = path.resolve()
+        location = self.roots.locate(resolved) or (
+            str(resolved) if allow_external else self.roots.location_for_output(resolved, key)
+        )
         hasher = FileHasher(active.plan.hasher.memo, "full")
         is_dir = path.is_dir()
         if active.persist:
@@ -511,8 +525,8 @@ class Tracker(QueryMixin, MaintenanceMixin):
             else:
                 digest, size, meta = hasher.hash_file(path), path.stat().st_size, None
         row = {
-            "id": uuid.uuid4().hex, "key": key, "uri": str(path.resolve()), "hash": digest, "size": size,
-            "kind": "dir" if is_dir else "file", "driver": driver_for(path, is_dir), "run_id": active.id,
+            "id": uuid.uuid4().hex, "key": key, "uri": str(resolved), "location": location, "hash": digest,
+            "size": size, "kind": "dir" if is_dir else "file", "driver": driver_for(path, is_dir), "run_id": active.id,
             "created_at": time.time(), "meta": dumps(meta) if meta else None,
         }  # fmt: skip
         # Recorded with the run's final status, in one transaction (see _finish).
@@ -532,8 +546,9 @@ class Tracker(QueryMixin, MaintenanceMixin):
         if active.persist:
             with self._index.write():
                 for key, out in active.outputs.items():
-                    if out.get("run_id") == active.id:  # produced here (not restored from the cache)
-                        self._index.add_artifact(out)
+                    # Produced here, or a restored copy at a new place (a row of its own, same producer).
+                    if out.get("run_id") == active.id or out.pop("_new", False):
+                        self._index.add_artifact({k: v for k, v in out.items() if k not in ("link_key", "direction")})
                     self._index.link(active.id, out["id"], "output", key)
                 self._index.upsert_run(row)
 

@@ -408,7 +408,7 @@ def run_container(
         missing = []
         for key, path in out_paths.items():
             if path.exists():
-                tracker._store_output(active, key, path)
+                tracker._store_output(active, key, path, allow_external=not strict_mounts)
             else:
                 missing.append(key)
                 warnings.warn(f"Expected output not found: {out_written[key]}", ConsistWarning, stacklevel=2)
@@ -502,6 +502,7 @@ def _record_log(tracker: Tracker, active: Any, log_path: Path) -> None:
     row = {
         "id": uuid.uuid4().hex, "key": "container.log", "uri": str(log_path), "hash": digest, "size": size,
         "kind": "file", "driver": "text", "run_id": active.id, "created_at": time.time(), "meta": None,
+        "location": tracker.roots.locate(log_path.resolve()),
     }  # fmt: skip
     with tracker._index.write():
         tracker._index.add_artifact(row)
