@@ -278,6 +278,10 @@ class Index:
             params.append(direction)
         return self.query(sql + " ORDER BY l.seq, l.key", params)
 
+    def members_of(self, run_id: str, dir_artifact_id: str) -> list[dict[str, Any]]:
+        """The member artifacts (files) a run recorded for one of its directory outputs."""
+        return [m for m in self.links_of(run_id, "member") if m["meta"] and dir_artifact_id in m["meta"]]
+
     def recent_runs_of_model(self, model: str, limit: int = 50) -> list[dict[str, Any]]:
         return self.query(
             "SELECT * FROM run WHERE model = ? AND status = 'completed' AND cache_hit = 0 "

@@ -1,8 +1,8 @@
 """``load_df``: read an artifact or path into a pandas DataFrame.
 
 Single files are read by pandas with your keyword arguments; directories of
-CSV or Parquet files are read by DuckDB in one vectorised scan (columns are
-united by name). pandas and DuckDB are imported on first use.
+CSV or Parquet files are read by DuckDB in one vectorised scan (every file
+must have the same columns, or load_df says which files differ). pandas and DuckDB are imported on first use.
 """
 
 from __future__ import annotations
@@ -79,6 +79,7 @@ def _load_dir(path: Path) -> pd.DataFrame:
             "the step wrote other formats, or nothing",
             "load the files you need one by one",
         )
+    _check_same_columns(path, parquet or csv, parquet=bool(parquet))
     con = duckdb.connect()
     try:
         if parquet:
@@ -88,3 +89,35 @@ def _load_dir(path: Path) -> pd.DataFrame:
         return rel.df()
     finally:
         con.close()
+
+
+def _columns(file: Path, parquet: bool) -> tuple[str, ...]:
+    if parquet:
+        import pyarrow.parquet as pq
+
+        return tuple(pq.read_schema(file).names)
+    import csv
+
+    with open(file, newline="", encoding="utf-8", errors="replace") as f:
+        dialect = csv.excel_tab if file.suffix.lower() == ".tsv" else csv.excel
+        return tuple(next(csv.reader(f, dialect), []))
+
+
+def _check_same_columns(path: Path, files: list[Path], *, parquet: bool) -> None:
+    """Refuse to stack tables of different shapes into one mixed frame."""
+    groups: dict[tuple[str, ...], list[Path]] = {}
+    for f in sorted(files):
+        groups.setdefault(_columns(f, parquet), []).append(f)
+    if len(groups) <= 1:
+        return
+    lines = []
+    for cols, members in groups.items():
+        names = ", ".join(m.relative_to(path).as_posix() for m in members[:3]) + (" ..." if len(members) > 3 else "")
+        lines.append(f"  [{', '.join(cols) or 'no header'}]: {names}")
+    first = sorted(files)[0].relative_to(path).as_posix()
+    raise ConsistError(
+        f"load_df() will not stack the files of {path}: they have different columns\n" + "\n".join(lines),
+        "the directory holds several kinds of table",
+        f"load one file, e.g. load_df(Path({str(path)!r}) / {first!r}), or the member artifact with that key "
+        "from get_artifacts_for_run(run_id).outputs",
+    )

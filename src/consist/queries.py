@@ -92,9 +92,15 @@ class QueryMixin:
                 [run_id],
             )
         result = RunArtifacts(inputs={}, outputs={})
+        members = []
         for r in rows:
+            if r["direction"] == "member":
+                members.append(r)
+                continue
             target = {"input": result.inputs, "output": result.outputs}.get(r["direction"], result.logs)
             target[r["link_key"]] = artifact_from_row(r)
+        for r in members:  # the files of directory outputs, by relative path; a declared output keeps its key
+            result.outputs.setdefault(r["link_key"], artifact_from_row(r))
         return result
 
     def get_artifact_lineage(self, key_or_artifact: Any, max_depth: int | None = None) -> dict[str, Any]:

@@ -389,6 +389,7 @@ class Tracker(QueryMixin, MaintenanceMixin):
                     if k in to_write:
                         store, checked = to_write[k]
                         store.write(checked, dest)
+                    members = self._index.members_of(prod["id"], o["id"]) if o["kind"] == "dir" else []
                     if Path(o["uri"]) != dest.resolve():
                         o = {
                             **o,
@@ -399,6 +400,11 @@ class Tracker(QueryMixin, MaintenanceMixin):
                             "meta": dumps({"restored_from": o["id"]}),
                         }
                         o["_new"] = True
+                        members = _member_rows(o, [[m["link_key"], m["hash"], m["size"]] for m in members])
+                        for m in members:
+                            m["run_id"] = o["run_id"]
+                    if members:
+                        o["_members"] = members
                     restored[k] = o
             except (IntegrityError, OSError, UnresolvableLocation) as exc:
                 missing = getattr(exc, "missing_digest", None)
@@ -529,9 +535,18 @@ class Tracker(QueryMixin, MaintenanceMixin):
             "size": size, "kind": "dir" if is_dir else "file", "driver": driver_for(path, is_dir), "run_id": active.id,
             "created_at": time.time(), "meta": dumps(meta) if meta else None,
         }  # fmt: skip
+        if is_dir:
+            row["_members"] = _member_rows(row, manifest)
         # Recorded with the run's final status, in one transaction (see _finish).
         active.outputs[key] = row
         return row
+
+    def _link_members(self, run_id: str, out: dict[str, Any]) -> None:
+        """Record the files of a directory output as member artifacts of the run (key = relative path)."""
+        for m in out.pop("_members", None) or ():
+            if m.pop("_new", False):
+                self._index.add_artifact(_plain_row(m))
+            self._index.link(run_id, m["id"], "member", m["key"])
 
     def _finish(self, active: _Active, status: str, error: BaseException | str | None = None) -> None:
         if status == "failed" and active.scenario is None:
@@ -548,8 +563,9 @@ class Tracker(QueryMixin, MaintenanceMixin):
                 for key, out in active.outputs.items():
                     # Produced here, or a restored copy at a new place (a row of its own, same producer).
                     if out.get("run_id") == active.id or out.pop("_new", False):
-                        self._index.add_artifact({k: v for k, v in out.items() if k not in ("link_key", "direction")})
+                        self._index.add_artifact(_plain_row(out))
                     self._index.link(active.id, out["id"], "output", key)
+                    self._link_members(active.id, out)
                 self._index.upsert_run(row)
 
     # ------------------------------------------------------------------ tracker.run
@@ -662,9 +678,10 @@ class Tracker(QueryMixin, MaintenanceMixin):
                 for key, o in outs.items():
                     if o.pop("_new", False):
                         o["run_id"] = producer["id"]
-                        self._index.add_artifact({k: v for k, v in o.items() if k not in ("link_key", "direction")})
+                        self._index.add_artifact(_plain_row(o))
                     self._index.link(row["id"], o["id"], "output", key)
-        clean = {k: {c: v for c, v in o.items() if c not in ("link_key", "direction", "_new")} for k, o in outs.items()}
+                    self._link_members(row["id"], o)
+        clean = {k: _plain_row(o) for k, o in outs.items()}
         self._fire("start", row)
         self._fire("complete", row, clean)
         self._step_done(None, clean)
@@ -855,6 +872,32 @@ class _ReadOnlyMemo(NullMemo):
 
     def memo_get(self, key: tuple[int, int, int, int], algo: str) -> str | None:
         return self._index.memo_get(key, algo)
+
+
+_LINK_ONLY = ("link_key", "direction", "_new", "_members")
+
+
+def _plain_row(row: Mapping[str, Any]) -> dict[str, Any]:
+    """An artifact row without the bookkeeping keys used while a run is open."""
+    return {k: v for k, v in row.items() if k not in _LINK_ONLY}
+
+
+def _member_rows(dir_row: Mapping[str, Any], manifest: Sequence[Sequence[Any]]) -> list[dict[str, Any]]:
+    """One artifact per file of a directory output, keyed by its path relative to the directory.
+
+    Members are found by queries (``get_artifacts_for_run(...).outputs``, a key such as
+    ``summary/mode_share.csv``); restores use the directory artifact alone.
+    """
+    base_uri, base_loc = dir_row["uri"], dir_row.get("location")
+    rows = []
+    for rel, digest, size in manifest:
+        rows.append({
+            "id": uuid.uuid4().hex, "key": rel, "uri": f"{base_uri}/{rel}",
+            "location": f"{base_loc.rstrip('/')}/{rel}" if base_loc else None, "hash": digest, "size": size,
+            "kind": "file", "driver": driver_for(Path(rel)), "run_id": dir_row.get("run_id"),
+            "created_at": dir_row.get("created_at"), "meta": dumps({"member_of": dir_row["id"]}), "_new": True,
+        })  # fmt: skip
+    return rows
 
 
 def _holds(row: dict[str, Any], dest: Path, hasher: FileHasher) -> bool:

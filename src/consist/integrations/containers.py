@@ -380,8 +380,11 @@ def run_container(
         if not isinstance(found, str):
             rr = tracker._record_hit(plan, found, run_id, parent_id, tags)  # also updates a scenario coupler
             _attach_to_parent(tracker, parent, rr._output_rows)
+            hit_log = None
+            if plan.cache_mode != "readonly":
+                hit_log = _write_run_folder(tracker, rr._run_row, manifest, rr._output_rows, hit=True)
             return ContainerResult(
-                rr.run_id, True, rr.cache_source, rr.outputs, manifest, manifest_hash, ref.digest, None, [], rr
+                rr.run_id, True, rr.cache_source, rr.outputs, manifest, manifest_hash, ref.digest, hit_log, [], rr
             )
         reason = found
 
@@ -417,10 +420,14 @@ def run_container(
     except BaseException as exc:
         active.row["meta"] = dumps(meta)
         tracker._finish(active, "failed", exc)
+        if active.persist:
+            _write_run_folder(tracker, active.row, manifest, active.outputs, hit=False)
         tracker._fire("failed", active.row, exc)
         raise
     active.row["meta"] = dumps(meta)
     tracker._finish(active, "completed")
+    if active.persist:
+        _write_run_folder(tracker, active.row, manifest, active.outputs, hit=False)
     tracker._fire("complete", active.row, active.outputs)
     tracker._step_done(None, active.outputs)
     _attach_to_parent(tracker, parent, active.outputs)
@@ -428,6 +435,54 @@ def run_container(
     return ContainerResult(
         active.id, False, None, rr.outputs, manifest, manifest_hash, ref.digest, log_path, missing, rr
     )
+
+
+def _write_run_folder(
+    tracker: Tracker, row: Mapping[str, Any], manifest: Mapping[str, Any], outputs: Mapping[str, Any], *, hit: bool
+) -> Path | None:
+    """``run_dir/<run_id>/``: the container log and a small run record, for executed runs and hits alike.
+
+    A hit's folder gets the log of the run that executed, from the object store.
+    Returns the log's path (None when a hit's log cannot be had).
+    """
+    import json
+
+    folder = tracker.run_dir / row["id"]
+    folder.mkdir(parents=True, exist_ok=True)
+    log_path: Path | None = folder / "container.log"
+    if hit:
+        log_path = _restore_producer_log(tracker, row.get("cache_source"), folder / "container.log")
+    record = {
+        "run_id": row["id"],
+        "status": row["status"],
+        "cache_hit": bool(row.get("cache_hit")),
+        "cache_source": row.get("cache_source"),
+        "signature": row.get("signature"),
+        "image": manifest.get("image"),
+        "image_digest": manifest.get("image_digest"),
+        "command": manifest.get("command"),
+        "outputs": {k: o.get("location") or o.get("uri") for k, o in outputs.items()},
+        "error": row.get("error"),
+    }
+    tmp = folder / f".run.json.{uuid.uuid4().hex}"
+    tmp.write_text(json.dumps(record, indent=1, default=str) + "\n")
+    os.replace(tmp, folder / "run.json")
+    return log_path
+
+
+def _restore_producer_log(tracker: Tracker, producer: str | None, dest: Path) -> Path | None:
+    from ..errors import IntegrityError
+
+    logs = [r for r in tracker._index.links_of(producer, "log")] if producer else []
+    if not logs:
+        return None
+    log = logs[0]
+    try:
+        store = tracker._store_for(log["hash"])
+        store.write(store.check("file", log["hash"], log["size"]), dest)
+    except (IntegrityError, OSError):
+        return None
+    return dest
 
 
 def _execute(
