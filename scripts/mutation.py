@@ -8,9 +8,9 @@ Usage (from the repository root, with the test dependencies and mutmut installed
 
 mutmut is configured under ``[tool.mutmut]`` in pyproject.toml (which files it
 mutates, which tests it runs). This script picks the mutants in scope: every
-function of hashing, identity, objects, index and store, and the functions of
-tracker.py and integrations/containers.py that decide identity, hits, restores,
-storage and mounts. It prints one table row per module and every mutant that
+function of hashing, identity, objects, index, store, locations and
+containers/mounts, and the functions of tracker.py and integrations/containers.py
+that decide identity, hits, restores, storage and mounts. It prints one table row per module and every mutant that
 was not killed. See docs/testing.md.
 """
 
@@ -39,12 +39,13 @@ SCOPE: dict[str, list[str] | None] = {
         "Tracker._plan", "Tracker._canonical_config", "Tracker._hasher", "_ReadOnlyMemo.memo_get",
         "normalize_inputs", "_input_path", "Tracker._try_reuse", "Tracker._store_for", "_holds",
         "Tracker._explain", "Tracker._store_output", "driver_for", "Tracker._finish", "Tracker._record_hit",
-        "Tracker._open", "Tracker._new_row", "Tracker._link_inputs",
+        "Tracker._open", "Tracker._new_row", "Tracker._link_inputs", "Tracker._restore_path",
     ],
+    "consist.locations": None,
     "consist.integrations.containers": [
-        "plan_mounts", "plan_outputs", "_check_sensitive", "_check_under_roots", "_command",
-        "environment_hash", "_env_key", "_host", "_allowed_roots", "_under",
+        "plan_mounts", "plan_outputs", "_command", "environment_hash", "_env_key", "_allowed_roots",
     ],
+    "consist.containers.mounts": None,
 }  # fmt: skip
 
 STATUS = {1: "killed", 3: "killed", 0: "survived", 36: "timeout", 24: "timeout", -24: "timeout", 152: "timeout"}

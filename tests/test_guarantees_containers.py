@@ -1,0 +1,336 @@
+"""Guarantees of the container mount and path checks, and of the container key parts.
+
+Every check here runs before any engine is asked for anything, so these tests need
+no Docker, Podman or Apptainer: they call the planning functions on real paths, and
+run_container itself where it must refuse a call before it looks for an engine.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+import pwd
+import stat
+from pathlib import Path
+
+import pytest
+
+import consist
+from consist import Tracker
+from consist.containers import mounts as M
+from consist.hashing import dumps, hash_canonical
+from consist.integrations import containers as C
+
+
+def refused(path: Path) -> bool:
+    try:
+        M.check_sensitive(path)
+    except consist.PathNotAllowedError:
+        return True
+    return False
+
+
+# --------------------------------------------------------------------- container paths
+
+
+@pytest.mark.parametrize("path", ["/data", "/in-put_1.csv", "/a/b.c@d%e+f~g", "/x/"])
+def test_plain_paths(path: str) -> None:
+    assert M.plain(path)
+
+
+@pytest.mark.parametrize("path", ["/a,b", "/a:b", "/a=b", "/a b", "/a\nb", "relative", "//double", "", "/é"])
+def test_paths_an_engine_would_parse_are_not_plain(path: str) -> None:
+    assert not M.plain(path)
+
+
+def test_container_paths_are_absolute_plain_and_normalised() -> None:
+    assert M.check_container_path("/data/./in/", "h") == "/data/in"
+    assert M.check_container_path("/a/b/../c", "h") == "/a/c"
+    for bad in ("data", "./data", 5, None):
+        with pytest.raises(consist.ConsistError) as err:
+            M.check_container_path(bad, "./host")
+        assert str(err.value) == (
+            f"Container path {bad!r} for host path './host' is not absolute. "
+            'Fix: map host paths to absolute container paths, e.g. {"./data": "/inputs"}.'
+        )
+    for bad in ("/", "/.", "/..", "//data", "/a,b", "/in:ro", "/a\n/b"):
+        with pytest.raises(consist.ConsistError, match="is not allowed") as err:
+            M.check_container_path(bad, "h")
+        assert "choose a plain path such as /inputs" in str(err.value)
+
+
+# --------------------------------------------------------------------- volume forms
+
+
+def test_volume_forms(tmp_path: Path) -> None:
+    assert M.normalize_volumes(None) == []
+    assert M.normalize_volumes({}) == []
+    assert M.normalize_volumes({"./d": "/in", tmp_path: "/t"}) == [("./d", "/in", False), (str(tmp_path), "/t", False)]
+    assert M.normalize_volumes(["./d:/in", "./o:/out:ro", "./w:/w:rw"]) == [
+        ("./d", "/in", False),
+        ("./o", "/out", True),
+        ("./w", "/w", False),
+    ]
+    assert M.normalize_volumes("./d:/in:ro") == [("./d", "/in", True)]
+
+
+@pytest.mark.parametrize("item", ["./d", "./d:/in:rx", "a:b:c:d", ":/in", "./d:", ""])
+def test_unreadable_volume_strings(item: str) -> None:
+    with pytest.raises(consist.ConsistError, match="Cannot read the volume") as err:
+        M.normalize_volumes([item])
+    assert "pass a dict instead" in str(err.value)
+
+
+def test_a_volume_list_of_something_else() -> None:
+    with pytest.raises(consist.ConsistError) as err:
+        M.normalize_volumes([("./d", "/in")])
+    assert "each entry must be a 'host:container' or 'host:container:ro' string" in str(err.value)
+    with pytest.raises(consist.ConsistError) as err:
+        M.normalize_volumes(["./data:/in:ro:x"])
+    assert 'volumes={"./data": "/inputs"}' in str(err.value)
+
+
+# --------------------------------------------------------------------- host paths
+
+
+def test_host_paths_resolve_against_the_working_directory(tmp_path: Path) -> None:
+    (tmp_path / "real").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "real")
+    assert M.resolve_host("real") == tmp_path / "real"
+    assert M.resolve_host("./link/../real") == tmp_path / "real"
+    assert M.resolve_host(Path("link")) == tmp_path / "real"
+    assert M.resolve_host("~") == Path.home().resolve()
+    for bad in ("", "a\0b"):
+        with pytest.raises(consist.ConsistError, match="is empty or holds a NUL byte"):
+            M.resolve_host(bad)
+
+
+def test_sensitive_paths_are_refused(tmp_path: Path) -> None:
+    denied = [
+        "/", "/etc", "/etc/ssl", "/usr", "/usr/lib", "/proc", "/sys/kernel", "/dev", "/boot", "/bin",
+        "/var/lib/docker", "/var/lib/containers/storage", "/run/containerd", "/run/user/0",
+        "/var/lib/apptainer", "/var/run/docker.sock", "/run/docker.sock", "/run/podman/podman.sock",
+    ]  # fmt: skip
+    for path in denied:
+        assert refused(Path(path)), path
+    # Containing a denied path is as bad as being one: /var holds /var/lib/docker, /run the sockets.
+    assert refused(Path("/var")) and refused(Path("/run")) and refused(Path("/var/lib"))
+    assert not refused(tmp_path) and not refused(tmp_path / "data")
+    assert not refused(Path("/var/tmp/data")) and not refused(Path("/srv/models"))
+    assert not refused(Path("/usrdata")) and not refused(Path("/etcetera"))  # a prefix is not a parent
+
+
+def test_homes_and_their_ancestors_are_refused() -> None:
+    home = Path.home().resolve()
+    assert refused(home) and refused(home.parent)
+    assert home in M._homes()
+    for user in pwd.getpwall():
+        h = Path(user.pw_dir)
+        if (user.pw_uid == 0 or user.pw_uid >= 1000) and h.is_dir() and h.resolve() != Path("/"):
+            assert h.resolve() in M._homes() and refused(h.resolve()), user.pw_name
+    assert all(h.is_dir() and h != Path("/") for h in M._homes())
+    assert Path("/nonexistent") not in M._homes()
+
+
+def test_homes_follow_the_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    fake = tmp_path / "users" / "alice"
+    fake.mkdir(parents=True)
+    monkeypatch.setenv("HOME", str(fake))
+    assert fake in M._homes()
+    assert refused(fake) and refused(tmp_path / "users") and not refused(fake / "project")
+    monkeypatch.setenv("HOME", str(tmp_path / "gone"))
+    assert tmp_path / "gone" not in M._homes()
+
+
+def test_sensitive_refusal_message(tmp_path: Path) -> None:
+    with pytest.raises(consist.PathNotAllowedError) as err:
+        M.check_sensitive(Path("/etc"), "output")
+    assert str(err.value).startswith("Refusing to mount output /etc into a container. Likely cause: it is the file")
+    assert "pass strict_mounts=False to lift this check" in str(err.value)
+    with pytest.raises(consist.PathNotAllowedError, match="Refusing to mount host path /etc"):
+        M.check_sensitive(Path("/etc"))
+
+
+def test_allowed_roots(tmp_path: Path) -> None:
+    roots = [tmp_path / "a", tmp_path / "b"]
+    M.check_under_roots(tmp_path / "a", roots)
+    M.check_under_roots(tmp_path / "b" / "deep" / "er", iter(roots))
+    with pytest.raises(consist.PathNotAllowedError) as err:
+        M.check_under_roots(tmp_path / "ab", roots)  # a prefix is not a parent
+    assert str(err.value).startswith(
+        f"The host path {tmp_path / 'ab'} lies outside the allowed roots ({tmp_path / 'a'}, {tmp_path / 'b'})."
+    )
+    assert f'mounts={{"data": "{tmp_path / "ab"}"}}' in str(err.value)
+    with pytest.raises(consist.PathNotAllowedError, match="The volume /x lies outside"):
+        M.check_under_roots(Path("/x"), roots, "volume")
+
+
+# --------------------------------------------------------------------- planning mounts
+
+
+def test_plan_mounts_checks_every_volume(tmp_path: Path) -> None:
+    (tmp_path / "data").mkdir()
+    plan = M.plan_mounts(["./data:/in/:ro", "out:/out"], roots=[tmp_path], strict=True)
+    assert plan == [
+        M.Mount(tmp_path / "data", "/in", True, str(tmp_path / "data")),
+        M.Mount(tmp_path / "out", "/out", False, str(tmp_path / "out")),
+    ]
+    assert M.plan_mounts(None, roots=[tmp_path], strict=True) == []
+    with pytest.raises(consist.ConsistError) as err:
+        M.plan_mounts({"./a": "/same", "./b": "/same/"}, roots=[tmp_path], strict=True)
+    assert str(err.value) == "Two volumes map to the container path '/same'. Fix: use distinct paths."
+    with pytest.raises(consist.PathNotAllowedError, match="Refusing"):
+        M.plan_mounts({"/etc": "/cfg"}, roots=[Path("/")], strict=True)
+    with pytest.raises(consist.PathNotAllowedError, match="outside the allowed roots"):
+        M.plan_mounts({str(tmp_path): "/t"}, roots=[tmp_path / "sub"], strict=True)
+    loose = M.plan_mounts({"/etc": "/cfg"}, roots=[], strict=False)
+    assert loose == [M.Mount(Path("/etc"), "/cfg", False, "/etc")]
+    with pytest.raises(consist.ConsistError, match="is not absolute"):
+        M.plan_mounts({"./a": "rel"}, roots=[tmp_path], strict=False)
+
+
+def test_mount_source_defaults_to_the_host_path(tmp_path: Path) -> None:
+    assert M.Mount(tmp_path, "/in").source == str(tmp_path)
+    assert M.Mount(tmp_path, "/in", source="/elsewhere").source == "/elsewhere"
+
+
+def test_staging_links_only_paths_an_engine_could_misread(tmp_path: Path) -> None:
+    plain_dir, odd_dir = tmp_path / "plain", tmp_path / "odd,dir:x"
+    plain_dir.mkdir()
+    odd_dir.mkdir()
+    staging = M.Staging(tmp_path / "staging")
+    untouched = staging.apply([M.Mount(plain_dir, "/p")])
+    assert untouched == [M.Mount(plain_dir, "/p")] and staging.dir is None
+    assert not (tmp_path / "staging").exists()
+    staged = staging.apply([M.Mount(plain_dir, "/p"), M.Mount(odd_dir, "/o", True)])
+    assert staged[0] == M.Mount(plain_dir, "/p")
+    link = Path(staged[1].source)
+    assert (staged[1].host, staged[1].container, staged[1].read_only) == (odd_dir, "/o", True)
+    assert link.parent == staging.dir and link.name == "m1" and M.plain(str(link))
+    assert link.is_symlink() and os.readlink(link) == str(odd_dir)
+    assert staging.dir.parent == tmp_path / "staging"
+    assert stat.S_IMODE(staging.dir.stat().st_mode) == 0o700
+    made = staging.dir
+    staging.cleanup()
+    assert not made.exists() and staging.dir is None
+    staging.cleanup()  # nothing left to remove
+
+
+def test_mount_arguments_read_back_must_match_the_plan(tmp_path: Path) -> None:
+    mounts = [M.Mount(tmp_path, "/in", True)]
+    M.check_mount_args([(str(tmp_path), "/in", True)], mounts)
+    for wrong in ([], [(str(tmp_path), "/in", False)], [(str(tmp_path), "/in", True), ("/x", "/y", False)]):
+        with pytest.raises(consist.ConsistError) as err:
+            M.check_mount_args(wrong, mounts)
+        assert "would not mount exactly the planned volumes" in str(err.value)
+        assert f"planned {[(str(tmp_path), '/in', True)]}, the command says {wrong}" in str(err.value)
+
+
+# --------------------------------------------------------------------- run_container's own checks
+
+
+def test_command_forms_and_limits() -> None:
+    assert C._command("python model.py --name 'a b'") == ["python", "model.py", "--name", "a b"]
+    assert C._command(("sh", "-c", "true")) == ["sh", "-c", "true"]
+    assert C._command(["x" * 100_000]) == ["x" * 100_000]
+    with pytest.raises(consist.ConsistError, match="The container command is empty"):
+        C._command("")
+    with pytest.raises(consist.ConsistError, match="The container command is empty"):
+        C._command([])
+    with pytest.raises(consist.ConsistError) as err:
+        C._command(["run", 5])
+    assert str(err.value) == (
+        "Command arguments must be strings, got 5 (int). Fix: convert numbers and paths with str()."
+    )
+    with pytest.raises(consist.ConsistError, match="contains a NUL byte"):
+        C._command(["a\0b"])
+    with pytest.raises(consist.ConsistError, match="longer than 100,000 characters"):
+        C._command(["x" * 50_000, "y" * 50_001])
+
+
+def test_plan_outputs_forms_and_roots(make_tracker, tmp_path: Path) -> None:
+    t = make_tracker()
+    assert C.plan_outputs(t, None, True) == ({}, {})
+    paths, written = C.plan_outputs(t, ["out/a.csv", Path("out/b")], True)
+    assert paths == {"a.csv": tmp_path / "out" / "a.csv", "b": tmp_path / "out" / "b"}
+    assert written == {"a.csv": "out/a.csv", "b": "out/b"}
+    assert C.plan_outputs(t, "out/a.csv", True)[0] == {"a.csv": tmp_path / "out" / "a.csv"}
+    assert C.plan_outputs(t, {1: "x.csv"}, True)[0] == {"1": tmp_path / "x.csv"}
+    with pytest.raises(consist.ConsistError, match=r"Two outputs share the artifact key 'a\.csv'"):
+        C.plan_outputs(t, ["one/a.csv", "two/a.csv"], True)
+    outside = tmp_path.parent / "elsewhere.csv"
+    with pytest.raises(consist.PathNotAllowedError) as err:
+        C.plan_outputs(t, [str(outside)], True)
+    assert str(err.value).startswith(f"Container output path {outside} is outside run_dir and the allowed roots")
+    assert "allow_external_paths=True (or CONSIST_ALLOW_EXTERNAL_PATHS=1)" in str(err.value)
+    assert C.plan_outputs(t, [str(outside)], False)[0] == {"elsewhere.csv": outside}
+    free = make_tracker(run_dir="free_runs", allow_external_paths=True)
+    assert C.plan_outputs(free, [str(outside)], True)[0] == {"elsewhere.csv": outside}
+    mounted = make_tracker(run_dir="m_runs", mounts={"data": tmp_path.parent})
+    assert C.plan_outputs(mounted, [str(outside)], True)[0] == {"elsewhere.csv": outside}
+    assert C._allowed_roots(mounted) == [mounted.run_dir, mounted.project_root, tmp_path.parent]
+
+
+def test_plan_mounts_uses_the_tracker_roots(make_tracker, tmp_path: Path) -> None:
+    inner = tmp_path / "project"
+    (inner / "data").mkdir(parents=True)
+    t = make_tracker(run_dir=inner / "runs", project_root=inner)
+    assert C.plan_mounts(t, {str(inner / "data"): "/d"}, True)[0].host == inner / "data"
+    assert C.plan_mounts(t, {str(inner / "runs" / "x"): "/r"}, True)[0].host == inner / "runs" / "x"
+    with pytest.raises(consist.PathNotAllowedError):
+        C.plan_mounts(t, {str(tmp_path): "/t"}, True)
+    with_mount = make_tracker(run_dir=inner / "runs", project_root=inner, mounts={"all": tmp_path})
+    assert C.plan_mounts(with_mount, {str(tmp_path): "/t"}, True)[0].host == tmp_path
+
+
+def test_refused_mounts_stop_run_container_before_any_engine(tracker: Tracker, tmp_path: Path) -> None:
+    os.symlink("/etc", tmp_path / "innocent")
+    for volumes in ({"/etc": "/cfg"}, {"./innocent": "/cfg"}, {str(tmp_path.parent): "/up"}, ["/:/host"]):
+        with pytest.raises(consist.PathNotAllowedError):
+            C.run_container(tracker, "x", "no-such/image:1", ["true"], volumes, [], [], backend_type="no-engine")
+    with pytest.raises(consist.PathNotAllowedError, match="Container output path"):
+        C.run_container(tracker, "x", "img:1", ["true"], {}, [], [str(tmp_path.parent / "o")], backend_type="no")
+    with pytest.raises(consist.ConsistError, match="is not absolute"):
+        C.run_container(tracker, "x", "img:1", ["true"], {"./d": "d"}, [], [], backend_type="no-engine")
+    assert tracker._index.query("SELECT * FROM run") == []
+
+
+# --------------------------------------------------------------------- the environment's part of the key
+
+
+def test_no_environment_hashes_alike_everywhere(make_tracker) -> None:
+    t = make_tracker()
+    empty = hash_canonical([], "consist-env-names-v1")
+    assert C.environment_hash(t, {}) == empty == C.environment_hash(None, {})
+    assert not (t._index.path.parent / "env.key").exists()  # no key is made for an empty environment
+
+
+def test_environment_hash_is_an_hmac_of_sorted_names_and_values(make_tracker, tmp_path: Path) -> None:
+    env = {"B": "2", "A": "1"}
+    body = dumps(sorted(env.items())).encode()
+    assert body == b'[["A","1"],["B","2"]]'
+    expected_plain = "hmac-sha256:" + hmac.new(b"consist-no-tracker", body, hashlib.sha256).hexdigest()
+    assert C.environment_hash(None, env) == expected_plain
+    t = make_tracker()
+    key_file = t._index.path.parent / "env.key"
+    digest = C.environment_hash(t, env)
+    key = key_file.read_bytes()
+    assert len(key) == 32 and stat.S_IMODE(key_file.stat().st_mode) == 0o600
+    assert digest == "hmac-sha256:" + hmac.new(key, body, hashlib.sha256).hexdigest()
+    assert C.environment_hash(t, {"A": "1", "B": "2"}) == digest
+    assert C.environment_hash(t, {"A": "1", "B": "3"}) != digest
+    assert sorted(p.name for p in key_file.parent.iterdir() if p.name.startswith("env.key")) == ["env.key"]
+
+
+def test_trackers_sharing_a_database_share_the_key(make_tracker, tmp_path: Path) -> None:
+    a = make_tracker(run_dir="a")
+    b = make_tracker(run_dir="b")
+    other = make_tracker(run_dir="c", db_path=tmp_path / "other.duckdb")
+    env = {"TOKEN": "s3cret"}
+    assert C.environment_hash(a, env) == C.environment_hash(b, env)
+    assert C.environment_hash(other, env) != C.environment_hash(a, env)
+    assert C._env_key(a) == C._env_key(b) == (a._index.path.parent / "env.key").read_bytes()
+    for t in (a, b, other):
+        for f in t._index.path.parent.iterdir():
+            assert b"s3cret" not in f.read_bytes(), f
