@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as _dt
+import decimal
 import enum
 import hashlib
 import json
@@ -22,6 +23,7 @@ import math
 import os
 import stat as _stat
 import time
+import uuid
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path, PurePath
 from typing import Any, Protocol
@@ -32,7 +34,7 @@ from .progress import ByteProgress
 ALGORITHM = "sha256"
 FILE_FORMAT = "file-v1"
 DIR_FORMAT = "consist-dir-v1"
-CONFIG_FORMAT = "consist-config-v1"
+CONFIG_FORMAT = "consist-config-v2"  # v2: tagged NaN/inf/bytes/sets, escaped "$" keys, refused key collisions
 FAST_FORMAT = "consist-fast-v1"
 CHUNK = 1 << 20
 RACY_WINDOW_NS = 1_000_000_000
@@ -177,14 +179,22 @@ def manifest_bytes(entries: list[list[Any]]) -> bytes:
 def canonical(value: Any, *, _path: str = "config") -> Any:
     """Turn a config value into plain JSON data with one spelling per meaning.
 
-    - mapping keys become strings and are sorted when serialised, so order never matters;
+    Equal meanings share a spelling:
+
+    - mapping keys become strings (numbers as numbers are written) and are sorted
+      when serialised, so order never matters;
     - a float with an integral value becomes an int: ``0`` and ``0.0`` hash the same
       (a model receives the original value; only the hash treats them as equal);
-      ``True`` stays distinct from ``1``; NaN and infinities are tagged strings;
-    - tuples become lists, sets become sorted lists;
-    - Pydantic models are dumped in JSON mode, dataclasses via their fields,
-      enums by value, paths and dates as strings, bytes as hex.
-    Anything else raises :class:`ConfigError` naming the offending key.
+    - tuples become lists; enums become their value; paths and dates their string
+      form; Pydantic models and dataclasses the mapping of their fields.
+
+    Different values never share one: ``True`` differs from ``1``; a set differs
+    from a list; NaN, infinities and bytes, which JSON cannot hold, become tagged
+    objects (``{"$float": "nan"}``, ``{"$bytes": "01"}``); and since tags are
+    mappings with one key starting with ``$``, a user key that starts with ``$`` is
+    written with one more ``$``, so no user data can spell a tag. Two keys that
+    become the same string (``1`` and ``"1"``) are refused, as is anything else
+    without a canonical form: :class:`ConfigError` names the offending key.
     """
     if value is None or isinstance(value, (bool, str)):
         return value
@@ -192,52 +202,78 @@ def canonical(value: Any, *, _path: str = "config") -> Any:
         return int(value)
     if isinstance(value, float):
         if math.isnan(value):
-            return "__nan__"
+            return {"$float": "nan"}
         if math.isinf(value):
-            return "__inf__" if value > 0 else "__-inf__"
+            return {"$float": "inf" if value > 0 else "-inf"}
         if value.is_integer() and abs(value) < 2**63:
             return int(value)
         return value
     if isinstance(value, enum.Enum):
         return canonical(value.value, _path=_path)
     if isinstance(value, Mapping):
-        out = {}
+        out: dict[str, Any] = {}
         for k, v in value.items():
-            if not isinstance(k, (str, int, float, bool, enum.Enum)) and k is not None:
+            sk = _canonical_key(k, _path)
+            if sk in out:
                 raise ConfigError(
-                    f"Config key {k!r} at {_path} is a {type(k).__name__}",
-                    "only strings, numbers, booleans and enums make stable keys",
-                    "convert the key to a string",
+                    f"Config keys at {_path} collide: {k!r} and another key both become {sk!r}",
+                    "mapping keys are compared as strings, so 1 and '1' (or 1 and 1.0) are the same key",
+                    "keep only one of them, or give them distinct names",
                 )
-            sk = str(k.value if isinstance(k, enum.Enum) else k)
             out[sk] = canonical(v, _path=f"{_path}.{sk}")
         return out
     if isinstance(value, (list, tuple)):
         return [canonical(v, _path=f"{_path}[{i}]") for i, v in enumerate(value)]
     if isinstance(value, (set, frozenset)):
         items = [canonical(v, _path=f"{_path}{{}}") for v in value]
-        return sorted(items, key=lambda x: json.dumps(x, sort_keys=True))
+        return {"$set": sorted(items, key=dumps)}
     if isinstance(value, PurePath):
         return str(value)
     if isinstance(value, (_dt.datetime, _dt.date, _dt.time)):
         return value.isoformat()
     if isinstance(value, (bytes, bytearray)):
-        return {"__bytes__": bytes(value).hex()}
+        return {"$bytes": bytes(value).hex()}
+    if isinstance(value, uuid.UUID):
+        return str(value)
+    if isinstance(value, decimal.Decimal):
+        as_float = float(value)
+        if not value.is_finite() or decimal.Decimal(as_float) == value:
+            return canonical(as_float, _path=_path)  # exactly a float: spelled as that float
+        return {"$decimal": str(value.normalize())}
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         return canonical({f.name: getattr(value, f.name) for f in dataclasses.fields(value)}, _path=_path)
     dump: Callable[..., Any] | None = getattr(value, "model_dump", None)
     if callable(dump) and not isinstance(value, type):
-        return canonical(dump(mode="json"), _path=_path)
-    item = getattr(value, "item", None)  # numpy scalars
-    if callable(item) and type(value).__module__ == "numpy":
-        return canonical(item(), _path=_path)
-    tolist = getattr(value, "tolist", None)  # numpy arrays
-    if callable(tolist) and type(value).__module__ == "numpy":
-        return canonical(tolist(), _path=_path)
+        # Python mode keeps sets as sets (JSON mode lists them in hash-seed order).
+        return canonical(dump(mode="python"), _path=_path)
+    if type(value).__module__ == "numpy":
+        if getattr(value, "ndim", 0) == 0 and callable(getattr(value, "item", None)):
+            return canonical(value.item(), _path=_path)  # a numpy scalar is its Python value
+        if callable(getattr(value, "tolist", None)):
+            return canonical(value.tolist(), _path=_path)  # an array is its nested list, never a scalar
     raise ConfigError(
         f"Config value at {_path} has type {type(value).__name__}, which has no canonical form",
         "config values must be plain data (numbers, strings, lists, dicts, paths, dataclasses, Pydantic models)",
         "pass a plain value, or put the object's parameters in the config instead of the object",
+    )
+
+
+def _canonical_key(key: Any, path: str) -> str:
+    if isinstance(key, enum.Enum):
+        key = key.value
+    if isinstance(key, str):
+        return "$" + key if key.startswith("$") else key
+    if isinstance(key, bool) or key is None:
+        return str(key)
+    if isinstance(key, (int, float)):
+        number = canonical(key, _path=path)
+        if isinstance(number, dict):
+            raise ConfigError(f"Config key {key!r} at {path} is not a finite number", None, "use a string key")
+        return str(number)
+    raise ConfigError(
+        f"Config key {key!r} at {path} is a {type(key).__name__}",
+        "only strings, numbers, booleans and enums make stable keys",
+        "convert the key to a string",
     )
 
 

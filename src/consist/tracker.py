@@ -344,7 +344,7 @@ class Tracker(QueryMixin, MaintenanceMixin):
     def _canonical_config(config: Any, hasher: FileHasher) -> Any:
         if isinstance(config, os.PathLike) or (isinstance(config, str) and os.path.isfile(config)):
             # A config file (YAML, JSON, ...): its content is the config.
-            return {"__config_file__": hasher.hash_path(Path(config), "config")}
+            return {"$config_file": hasher.hash_path(Path(config), "config")}  # canonical() escapes user "$" keys
         return canonical(config if config is not None else {})
 
     # ------------------------------------------------------------------ lookup and restore
