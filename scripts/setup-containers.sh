@@ -11,6 +11,11 @@
 #                   (two C23 libc symbols, __isoc23_strtol/strtoul, redirected to a tiny shim library).
 #   Registry      : Debian docker-registry (distribution 2.8) on 127.0.0.1:5000, loopback only; the test
 #                   images are pushed there so they also have real registry digests (RepoDigests).
+#   Auth registries: two more docker-registry instances, loopback only: one with token authentication
+#                   (127.0.0.1:5001) and its token service (127.0.0.1:5002, scripts/registry_token_service.py:
+#                   JWTs signed with a key generated here; anonymous pull on public/*, like public
+#                   registries), one with htpasswd basic authentication (127.0.0.1:5003). Each holds
+#                   busybox; the token registry also a multi-arch image index. skopeo (Debian) pushes them.
 #   Test images   : local/busybox:test (FROM scratch + Debian busybox-static, ~2 MB) and
 #                   local/python:test (debootstrap --variant=minbase --include=python3, ~120 MB),
 #                   saved as docker-archive tarballs and converted to SIF files.
@@ -21,6 +26,11 @@
 #   CI_CONTAINERS_DIR=/tmp/ci-containers   where tarballs, SIFs, logs, the env file live
 #   SETUP_DOCKER=1 SETUP_PODMAN=1 SETUP_APPTAINER=1 SETUP_REGISTRY=1 SETUP_PYTHON_IMAGE=1 (0 skips a part)
 #   REGISTRY_ADDR=127.0.0.1:5000                where the local registry listens
+#   REGISTRY_TOKEN_ADDR=127.0.0.1:5001          the registry with token authentication
+#   TOKEN_SERVICE_ADDR=127.0.0.1:5002           its token service
+#   REGISTRY_BASIC_ADDR=127.0.0.1:5003          the registry with htpasswd basic authentication
+#   SETUP_AUTH_REGISTRIES=1                     0 skips the two registries above
+#   TOKEN_SERVICE_PYTHON=.venv/bin/python       a Python with PyJWT and cryptography (constraints.txt)
 #   DOCKER_STORAGE_DRIVERS="overlay2 vfs"       tried in order
 #   APPTAINER_DEB=/path/apptainer_X_amd64.deb   use this Debian .deb (must match the pinned sha256, or
 #   APPTAINER_DEB_SHA256=...                     state its own checksum here)
@@ -37,6 +47,16 @@ SETUP_REGISTRY=${SETUP_REGISTRY:-1}
 SETUP_PYTHON_IMAGE=${SETUP_PYTHON_IMAGE:-1}
 REGISTRY=${REGISTRY_ADDR:-127.0.0.1:5000}
 [ "$SETUP_DOCKER" = 1 ] || [ "$SETUP_PODMAN" = 1 ] || SETUP_REGISTRY=0   # pushing needs docker or podman
+SETUP_AUTH_REGISTRIES=${SETUP_AUTH_REGISTRIES:-$SETUP_REGISTRY}
+[ "$SETUP_REGISTRY" = 1 ] || SETUP_AUTH_REGISTRIES=0
+REGISTRY_TOKEN=${REGISTRY_TOKEN_ADDR:-127.0.0.1:5001}
+TOKEN_SERVICE=${TOKEN_SERVICE_ADDR:-127.0.0.1:5002}
+REGISTRY_BASIC=${REGISTRY_BASIC_ADDR:-127.0.0.1:5003}
+REG_USER=consist
+TOKEN_REALM_SERVICE=consist-test-registry
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+case "${CONSIST_VENV:-.venv}" in /*) VENV_DIR=${CONSIST_VENV} ;; *) VENV_DIR=$ROOT/${CONSIST_VENV:-.venv} ;; esac
+TOKEN_PY=${TOKEN_SERVICE_PYTHON:-$VENV_DIR/bin/python}
 DOCKER_STORAGE_DRIVERS=${DOCKER_STORAGE_DRIVERS:-overlay2 vfs}
 # Debian mirror: the one this machine's apt sources already use (deb822 or one-line format).
 MIRROR=${DEBIAN_MIRROR:-$( { awk '/^URIs:/ && !/security/ {print $2; exit}' /etc/apt/sources.list.d/*.sources 2>/dev/null || true
@@ -69,6 +89,7 @@ install_packages() {
   [ "$SETUP_DOCKER" = 1 ] && pkgs+=(docker.io)
   [ "$SETUP_PODMAN" = 1 ] && pkgs+=(podman)
   [ "$SETUP_REGISTRY" = 1 ] && pkgs+=(docker-registry)
+  [ "$SETUP_AUTH_REGISTRIES" = 1 ] && pkgs+=(skopeo apache2-utils openssl)
   [ "$SETUP_APPTAINER" = 1 ] && pkgs+=(patchelf binutils gcc libc6-dev squashfs-tools uidmap
                                         containernetworking-plugins ca-certificates e2fsprogs)
   local missing=() p
@@ -417,6 +438,141 @@ stop_registry() {
   rm -f "$DIR/registry.pid"
 }
 
+# ---------------------------------------------------------------- registries with authentication (loopback only)
+AUTH_DIR=$DIR/registry-auth
+http_code() { curl -s -o /dev/null -w '%{http_code}' --max-time 3 "$@" || true; }
+auth_password() { # the test user's password: generated once, kept in a 0600 file
+  mkdir -p "$AUTH_DIR"; chmod 700 "$AUTH_DIR"
+  if [ ! -s "$AUTH_DIR/password" ]; then
+    (umask 077; openssl rand -hex 16 >"$AUTH_DIR/password")
+    rm -f "$AUTH_DIR/users.json" "$AUTH_DIR/htpasswd" "$AUTH_DIR/skopeo-auth.json"
+  fi
+  cat "$AUTH_DIR/password"
+}
+token_python() { # PyJWT + cryptography at the versions in constraints.txt
+  if "$TOKEN_PY" -c 'import jwt, cryptography' 2>/dev/null; then return; fi
+  [ -x "$TOKEN_PY" ] || die "no Python for the token service at $TOKEN_PY: run scripts/test.sh (it creates .venv), or set TOKEN_SERVICE_PYTHON"
+  log "installing PyJWT and cryptography into $VENV_DIR (constraints.txt)"
+  "$TOKEN_PY" -m pip install -q -c "$ROOT/constraints.txt" pyjwt cryptography >"$DIR/pip-token.log" 2>&1 \
+    || { tail -5 "$DIR/pip-token.log" >&2; die "pip install pyjwt cryptography failed"; }
+}
+token_service_start() {
+  local pass d=$DIR/registry-token
+  pass=$(auth_password); mkdir -p "$d"
+  if [ ! -s "$d/key.pem" ] || [ ! -s "$d/cert.pem" ]; then
+    log "generating the token signing key"
+    (umask 077; openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 3650 \
+      -subj "/CN=consist-test-token-service" -keyout "$d/key.pem" -out "$d/cert.pem" 2>/dev/null) \
+      || die "openssl could not make the token signing key"
+  fi
+  if [ ! -s "$AUTH_DIR/users.json" ]; then
+    token_python
+    printf '%s\n' "$pass" | "$TOKEN_PY" "$ROOT/scripts/registry_token_service.py" adduser --users "$AUTH_DIR/users.json" --user "$REG_USER"
+  fi
+  if [ "$(http_code "http://$TOKEN_SERVICE/token?service=$TOKEN_REALM_SERVICE")" = 200 ]; then
+    log "token service already answering on $TOKEN_SERVICE"; return
+  fi
+  token_python
+  log "starting the registry token service on $TOKEN_SERVICE"
+  setsid "$TOKEN_PY" "$ROOT/scripts/registry_token_service.py" serve --listen "$TOKEN_SERVICE" \
+    --key "$d/key.pem" --cert "$d/cert.pem" --users "$AUTH_DIR/users.json" --log "$d/requests.jsonl" \
+    --service "$TOKEN_REALM_SERVICE" --issuer consist-test-token-service --anonymous-prefix public/ \
+    </dev/null >>"$d/service.log" 2>&1 &
+  echo $! >"$DIR/token-service.pid"
+  local i
+  for i in $(seq 1 40); do
+    [ "$(http_code "http://$TOKEN_SERVICE/token?service=$TOKEN_REALM_SERVICE")" = 200 ] && return 0; sleep 0.25
+  done
+  tail -5 "$d/service.log" >&2; die "the token service did not start"
+}
+auth_registry_start() { # $1 = token|basic
+  local kind=$1 addr d pass auth
+  if [ "$kind" = token ]; then addr=$REGISTRY_TOKEN; else addr=$REGISTRY_BASIC; fi
+  d=$DIR/registry-$kind; mkdir -p "$d/data"
+  if [ "$(http_code "http://$addr/v2/")" = 401 ]; then log "$kind registry already answering on $addr"; return; fi
+  if [ "$kind" = token ]; then
+    auth=$(printf '  token:\n    realm: http://%s/token\n    service: %s\n    issuer: consist-test-token-service\n    rootcertbundle: %s\n' \
+      "$TOKEN_SERVICE" "$TOKEN_REALM_SERVICE" "$d/cert.pem")
+  else
+    pass=$(auth_password)
+    if [ ! -s "$AUTH_DIR/htpasswd" ]; then
+      printf '%s' "$pass" | htpasswd -B -i -c "$AUTH_DIR/htpasswd" "$REG_USER" 2>/dev/null || die "htpasswd failed"
+      chmod 600 "$AUTH_DIR/htpasswd"
+    fi
+    auth=$(printf '  htpasswd:\n    realm: consist-test-basic\n    path: %s\n' "$AUTH_DIR/htpasswd")
+  fi
+  printf 'version: 0.1\nlog:\n  level: info\n  accesslog:\n    disabled: false\nstorage:\n  filesystem:\n    rootdirectory: %s\n  delete:\n    enabled: true\nhttp:\n  addr: %s\nauth:\n%s\n' \
+    "$d/data" "$addr" "$auth" >"$d/config.yml"
+  log "starting docker-registry with $kind authentication on $addr"
+  setsid /usr/bin/docker-registry serve "$d/config.yml" </dev/null >>"$DIR/registry-$kind.log" 2>&1 &
+  echo $! >"$DIR/registry-$kind.pid"
+  local i
+  for i in $(seq 1 40); do [ "$(http_code "http://$addr/v2/")" = 401 ] && return 0; sleep 0.25; done
+  tail -5 "$DIR/registry-$kind.log" >&2; die "the $kind registry did not start"
+}
+skopeo_auth() { # an auth file for the set-up's own pushes (0600, beside the password)
+  local f=$AUTH_DIR/skopeo-auth.json pass b64
+  if [ ! -s "$f" ]; then
+    pass=$(auth_password); b64=$(printf '%s:%s' "$REG_USER" "$pass" | base64 -w0)
+    (umask 077; printf '{"auths": {"%s": {"auth": "%s"}, "%s": {"auth": "%s"}}}\n' "$REGISTRY_TOKEN" "$b64" "$REGISTRY_BASIC" "$b64" >"$f")
+  fi
+  echo "$f"
+}
+raw_manifest() { skopeo inspect --raw --authfile "$(skopeo_auth)" --tls-verify=false "docker://$1" 2>/dev/null; }
+manifest_digest() { local m; m=$(raw_manifest "$1") && [ -n "$m" ] && printf '%s' "$m" | sha256sum | awk '{print "sha256:" $1}'; }
+push_once() { # $1 = source (skopeo transport), $2 = destination host/repo:tag, $3.. = skopeo copy options
+  local src=$1 dst=$2; shift 2
+  if raw_manifest "$dst" >/dev/null; then return; fi
+  skopeo copy -q --authfile "$(skopeo_auth)" --dest-tls-verify=false "$@" "$src" "docker://$dst" >/dev/null 2>>"$DIR/skopeo.log" \
+    || { tail -5 "$DIR/skopeo.log" >&2; die "skopeo copy $src -> $dst failed"; }
+}
+auth_registry_push() {
+  local src
+  if [ -s "$DIR/busybox.docker.tar" ]; then src=docker-archive:$DIR/busybox.docker.tar
+  else src=containers-storage:localhost/local/busybox:test; fi
+  push_once "$src" "$REGISTRY_TOKEN/public/busybox:test"
+  push_once "$src" "$REGISTRY_TOKEN/private/busybox:test"
+  push_once "$src" "$REGISTRY_BASIC/ci/busybox:test"
+  # A multi-arch image index: two single-arch manifests of one repository, then an OCI index naming them.
+  push_once "$src" "$REGISTRY_TOKEN/public/multi:amd64" --format v2s2
+  push_once "$src" "$REGISTRY_TOKEN/public/multi:arm64" --format oci
+  if raw_manifest "$REGISTRY_TOKEN/public/multi:test" >/dev/null; then return; fi
+  local a r index tok pass
+  a=$(raw_manifest "$REGISTRY_TOKEN/public/multi:amd64"); r=$(raw_manifest "$REGISTRY_TOKEN/public/multi:arm64")
+  index=$(printf '{"schemaVersion":2,"mediaType":"application/vnd.oci.image.index.v1+json","manifests":[%s,%s]}' \
+    "$(printf '{"mediaType":"application/vnd.docker.distribution.manifest.v2+json","size":%s,"digest":"sha256:%s","platform":{"architecture":"amd64","os":"linux"}}' \
+        "$(printf '%s' "$a" | wc -c)" "$(printf '%s' "$a" | sha256sum | cut -d' ' -f1)")" \
+    "$(printf '{"mediaType":"application/vnd.oci.image.manifest.v1+json","size":%s,"digest":"sha256:%s","platform":{"architecture":"arm64","os":"linux","variant":"v8"}}' \
+        "$(printf '%s' "$r" | wc -c)" "$(printf '%s' "$r" | sha256sum | cut -d' ' -f1)")")
+  pass=$(auth_password)
+  tok=$(printf 'user = "%s:%s"\n' "$REG_USER" "$pass" | curl -sf --max-time 5 -K- \
+        "http://$TOKEN_SERVICE/token?service=$TOKEN_REALM_SERVICE&scope=repository:public/multi:pull,push" \
+        | sed -n 's/.*"token": *"\([^"]*\)".*/\1/p')
+  [ -n "$tok" ] || die "the token service gave no push token"
+  printf '%s' "$index" | curl -sf --max-time 10 -o /dev/null -X PUT -H "Authorization: Bearer $tok" \
+    -H 'Content-Type: application/vnd.oci.image.index.v1+json' --data-binary @- \
+    "http://$REGISTRY_TOKEN/v2/public/multi/manifests/test" || die "uploading the image index failed"
+  log "pushed busybox and a multi-arch index to the registries with authentication"
+}
+auth_registries_conf() { # Podman, skopeo and Apptainer (containers/image) reach them over plain HTTP
+  mkdir -p /etc/containers/registries.conf.d
+  printf '[[registry]]\nlocation = "%s"\ninsecure = true\n\n[[registry]]\nlocation = "%s"\ninsecure = true\n' \
+    "$REGISTRY_TOKEN" "$REGISTRY_BASIC" >/etc/containers/registries.conf.d/51-ci-auth-registries.conf
+}
+auth_registries_setup() {
+  auth_registries_conf
+  token_service_start
+  auth_registry_start token
+  auth_registry_start basic
+  auth_registry_push
+}
+stop_pidfile() { # $1 = pid file, $2 = what the process's command line must contain
+  [ -s "$1" ] || return 0
+  local pid; pid=$(cat "$1")
+  if kill -0 "$pid" 2>/dev/null && grep -q "$2" "/proc/$pid/cmdline"; then log "stopping $2 pid $pid"; kill -TERM "$pid"; fi
+  rm -f "$1"
+}
+
 # ---------------------------------------------------------------- env file + verification
 write_env() {
   local f=$DIR/containers.env py=$SETUP_PYTHON_IMAGE
@@ -440,6 +596,25 @@ write_env() {
       echo "CI_REGISTRY_PID=$(cat "$DIR/registry.pid" 2>/dev/null || true)"
       echo "CI_IMAGE_BUSYBOX_REF=$REGISTRY/ci/busybox@$(registry_digest busybox)"
       if [ "$py" = 1 ]; then echo "CI_IMAGE_PYTHON_REF=$REGISTRY/ci/python@$(registry_digest python)"; fi
+    fi
+    if [ "$SETUP_AUTH_REGISTRIES" = 1 ]; then
+      echo "CI_SKOPEO=1"
+      echo "CI_REGISTRY_TOKEN=$REGISTRY_TOKEN"
+      echo "CI_REGISTRY_TOKEN_PID=$(cat "$DIR/registry-token.pid" 2>/dev/null || true)"
+      echo "CI_REGISTRY_TOKEN_ACCESS_LOG=$DIR/registry-token.log"
+      echo "CI_TOKEN_SERVICE=$TOKEN_SERVICE"
+      echo "CI_TOKEN_SERVICE_PID=$(cat "$DIR/token-service.pid" 2>/dev/null || true)"
+      echo "CI_TOKEN_SERVICE_LOG=$DIR/registry-token/requests.jsonl"
+      echo "CI_REGISTRY_BASIC=$REGISTRY_BASIC"
+      echo "CI_REGISTRY_BASIC_PID=$(cat "$DIR/registry-basic.pid" 2>/dev/null || true)"
+      echo "CI_REGISTRY_BASIC_ACCESS_LOG=$DIR/registry-basic.log"
+      echo "CI_REGISTRY_USER=$REG_USER"
+      echo "CI_REGISTRY_PASSWORD=$(auth_password)"
+      echo "CI_TOKEN_PUBLIC_BUSYBOX_DIGEST=$(manifest_digest "$REGISTRY_TOKEN/public/busybox:test")"
+      echo "CI_TOKEN_PRIVATE_BUSYBOX_DIGEST=$(manifest_digest "$REGISTRY_TOKEN/private/busybox:test")"
+      echo "CI_TOKEN_MULTI_DIGEST=$(manifest_digest "$REGISTRY_TOKEN/public/multi:test")"
+      echo "CI_TOKEN_MULTI_AMD64_DIGEST=$(manifest_digest "$REGISTRY_TOKEN/public/multi:amd64")"
+      echo "CI_BASIC_BUSYBOX_DIGEST=$(manifest_digest "$REGISTRY_BASIC/ci/busybox:test")"
     fi
     if [ "$SETUP_APPTAINER" = 1 ]; then
       echo "CI_APPTAINER=1"
@@ -466,6 +641,12 @@ verify() {
   if [ "$SETUP_REGISTRY" = 1 ]; then
     [ -n "$(registry_digest busybox)" ] || die "registry has no ci/busybox:test"
   fi
+  if [ "$SETUP_AUTH_REGISTRIES" = 1 ]; then
+    [ "$(http_code "http://$REGISTRY_TOKEN/v2/")" = 401 ] || die "the token registry does not ask for authentication"
+    [ "$(http_code "http://$REGISTRY_BASIC/v2/")" = 401 ] || die "the basic-auth registry does not ask for authentication"
+    [ -n "$(manifest_digest "$REGISTRY_TOKEN/public/multi:test")" ] || die "the token registry has no public/multi:test"
+    [ -n "$(manifest_digest "$REGISTRY_BASIC/ci/busybox:test")" ] || die "the basic-auth registry has no ci/busybox:test"
+  fi
   log "verify: all requested runtimes run containers"
 }
 
@@ -474,6 +655,9 @@ require_commands() { # an engine whose package is installed but whose command is
   [ "$SETUP_DOCKER" = 1 ] && for c in docker dockerd; do command -v $c >/dev/null || die "docker: the $c command is missing (apt-get install --reinstall docker.io)"; done
   [ "$SETUP_PODMAN" = 1 ] && { command -v podman >/dev/null || die "podman: the podman command is missing (apt-get install --reinstall podman)"; }
   [ "$SETUP_REGISTRY" = 1 ] && { command -v docker-registry >/dev/null || die "registry: the docker-registry command is missing (apt-get install --reinstall docker-registry)"; }
+  if [ "$SETUP_AUTH_REGISTRIES" = 1 ]; then
+    for c in skopeo htpasswd openssl; do command -v $c >/dev/null || die "auth registries: the $c command is missing (apt-get install --reinstall skopeo apache2-utils openssl)"; done
+  fi
   return 0
 }
 
@@ -483,6 +667,7 @@ setup() {
   if [ "$SETUP_DOCKER" = 1 ]; then start_dockerd; docker_images; fi
   if [ "$SETUP_PODMAN" = 1 ]; then podman_setup; fi
   if [ "$SETUP_REGISTRY" = 1 ]; then registry_start; registry_push; fi
+  if [ "$SETUP_AUTH_REGISTRIES" = 1 ]; then auth_registries_setup; fi
   if [ "$SETUP_APPTAINER" = 1 ]; then apptainer_setup; fi
   cleanup_rootfs
   write_env
@@ -492,7 +677,9 @@ case "${1:-all}" in
   all) setup; verify ;;
   setup) setup ;;
   verify) verify ;;
-  stop) stop_dockerd; stop_registry ;;
+  stop) stop_dockerd; stop_registry
+        stop_pidfile "$DIR/registry-token.pid" docker-registry; stop_pidfile "$DIR/registry-basic.pid" docker-registry
+        stop_pidfile "$DIR/token-service.pid" registry_token_service ;;
   *) die "usage: $0 [all|setup|verify|stop]" ;;
 esac
 log "done in $(( $(date +%s) - T_START ))s"
