@@ -3,7 +3,12 @@
 A SIF file's identity is the SHA-256 of its content (through the hash memo,
 so a multi-GB image is hashed once per file version): overwriting a ``.sif``
 in place changes the cache key. ``docker://`` references resolve to their
-registry manifest digest and run pinned to it.
+registry manifest digest (:mod:`consist.containers.registry`, asked the way
+Apptainer asks, once per reference and TTL) and run pinned to it; when
+Apptainer's cache already holds the image built from that digest, that SIF runs
+directly, so executing a step does not ask the registry again. On a node that
+cannot reach the registry, the digest recorded when the reference was last
+resolved keys the run, if Apptainer's cache holds that image.
 """
 
 from __future__ import annotations
@@ -11,50 +16,16 @@ from __future__ import annotations
 import itertools
 import os
 import shutil
-import urllib.error
-import urllib.request
+import warnings
+from datetime import UTC, datetime
 from pathlib import Path
 
-from ..errors import BackendUnavailableError, ContainerError, ImageNotFoundError
+from ..errors import BackendUnavailableError, ConsistWarning, ContainerError, ImageNotFoundError
 from ..hashing import FileHasher, HashMemo, NullMemo
+from . import registry
 from .base import Backend, ContainerSpec, ImageRef, Launch, check_environment
 from .mounts import check_mount_args
 from .oci import split_reference
-
-_MANIFEST_TYPES = ", ".join(
-    [
-        "application/vnd.oci.image.index.v1+json",
-        "application/vnd.docker.distribution.manifest.list.v2+json",
-        "application/vnd.oci.image.manifest.v1+json",
-        "application/vnd.docker.distribution.manifest.v2+json",
-    ]
-)
-
-
-def registry_digest(reference: str, timeout: float = 20.0) -> str:
-    """The manifest digest a registry serves for ``host/repo:tag`` (HTTP for loopback hosts)."""
-    repo, tag, digest = split_reference(reference)
-    if digest:
-        return digest
-    host, _, path = repo.partition("/")
-    if not path or not ("." in host or ":" in host or host == "localhost"):
-        host, path = "registry-1.docker.io", repo if "/" in repo else f"library/{repo}"
-    scheme = "http" if host.split(":")[0] in ("127.0.0.1", "localhost") else "https"
-    req = urllib.request.Request(
-        f"{scheme}://{host}/v2/{path}/manifests/{tag or 'latest'}", method="HEAD", headers={"Accept": _MANIFEST_TYPES}
-    )
-    try:
-        with urllib.request.urlopen(req, timeout=timeout) as resp:
-            found = resp.headers.get("Docker-Content-Digest")
-    except (urllib.error.URLError, OSError) as exc:
-        raise ImageNotFoundError(
-            f"Cannot resolve docker://{reference} at its registry: {exc}",
-            "the registry is unreachable, the name or tag is wrong, or it needs a login",
-            "build a .sif file (`apptainer build image.sif docker://...`) and pass its path",
-        ) from exc
-    if not found:
-        raise ImageNotFoundError(f"The registry gave no digest for docker://{reference}", None, "pin it with @sha256:")
-    return found
 
 
 class ApptainerBackend(Backend):
@@ -79,10 +50,7 @@ class ApptainerBackend(Backend):
     def resolve(self, image: str, *, pull_latest: bool = False) -> ImageRef:
         self.executable()
         if image.startswith("docker://"):
-            ref = image[len("docker://") :]
-            digest = registry_digest(ref)
-            repo, _tag, _ = split_reference(ref)
-            return ImageRef(image, digest, f"docker://{repo}@{digest}", "registry")
+            return self._resolve_docker(image)
         path = Path(image.removeprefix("sif://")).expanduser()
         if not path.is_file():
             raise ImageNotFoundError(
@@ -92,6 +60,46 @@ class ApptainerBackend(Backend):
             )
         digest = FileHasher(self.memo).hash_file(path.resolve())
         return ImageRef(image, digest, str(path.resolve()), "sif-file")
+
+    def _resolve_docker(self, image: str) -> ImageRef:
+        """Key on the registry digest; run Apptainer's cached SIF of it when there is one."""
+        ref = image[len("docker://") :]
+        repo, _tag, pinned = split_reference(ref)
+        if pinned:
+            digest, source = pinned, "pinned"
+        else:
+            try:
+                digest, source = registry.resolve(ref, "apptainer").digest, "registry"
+            except registry.RegistryUnreachableError as exc:
+                return self._offline(image, repo, exc)
+        sif = registry.apptainer_cached_sif(digest)
+        return ImageRef(image, digest, str(sif) if sif else f"docker://{repo}@{digest}", source)
+
+    def _offline(self, image: str, repo: str, exc: registry.RegistryError) -> ImageRef:
+        """No registry: the digest recorded at the last resolution, if Apptainer's cache has that image."""
+        seen = registry.recorded(image)
+        sif = registry.apptainer_cached_sif(seen.digest) if seen else None
+        if seen is None or sif is None:
+            why = (
+                "no digest was ever recorded for it on this machine"
+                if seen is None
+                else f"the digest recorded for it ({seen.digest}) is not in Apptainer's cache"
+            )
+            raise ImageNotFoundError(
+                f"Cannot key {image}: its registry cannot be reached ({getattr(exc, 'detail', exc.problem)}) and {why}",
+                "the node is offline, and consist never keys a run on a tag alone",
+                f"pin the image by digest (docker://{repo}@sha256:...), or build a .sif file where the registry "
+                f"can be reached (`apptainer build model.sif docker://{repo}@sha256:...`) and pass its path",
+            )
+        when = datetime.fromtimestamp(seen.resolved_at, UTC).strftime("%Y-%m-%d %H:%M UTC")
+        warnings.warn(
+            f"The registry of {image} cannot be reached ({getattr(exc, 'detail', exc.problem)}); running the "
+            f"image from Apptainer's cache, keyed on the digest recorded on {when}: {seen.digest}. "
+            "A tag re-pointed since then is not seen.",
+            ConsistWarning,
+            stacklevel=4,
+        )
+        return ImageRef(image, seen.digest, str(sif), "recorded")
 
     def launch(self, spec: ContainerSpec) -> Launch:
         """``exec --cleanenv --contain`` with ``--bind src:dst[:ro]`` per volume.
@@ -116,6 +124,8 @@ class ApptainerBackend(Backend):
                 "pass the value under another name, or use backend_type='docker' or 'podman'",
             )
         env = dict(os.environ)
+        if spec.image.run_ref.startswith("docker://"):
+            _pass_credentials(spec.image.run_ref, env)
         for key, value in spec.environment.items():
             # Apptainer evaluates these values like a here-document: $, ` and \ would be expanded.
             literal = value.replace("\\", "\\\\").replace("$", "\\$").replace("`", "\\`")
@@ -136,3 +146,19 @@ class ApptainerBackend(Backend):
                 continue
             found.append((parts[0], parts[1], len(parts) == 3))
         return found
+
+
+def _pass_credentials(run_ref: str, env: dict[str, str]) -> None:
+    """The login that resolved the digest also pulls the image: Apptainer reads it from its
+    environment (APPTAINER_DOCKER_USERNAME/_PASSWORD), never from a file or the command line.
+    Credentials the caller already set for Apptainer are left alone."""
+    if any(env.get(f"{p}_DOCKER_USERNAME") for p in ("APPTAINER", "SINGULARITY")):
+        return
+    try:
+        creds = registry.find_credentials(run_ref, "apptainer")
+    except ImageNotFoundError:
+        return
+    if creds is None or creds.identity_token:
+        return
+    env["APPTAINER_DOCKER_USERNAME"] = creds.username
+    env["APPTAINER_DOCKER_PASSWORD"] = creds.secret

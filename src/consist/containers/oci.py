@@ -196,10 +196,12 @@ class DockerBackend(_OCIBackend):
         api = self.client().api
         pull_failed: ImageNotFoundError | None = None
         if pull_latest:
-            try:
-                self._pull(api, image)
-            except ImageNotFoundError as exc:
-                pull_failed = exc  # a local image may still be there: fall back to it, with a warning
+            served = self._registry_ref(api, image)
+            if isinstance(served, ImageRef):
+                return served
+            # The daemon could not say what the registry serves (it asked as `docker pull` would):
+            # a local image may still be there, used with a warning.
+            pull_failed = served
         try:
             attrs = api.inspect_image(image)
         except docker.errors.ImageNotFound:
@@ -222,6 +224,28 @@ class DockerBackend(_OCIBackend):
         # Run exactly what was resolved: the image ID cannot move under us between
         # the cache decision and the start of the container.
         return ImageRef(image, digest, attrs["Id"], source)
+
+    def _registry_ref(self, api: Any, image: str) -> ImageRef | ImageNotFoundError:
+        """pull_latest: the digest the registry serves now (asked through the daemon, once per TTL),
+        and the local image with that digest, pulled by digest when it is not here yet."""
+        import docker
+
+        from . import registry
+
+        repo, _tag, _ = split_reference(image)
+        try:
+            served = registry.resolve(image, "docker", docker_api=lambda: api)
+        except registry.RegistryError as exc:
+            return exc
+        pinned = f"{repo}@{served.digest}"
+        try:
+            attrs = api.inspect_image(pinned)
+        except docker.errors.ImageNotFound:
+            self._pull(api, pinned)
+            attrs = api.inspect_image(pinned)
+        except docker.errors.APIError as exc:
+            return self._pull_failed(pinned, str(exc))
+        return ImageRef(image, served.digest, attrs["Id"], "registry")
 
     def _pull(self, api: Any, image: str) -> None:
         import docker
@@ -294,26 +318,31 @@ class PodmanBackend(_OCIBackend):
             return ImageRef(image, pinned, image, "pinned")
         if pull_latest:
             # Podman lists every manifest digest it has seen for an image, so ask the
-            # registry which one it serves now, pull exactly that and key on it.
-            from .apptainer import registry_digest
+            # registry which one it serves now (once per TTL), and run exactly that.
+            from . import registry
 
             try:
-                served = registry_digest(image)
-            except ImageNotFoundError:
-                served = None
+                served: str | None = registry.resolve(image, "podman").digest
+                resolve_failed: ImageNotFoundError | None = None
+            except registry.RegistryError as exc:
+                served, resolve_failed = None, exc
+            if served:
+                pinned_ref = f"{repo}@{served}"
+                attrs = self._inspect(pinned_ref)
+                if attrs is None:  # not here yet: pull exactly that digest
+                    self._pull(pinned_ref)
+                    attrs = self._inspect(pinned_ref)
+                    assert attrs is not None
+                return ImageRef(image, served, attrs["Id"], "registry")
             try:
-                self._pull(f"{repo}@{served}" if served else image)
+                self._pull(image)
             except ImageNotFoundError as exc:
                 attrs = self._inspect(image)
                 if attrs is None:
-                    raise
+                    raise (resolve_failed or exc) from None
                 ref = self._ref_from(image, attrs)
-                _warn_local_fallback(image, ref.digest, ref.source, exc)
+                _warn_local_fallback(image, ref.digest, ref.source, resolve_failed or exc)
                 return ref
-            if served:
-                attrs = self._inspect(f"{repo}@{served}")
-                assert attrs is not None
-                return ImageRef(image, served, attrs["Id"], "registry")
         stamp = self._store_stamp()
         memo_key = (*self._store_key(), image)
         cached = self._resolved.get(memo_key)
