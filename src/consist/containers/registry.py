@@ -607,7 +607,10 @@ class SkopeoClient:
         self.timeout = timeout
 
     def resolve(self, ref: Reference, engine: str) -> Resolution:
-        argv = [self.exe, "inspect", "--raw", "--retry-times", "0"]
+        argv = [self.exe]
+        if os.environ.get("CONTAINERS_REGISTRIES_CONF"):  # Podman reads it; skopeo needs the flag
+            argv += ["--registries-conf", os.environ["CONTAINERS_REGISTRIES_CONF"]]
+        argv += ["inspect", "--raw", "--retry-times", "0"]
         pass_fds: tuple[int, ...] = ()
         fd = None
         creds = None
@@ -650,7 +653,7 @@ class SkopeoClient:
         msg = msg.strip('"').replace("\\n", " ").replace('\\"', '"')
         msg = re.sub(r"Error parsing image name \"[^\"]*\": ", "", msg)
         low = msg.lower()
-        if "toomanyrequests" in low or "429" in low or "rate limit" in low:
+        if re.search(r"toomanyrequests|too many requests|\b429\b|rate limit", low):
             kind: type[RegistryError] = RegistryRateLimitError
         elif re.search(r"unauthorized|denied|authentication required|invalid username|403|401", low):
             kind = RegistryAuthError
@@ -689,7 +692,7 @@ class DaemonClient:
         except docker.errors.APIError as exc:
             text = str(getattr(exc, "explanation", None) or exc)
             low = text.lower()
-            if "toomanyrequests" in low or getattr(exc, "status_code", None) == 429:
+            if re.search(r"toomanyrequests|too many requests|rate limit", low) or exc.status_code == 429:
                 kind: type[RegistryError] = RegistryRateLimitError
             elif re.search(r"unauthorized|denied|authentication required|invalid username|no basic auth", low):
                 kind = RegistryAuthError
@@ -750,7 +753,7 @@ def ttl() -> float:
 
 _lock = threading.Lock()
 _key_locks: dict[tuple[str, str], threading.Lock] = {}
-_answers: dict[tuple[str, str], tuple[float, Resolution | RegistryUnreachableError]] = {}
+_answers: dict[tuple[str, str], tuple[float, Resolution | RegistryUnreachableError]] = {}  # key → (when, answer)
 # How many times a registry was really asked (tests and benchmarks read it).
 requests_made = 0
 
@@ -777,21 +780,24 @@ def resolve(image: str, engine: str, *, docker_api: Callable[[], Any] | None = N
         key_lock = _key_locks.setdefault(key, threading.Lock())
     with key_lock:  # one request per reference even when threads ask at once
         now = time.monotonic()
+        keep = ttl()  # read at every call, so a changed CONSIST_REGISTRY_TTL applies at once
         cached = _answers.get(key)
-        if cached is not None and cached[0] > now:
-            if isinstance(cached[1], RegistryUnreachableError):
-                raise cached[1]
-            return cached[1]
+        if cached is not None:
+            age = now - cached[0]
+            answer_or_error = cached[1]
+            limit = min(keep, 60.0) if isinstance(answer_or_error, RegistryUnreachableError) else keep
+            if age < limit:
+                if isinstance(answer_or_error, RegistryUnreachableError):
+                    raise answer_or_error
+                return answer_or_error
         client = client_for(engine, docker_api)
         requests_made += 1
         try:
             answer = client.resolve(ref, engine)
         except RegistryUnreachableError as exc:
-            if ttl() > 0:
-                _answers[key] = (now + min(ttl(), 60.0), exc)
+            _answers[key] = (now, exc)  # an offline sweep does not wait for a connection per step
             raise
-        if ttl() > 0:
-            _answers[key] = (now + ttl(), answer)
+        _answers[key] = (now, answer)
         record(answer)
         return answer
 
