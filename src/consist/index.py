@@ -10,14 +10,23 @@ order. The DuckDB file (see :mod:`consist.store`) is brought up to date from
 these rows, in sequence order, by whichever process holds the sync lock.
 
 Tables: ``run``, ``artifact`` and ``run_artifact`` (mirrored into DuckDB),
-``object`` (which object stores hold which content) and ``hash_memo``.
+``object`` (which object stores hold which content), ``hash_memo``, ``lease``
+(objects that runs in progress are writing or restoring, which prune_store()
+must keep) and ``index_meta`` (the index's generation id and the last sequence
+number merged into DuckDB, see :mod:`consist.store`).
+
+Rows copied back from the DuckDB file when an index is rebuilt carry sequence
+number 0: they came from DuckDB and are not merged into it again, except into
+a DuckDB file that lacks them.
 """
 
 from __future__ import annotations
 
 import os
+import socket
 import sqlite3
 import threading
+import time
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -25,11 +34,28 @@ from typing import Any
 
 from .errors import RunStateError, StoreError
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
+_V3 = """
+CREATE TABLE IF NOT EXISTS index_meta (key TEXT PRIMARY KEY, value TEXT);
+INSERT OR IGNORE INTO index_meta VALUES ('generation', lower(hex(randomblob(16))));
+CREATE TABLE IF NOT EXISTS lease (
+    hash TEXT NOT NULL, kind TEXT, run_id TEXT, host TEXT NOT NULL, pid INTEGER NOT NULL, thread INTEGER,
+    taken_at REAL NOT NULL);
+CREATE INDEX IF NOT EXISTS lease_by_run ON lease (run_id);
+CREATE INDEX IF NOT EXISTS run_producers_by_model ON run (model, ended_at) WHERE cache_hit = 0 AND status = 'completed';
+"""
 # What each schema version adds to the one before, applied in order to older indexes.
 _UPGRADES = {
     2: "ALTER TABLE artifact ADD COLUMN location TEXT;",
+    # index_meta: the generation id (a new id for every new index) and the merge position;
+    # lease: objects held by runs in progress; run_producers_by_model: the miss explanation's
+    # lookup of earlier executed runs, which must not walk the model's cache hits.
+    3: _V3,
 }
+
+HOST = socket.gethostname()
+#: A lease taken for a restore (no run id yet) protects its objects this long at most.
+RESTORE_LEASE_S = 24 * 3600.0
 
 RUN_COLUMNS = (
     "id", "name", "model", "status", "parent_run_id", "year", "iteration", "tags",
@@ -71,6 +97,7 @@ CREATE TABLE IF NOT EXISTS object (
 CREATE TABLE IF NOT EXISTS hash_memo (
     dev INTEGER NOT NULL, ino INTEGER NOT NULL, size INTEGER NOT NULL, mtime_ns INTEGER NOT NULL,
     algo TEXT NOT NULL, hash TEXT NOT NULL, PRIMARY KEY (dev, ino, size, mtime_ns, algo)) WITHOUT ROWID;
+{_V3}
 PRAGMA user_version = {SCHEMA_VERSION};
 """
 
@@ -88,6 +115,48 @@ class _ClosedConnection:
             "close() ran, or its `with` block ended, before this call",
             "open a new Tracker on the same run_dir and database; past runs and cached outputs are kept",
         )
+
+
+def _disk_full(exc: sqlite3.Error, path: Path) -> bool:
+    code = getattr(exc, "sqlite_errorcode", None)
+    primary = code & 0xFF if isinstance(code, int) else None
+    if primary == sqlite3.SQLITE_FULL or "disk is full" in str(exc):
+        return True
+    # Some file systems report a write that found no space as an I/O error.
+    return primary == sqlite3.SQLITE_IOERR and _nearly_full(path.parent)
+
+
+def _disk_full_error(exc: BaseException, path: Path) -> StoreError:
+    return StoreError(
+        f"No space left on device for the run index {path} ({exc})",
+        "the file system that holds the database is full",
+        f"free space there (df -h {path.parent}; tracker.prune_store() frees stored outputs) and run the step "
+        "again; the write that failed was rolled back, nothing of it was recorded",
+    )
+
+
+def _storage_problem(exc: sqlite3.Error, path: Path) -> StoreError | None:
+    """A clear error for a full disk or a damaged index file; None for anything else."""
+    if _disk_full(exc, path):
+        return _disk_full_error(exc, path)
+    code = getattr(exc, "sqlite_errorcode", None)
+    primary = code & 0xFF if isinstance(code, int) else None
+    if primary in (sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB) or "malformed" in str(exc):
+        return StoreError(
+            f"The run index {path} is damaged ({exc})",
+            "the file was truncated or overwritten (a crash during a copy, a disk error)",
+            f"run consist.store.rebuild_index({str(_db_path_of(path))!r}): it moves the damaged index aside and "
+            "rebuilds it from the DuckDB file",
+        )
+    return None
+
+
+def _nearly_full(directory: Path) -> bool:
+    try:
+        st = os.statvfs(directory)
+    except OSError:
+        return False
+    return st.f_bavail * st.f_frsize < (1 << 20)
 
 
 class Index:
@@ -116,14 +185,22 @@ class Index:
                     "a newer consist wrote this database",
                     "upgrade consist (pip install -U consist)",
                 )
+            row = self._db.execute("SELECT value FROM index_meta WHERE key = 'generation'").fetchone()
+            #: A random id given to this index when it was created: the DuckDB file records the
+            #: generation it was merged from, so a new or replaced index is recognised as such.
+            self.generation: str = row["value"]
         except sqlite3.DatabaseError as exc:
+            if _disk_full(exc, path):
+                raise _disk_full_error(exc, path) from exc
             raise StoreError(
                 f"Cannot open the run index {path}: {exc}",
                 "the file is damaged or is not a consist index",
-                "move it away; consist rebuilds an empty index, and the DuckDB file keeps past runs",
+                f"run consist.store.rebuild_index({str(_db_path_of(path))!r}): it moves the damaged index aside "
+                "and rebuilds it from the DuckDB file, which keeps every merged run",
             ) from exc
         self._lock = threading.RLock()
         self._in_tx = False
+        self._seq: int | None = None
 
     def _upgrade(self, version: int) -> None:
         """Bring an older index to this schema, in one transaction (a second process waits, then skips)."""
@@ -137,7 +214,8 @@ class Index:
             self._db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
             self._db.execute("COMMIT")
         except BaseException:
-            self._db.execute("ROLLBACK")
+            if self._db.in_transaction:
+                self._db.execute("ROLLBACK")
             raise
 
     # ---------------------------------------------------------------- plumbing
@@ -149,36 +227,61 @@ class Index:
                 self._db = _ClosedConnection()
 
     @contextmanager
-    def write(self) -> Iterator[int]:
-        """A write transaction; yields the sequence number stamped on its rows."""
+    def _guard(self) -> Iterator[None]:
+        """Turn a full disk or a damaged file into a StoreError that says so."""
+        try:
+            yield
+        except sqlite3.Error as exc:
+            err = _storage_problem(exc, self.path)
+            if err is None:
+                raise
+            raise err from exc
+
+    @contextmanager
+    def write(self, stamp: bool = True) -> Iterator[Any]:
+        """A write transaction; yields the sequence number stamped on its rows.
+
+        ``stamp=False`` takes no sequence number (bookkeeping that is not merged into
+        DuckDB: leases, the object registry, index metadata) and yields None; a
+        nested ``write()`` that needs one takes it then, in the same transaction.
+        """
         with self._lock:
             if self._in_tx:  # nested: join the outer transaction
+                if stamp and self._seq is None:
+                    self._seq = self._next_seq()
                 yield self._seq
                 return
-            self._db.execute("BEGIN IMMEDIATE")
-            self._in_tx = True
-            try:
-                self._seq = self._db.execute("UPDATE counter SET seq = seq + 1 WHERE id = 1 RETURNING seq").fetchone()[
-                    "seq"
-                ]
-                yield self._seq
-                self._db.execute("COMMIT")
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-            finally:
-                self._in_tx = False
+            with self._guard():
+                self._db.execute("BEGIN IMMEDIATE")
+                self._in_tx = True
+                self._seq = None
+                try:
+                    if stamp:
+                        self._seq = self._next_seq()
+                    yield self._seq
+                    self._db.execute("COMMIT")
+                except BaseException:
+                    # A failed COMMIT (a full disk) has already rolled the transaction back.
+                    if self._db.in_transaction:
+                        self._db.execute("ROLLBACK")
+                    raise
+                finally:
+                    self._in_tx = False
+                    self._seq = None
+
+    def _next_seq(self) -> int:
+        return int(self._db.execute("UPDATE counter SET seq = seq + 1 WHERE id = 1 RETURNING seq").fetchone()["seq"])
 
     def query(self, sql: str, params: Sequence[Any] = ()) -> list[dict[str, Any]]:
-        with self._lock:
+        with self._lock, self._guard():
             return self._db.execute(sql, params).fetchall()
 
     def query_one(self, sql: str, params: Sequence[Any] = ()) -> dict[str, Any] | None:
-        with self._lock:
+        with self._lock, self._guard():
             return self._db.execute(sql, params).fetchone()
 
     def execute(self, sql: str, params: Sequence[Any] = ()) -> None:
-        with self._lock:
+        with self._lock, self._guard():
             self._db.execute(sql, params)
 
     # ---------------------------------------------------------------- writes
@@ -190,6 +293,13 @@ class Index:
             self._db.execute(
                 f"INSERT OR REPLACE INTO run ({','.join(cols)}) VALUES ({','.join('?' * len(cols))})", vals
             )
+            if row.get("status") != "running":
+                # The run ended: its outputs are referenced by its record from now on (or not needed),
+                # and any restore this thread began before has ended too.
+                self._db.execute(
+                    "DELETE FROM lease WHERE run_id = ? OR (run_id IS NULL AND host = ? AND pid = ? AND thread = ?)",
+                    (row.get("id"), HOST, os.getpid(), threading.get_ident()),
+                )
 
     def claim_run_id(self, wanted: str, row: dict[str, Any]) -> str:
         """Insert a new run under ``wanted`` or, if taken, ``wanted~2``, ``wanted~3``, ...
@@ -228,12 +338,122 @@ class Index:
         with self.write():
             self._db.execute("INSERT OR IGNORE INTO object VALUES (?, ?, ?)", (digest, store, size))
 
+    def register_objects(self, items: Iterable[tuple[str, str, int]]) -> int:
+        """Record (hash, store, size) rows in the object registry; returns how many were new."""
+        with self.write(stamp=False):
+            before = self._db.total_changes
+            self._db.executemany("INSERT OR IGNORE INTO object VALUES (?, ?, ?)", list(items))
+            return self._db.total_changes - before
+
     def drop_objects(self, items: Iterable[tuple[str, str]]) -> None:
         with self.write():
             self._db.executemany("DELETE FROM object WHERE hash = ? AND store = ?", list(items))
 
     def object_stores(self, digest: str) -> list[str]:
         return [r["store"] for r in self.query("SELECT store FROM object WHERE hash = ?", (digest,))]
+
+    # ---------------------------------------------------------------- leases
+
+    def lease_written(self, run_id: str, digest: str, kind: str, store: str, size: int) -> None:
+        """Register a stored output of the running run ``run_id`` and keep it from prune_store().
+
+        The lease ends when the run's record gets its final status (see :meth:`upsert_run`),
+        which references the output from then on, or when its process is found dead.
+        """
+        with self.write(stamp=False):
+            self._db.execute("INSERT OR IGNORE INTO object VALUES (?, ?, ?)", (digest, store, size))
+            self._db.execute(
+                "INSERT INTO lease VALUES (?, ?, ?, ?, ?, NULL, ?)",
+                (digest, kind, run_id, HOST, os.getpid(), time.time()),
+            )
+
+    def lease_restoring(self, items: Iterable[tuple[str, str]]) -> None:
+        """Keep the objects ``(hash, kind)`` about to be restored from prune_store().
+
+        Each thread holds one such lease at a time: the thread's next restore lease
+        or the next run it records with a final status ends it (by then the restore
+        has ended). It also ends with the process, and after :data:`RESTORE_LEASE_S`
+        at most.
+        """
+        rows = list(items)
+        if not rows:
+            return
+        me = (HOST, os.getpid(), threading.get_ident())
+        now = time.time()
+        with self.write(stamp=False):
+            self._db.execute("DELETE FROM lease WHERE run_id IS NULL AND host = ? AND pid = ? AND thread = ?", me)
+            self._db.executemany(
+                "INSERT INTO lease VALUES (?, ?, NULL, ?, ?, ?, ?)", [(h, kind, *me, now) for h, kind in rows]
+            )
+
+    def leases(self, now: float | None = None) -> tuple[list[dict[str, Any]], list[int]]:
+        """The leases in force, as ``(hash, kind)`` rows, and the rowids of those that ended.
+
+        A lease of a run holds while that run is ``running``; a restore's lease for
+        :data:`RESTORE_LEASE_S`. On this host either ends when its process is gone
+        (other hosts' processes cannot be checked: their runs hold until reaped there).
+        """
+        now = time.time() if now is None else now
+        rows = self.query(
+            "SELECT l.rowid AS rowid, l.hash, l.kind, l.run_id, l.host, l.pid, l.taken_at, r.status "
+            "FROM lease l LEFT JOIN run r ON r.id = l.run_id"
+        )
+        live: list[dict[str, Any]] = []
+        ended: list[int] = []
+        alive: dict[int, bool] = {}
+        for r in rows:
+            if r["run_id"] is not None and r["status"] is not None:
+                holds = r["status"] == "running"
+            else:  # a restore, or a run whose record is not there (yet)
+                holds = r["taken_at"] > now - RESTORE_LEASE_S
+            if holds and r["host"] == HOST:
+                pid = int(r["pid"])
+                if pid not in alive:
+                    alive[pid] = pid_alive(pid)
+                holds = alive[pid]
+            (live.append(r) if holds else ended.append(r["rowid"]))
+        return live, ended
+
+    # ---------------------------------------------------------------- index metadata
+
+    def meta(self, key: str) -> str | None:
+        row = self.query_one("SELECT value FROM index_meta WHERE key = ?", (key,))
+        return None if row is None else row["value"]
+
+    def set_meta(self, key: str, value: str) -> None:
+        with self.write(stamp=False):
+            self._db.execute("INSERT OR REPLACE INTO index_meta VALUES (?, ?)", (key, value))
+
+    def merged_seq(self) -> int | None:
+        """The sequence number this index was last merged into DuckDB up to (None: never merged)."""
+        value = self.meta("merged_seq")
+        return None if value is None else int(value)
+
+    def adopt(
+        self, runs: Sequence[dict[str, Any]], arts: Sequence[dict[str, Any]], links: Sequence[dict[str, Any]]
+    ) -> dict[str, int]:
+        """Copy rows of the DuckDB file into the index, stamped with sequence number 0.
+
+        Rows this index wrote itself (sequence number above 0) are never replaced;
+        rows copied before are refreshed. Returns how many rows of each table were
+        added or refreshed.
+        """
+        counts = {}
+        with self.write(stamp=False):
+            for table, cols, key, rows in (
+                ("run", RUN_COLUMNS, "id", runs),
+                ("artifact", ARTIFACT_COLUMNS, "id", arts),
+                ("run_artifact", LINK_COLUMNS, "run_id, direction, key", links),
+            ):
+                update = ", ".join(f"{c} = excluded.{c}" for c in cols)
+                sql = (
+                    f"INSERT INTO {table} ({','.join(cols)}, seq) VALUES ({','.join('?' * len(cols))}, 0) "
+                    f"ON CONFLICT ({key}) DO UPDATE SET {update} WHERE {table}.seq = 0"
+                )
+                before = self._db.total_changes
+                self._db.executemany(sql, [[r.get(c) for c in cols] for r in rows])
+                counts[table] = self._db.total_changes - before
+        return counts
 
     # ---------------------------------------------------------------- hash memo
 
@@ -244,11 +464,8 @@ class Index:
         return row["hash"] if row else None
 
     def memo_put(self, key: tuple[int, int, int, int], algo: str, digest: str) -> None:
-        with self._lock:
-            if self._in_tx:
-                self._db.execute("INSERT OR REPLACE INTO hash_memo VALUES (?,?,?,?,?,?)", (*key, algo, digest))
-                return
-            # The memo needs no sequence number: a plain autocommit statement is enough.
+        # The memo needs no sequence number: a plain autocommit statement (or the open transaction) is enough.
+        with self._lock, self._guard():
             self._db.execute("INSERT OR REPLACE INTO hash_memo VALUES (?,?,?,?,?,?)", (*key, algo, digest))
 
     # ---------------------------------------------------------------- reads
@@ -283,9 +500,14 @@ class Index:
         return [m for m in self.links_of(run_id, "member") if m["meta"] and dir_artifact_id in m["meta"]]
 
     def recent_runs_of_model(self, model: str, limit: int = 50) -> list[dict[str, Any]]:
+        """The newest completed runs of ``model`` that executed (not cache hits).
+
+        Read through the partial index of executed runs, so the model's cache hits,
+        however many, are never walked (a miss asks this to explain itself).
+        """
         return self.query(
-            "SELECT * FROM run WHERE model = ? AND status = 'completed' AND cache_hit = 0 "
-            "ORDER BY ended_at DESC LIMIT ?",
+            "SELECT * FROM run INDEXED BY run_producers_by_model "
+            "WHERE model = ? AND cache_hit = 0 AND status = 'completed' ORDER BY ended_at DESC LIMIT ?",
             (model, limit),
         )
 
@@ -302,8 +524,11 @@ class Index:
         return int(row["seq"]) if row else 0
 
     def changes_since(self, seq: int) -> tuple[int, list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]]]:
-        """The current sequence number and the rows written after ``seq``, read in one snapshot."""
-        with self._lock:
+        """The current sequence number and the rows written after ``seq``, read in one snapshot.
+
+        ``seq=-1`` includes the rows copied from a DuckDB file (sequence number 0).
+        """
+        with self._lock, self._guard():
             self._db.execute("BEGIN")
             try:
                 top = int(self._db.execute("SELECT seq FROM counter WHERE id = 1").fetchone()["seq"])
@@ -313,6 +538,14 @@ class Index:
             finally:
                 self._db.execute("COMMIT")
         return top, runs, arts, links
+
+
+def _db_path_of(index_path: Path) -> Path:
+    """The DuckDB file an index belongs to (the inverse of :func:`index_path_for`)."""
+    folder = index_path.parent.name
+    if folder.startswith(".") and folder.endswith(".consist"):
+        return index_path.parent.parent / folder[1 : -len(".consist")]
+    return index_path.parent / "provenance.duckdb"
 
 
 def index_path_for(db_path: Path) -> Path:

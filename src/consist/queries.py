@@ -1,4 +1,4 @@
-"""Reading the provenance database: runs, artifacts, lineage, history; and store maintenance.
+"""Reading the provenance database: runs, artifacts, lineage, history; and maintenance.
 
 Queries go to the DuckDB file (merged from the run index first, so they see every
 run completed so far by any process). They are mixed into :class:`consist.Tracker`.
@@ -6,17 +6,21 @@ run completed so far by any process). They are mixed into :class:`consist.Tracke
 
 from __future__ import annotations
 
+import errno
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .errors import IntegrityError, RunNotFoundError
+from .errors import IntegrityError, RunNotFoundError, StoreError
 from .hashing import loads
 from .results import RunArtifacts
 
 if TYPE_CHECKING:
     import pandas as pd
 
+    from .hashing import FileHasher
     from .index import Index
     from .models import Run
     from .objects import ObjectStore
@@ -168,10 +172,55 @@ class QueryMixin:
 
 
 class MaintenanceMixin:
-    """Housekeeping of the content-addressed object store."""
+    """Housekeeping of the content-addressed object store and of the run index.
+
+    Runs in progress lease the objects they store or restore (``lease`` table of the
+    run index): a stored output from the moment it is stored until its run's record
+    gets its final status, which references it from then on; a restore from just
+    before its objects are checked until the thread's next restore. prune_store()
+    deletes objects in batches, each under the index's write lock, after reading the
+    leases and the outputs recorded since it started again under that lock, so an
+    object is either leased before prune looks (and kept) or removed before the run
+    leases it (and the run then stores it again, see :meth:`_store_leased`).
+    """
 
     _index: Index
     _objects: ObjectStore
+    _store: DuckStore
+
+    def _store_leased(self, run_id: str, path: Path, hasher: FileHasher) -> tuple[str, int, list[list[Any]]]:
+        """Store an output of the running run ``run_id`` and lease it; returns (hash, size, manifest).
+
+        The manifest lists the entries of a directory (empty for a file); entries of
+        three items ``[relative path, hash, size]`` are stored files.
+        """
+        root = str(self._objects.root)
+        for _ in range(3):
+            try:
+                if path.is_dir():
+                    digest, size, manifest = self._objects.put_dir(path, hasher)
+                    kind = "dir"
+                else:
+                    (digest, size), manifest, kind = self._objects.put_file(path, hasher), [], "file"
+            except OSError as exc:
+                if exc.errno != errno.ENOSPC:
+                    raise
+                raise StoreError(
+                    f"No space left on device to store the output {path} in {root}",
+                    "the file system that holds run_dir is full",
+                    f"free space there (df -h {root}; tracker.prune_store() removes outputs no run needs) and run "
+                    "the step again; the partial copy was removed, nothing of it was stored",
+                ) from exc
+            self._index.lease_written(run_id, digest, kind, root, size)
+            # An object that was already stored may have been pruned between the check in put_*
+            # and the lease; from here on prune_store() keeps it, so one look settles it.
+            if self._objects.has(digest) and all(self._objects.has(e[1]) for e in manifest if len(e) == 3):
+                return digest, size, manifest
+        raise StoreError(
+            f"The output {path} was removed from {root} three times while it was being stored",
+            "prune_store() runs over and over in another process, or something else deletes the object store",
+            "let the prune finish, then run the step again",
+        )
 
     def prune_store(self, older_than: Any = None, *, dry_run: bool = False, verify: bool = False) -> dict[str, int]:
         """Delete stored objects no completed run needs any more.
@@ -181,8 +230,13 @@ class MaintenanceMixin:
         are kept; everything else in this tracker's store is removed (outputs of
         failed or interrupted runs, damaged objects with ``verify=True``). Runs
         whose objects are removed simply execute again on their next call.
+
+        Objects that a run in progress, in any process sharing the database, has
+        stored or is restoring are never removed (they are counted as ``in_use``).
         """
         cutoff = time.time() - older_than.total_seconds() if older_than is not None else None
+        # Read the sequence number first: whatever is recorded after it is looked at again under the lock.
+        start_seq = self._index.max_seq()
         sql = (
             "SELECT DISTINCT a.hash, a.kind FROM run_artifact l JOIN artifact a ON a.id = l.artifact_id "
             "JOIN run r ON r.id = l.run_id WHERE l.direction = 'output' AND r.status = 'completed'"
@@ -191,31 +245,95 @@ class MaintenanceMixin:
         if cutoff is not None:
             sql += " AND r.ended_at >= ?"
             params.append(cutoff)
-        keep: set[str] = set()
-        for row in self._index.query(sql, params):
-            keep.add(row["hash"])
-            if row["kind"] == "dir" and self._objects.has(row["hash"]):
-                try:
-                    keep.update(e[1] for e in self._objects.read_manifest(row["hash"]))
-                except IntegrityError:
-                    keep.discard(row["hash"])
-        removed = freed = damaged = 0
-        gone: list[tuple[str, str]] = []
+        manifests: dict[str, list[str]] = {}
+        keep = self._expand(self._index.query(sql, params), manifests)
+        candidates: list[tuple[str, Path]] = []
+        damaged = 0
         for digest, path in list(self._objects.all_objects()):
-            bad = False
-            if verify and digest in keep:
+            if digest in keep:
+                if not verify:
+                    continue
                 try:
                     self._objects.verify(digest)
+                    continue
                 except IntegrityError:
-                    bad, damaged = True, damaged + 1
-            if digest in keep and not bad:
-                continue
-            removed += 1
-            freed += path.stat().st_size
-            if not dry_run:
-                self._objects.remove(digest)
-                gone.append((digest, str(self._objects.root)))
+                    damaged += 1
+            candidates.append((digest, path))
+        removed = freed = in_use = 0
+        for start in range(0, len(candidates), 256):
+            batch = candidates[start : start + 256]
+            # Under the index's write lock no run can lease an object or record an output meanwhile.
+            with self._index.write(stamp=False) if not dry_run else _nothing():
+                protected = self._protected(start_seq, manifests)
+                gone = []
+                for digest, path in batch:
+                    if digest in protected:
+                        in_use += 1
+                        continue
+                    try:
+                        size = path.stat().st_size
+                    except FileNotFoundError:
+                        continue
+                    removed += 1
+                    freed += size
+                    if not dry_run:
+                        self._objects.remove(digest)
+                        gone.append((digest, str(self._objects.root)))
+                for item in gone:
+                    self._index.execute("DELETE FROM object WHERE hash = ? AND store = ?", item)
         if not dry_run:
-            self._index.drop_objects(gone)
+            _live, ended = self._index.leases()
+            if ended:
+                with self._index.write(stamp=False):
+                    for rowid in ended:
+                        self._index.execute("DELETE FROM lease WHERE rowid = ?", (rowid,))
             self._objects.clear_tmp()
-        return {"removed": removed, "bytes_freed": freed, "damaged": damaged, "kept": len(keep)}
+        return {"removed": removed, "bytes_freed": freed, "damaged": damaged, "kept": len(keep), "in_use": in_use}
+
+    def _expand(self, rows: Iterable[Mapping[str, Any]], manifests: dict[str, list[str]]) -> set[str]:
+        """The hashes of ``(hash, kind)`` rows, with the files of every directory among them."""
+        out: set[str] = set()
+        for row in rows:
+            digest = row["hash"]
+            if digest is None:
+                continue
+            out.add(digest)
+            if row["kind"] != "dir":
+                continue
+            if digest not in manifests:
+                files: list[str] = []
+                if self._objects.has(digest):
+                    try:
+                        files = [e[1] for e in self._objects.read_manifest(digest) if len(e) == 3]
+                    except IntegrityError:
+                        files = []
+                manifests[digest] = files
+            out.update(manifests[digest])
+        return out
+
+    def _protected(self, since_seq: int, manifests: dict[str, list[str]]) -> set[str]:
+        """Objects held by runs in progress, and outputs recorded after ``since_seq``."""
+        live, _ended = self._index.leases()
+        recent = self._index.query(
+            "SELECT DISTINCT a.hash, a.kind FROM run_artifact l JOIN artifact a ON a.id = l.artifact_id "
+            "WHERE l.seq > ? AND l.direction IN ('output', 'member')",
+            (since_seq,),
+        )
+        return self._expand([*live, *recent], manifests)
+
+    def rebuild_index(self) -> dict[str, int]:
+        """Copy into the run index whatever the DuckDB file holds and the index lacks.
+
+        For an index restored from a copy, or to check one: every run, artifact and
+        link of the DuckDB file missing from the index is added (the index's own rows
+        are kept), every index row is merged into DuckDB, and the objects in the stores
+        of every recorded run_dir are registered again. Returns the numbers added.
+        A damaged index cannot be opened by a Tracker: use
+        :func:`consist.store.rebuild_index` with the ``db_path`` instead.
+        """
+        return self._store.rebuild(object_stores=[self._objects.root])
+
+
+@contextmanager
+def _nothing() -> Iterator[None]:
+    yield

@@ -11,24 +11,40 @@ interpreter exit) and before every query, so a query always sees every run
 completed so far by any process. A merge that cannot get the file (another
 program keeps it open) leaves the rows in the index for a later merge: nothing
 is lost.
+
+Which rows are new is known from two numbers: the sequence number the DuckDB
+file was last merged up to, recorded in the file together with the index's
+*generation* (a random id given to every new index), and the same position
+recorded in the index. When they agree, a merge reads only the rows after that
+position. When they do not (the index was moved away and recreated, restored
+from a copy, or the DuckDB file was replaced), the merge reconciles the two by
+primary key: the DuckDB file's rows that the index lacks are copied into the
+index (sequence number 0, see :meth:`Index.adopt`), so they are cache hits and
+their run ids are never reused, and every row of the index is written into
+DuckDB. :func:`rebuild_index` does the same on purpose, for an index that is
+damaged.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import os
+import sqlite3
 import time
-from collections.abc import Iterator
+import warnings
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from .errors import StoreError, StoreLockedError
-from .index import ARTIFACT_COLUMNS, LINK_COLUMNS, RUN_COLUMNS, Index
+from .errors import ConsistWarning, StoreError, StoreLockedError
+from .index import ARTIFACT_COLUMNS, LINK_COLUMNS, RUN_COLUMNS, Index, index_path_for
 
-DUCK_SCHEMA_VERSION = 2
+DUCK_SCHEMA_VERSION = 3
 
 _DUCK_DDL = """
 CREATE TABLE IF NOT EXISTS consist_meta (key VARCHAR PRIMARY KEY, value BIGINT);
+CREATE TABLE IF NOT EXISTS consist_index (key VARCHAR PRIMARY KEY, value VARCHAR);
 CREATE TABLE IF NOT EXISTS run (
     id VARCHAR PRIMARY KEY, name VARCHAR, model VARCHAR, status VARCHAR, parent_run_id VARCHAR,
     year INTEGER, iteration INTEGER, tags JSON, signature VARCHAR, code_version VARCHAR,
@@ -47,6 +63,8 @@ CREATE TABLE IF NOT EXISTS run_artifact (
 _TS_RUN = (RUN_COLUMNS.index("started_at"), RUN_COLUMNS.index("ended_at"))
 _BOOL_RUN = RUN_COLUMNS.index("cache_hit")
 _TS_ART = ARTIFACT_COLUMNS.index("created_at")
+_JSON_COLUMNS = {"tags", "config", "identity", "meta"}
+_TS_COLUMNS = {"started_at", "ended_at", "created_at"}
 
 
 def _ts(value: Any) -> dt.datetime | None:
@@ -69,6 +87,39 @@ def _art_tuple(row: dict[str, Any]) -> tuple[Any, ...]:
     return tuple(vals)
 
 
+def _index_select(cols: tuple[str, ...]) -> str:
+    """DuckDB columns as the index stores them: epoch seconds, 0/1, JSON text."""
+
+    def one(c: str) -> str:
+        if c in _TS_COLUMNS:
+            return f"epoch_us({c}) / 1000000.0 AS {c}"
+        if c == "cache_hit":
+            return f"CAST({c} AS INTEGER) AS {c}"
+        if c in _JSON_COLUMNS:
+            return f"CAST({c} AS VARCHAR) AS {c}"
+        return c
+
+    return ", ".join(one(c) for c in cols)
+
+
+def _is_lock_conflict(exc: BaseException) -> bool:
+    text = str(exc).lower()
+    return "could not set lock" in text or "conflicting lock" in text
+
+
+def _looks_damaged(exc: BaseException) -> bool:
+    text = str(exc).lower()
+    return any(sign in text for sign in _DAMAGE_SIGNS)
+
+
+_DAMAGE_SIGNS = ("corrupt database file", "checksum", "not a valid duckdb database", "could not read enough bytes")
+
+
+def _no_space(exc: BaseException) -> bool:
+    text = str(exc).lower()
+    return "no space left on device" in text or "disk is full" in text or "disk full" in text
+
+
 class DuckStore:
     """The DuckDB file of a tracker, merged from its run index on demand."""
 
@@ -80,6 +131,34 @@ class DuckStore:
         self._engine: Any = None
         self._synced_seq = -1
 
+    # ---------------------------------------------------------------- errors
+
+    def _full_error(self, exc: BaseException) -> StoreError:
+        return StoreError(
+            f"No space left on device for the provenance database {self.db_path}: {exc}",
+            "the file system that holds it is full",
+            f"free space there (df -h {self.db_path.parent}) and call tracker.sync() or query again; the merge "
+            "was rolled back, the DuckDB file keeps what it had and the runs wait in the run index",
+        )
+
+    def _open_error(self, exc: BaseException) -> StoreError:
+        """Why the DuckDB file cannot be opened or read, when it is not another program's lock."""
+        if _no_space(exc):
+            return self._full_error(exc)
+        if "permission denied" in str(exc).lower():
+            return StoreError(
+                f"Cannot open the provenance database {self.db_path}: {exc}",
+                "this user may not read or write the file or its folder",
+                "fix the permissions, or use a db_path this user owns",
+            )
+        return StoreError(
+            f"The provenance database {self.db_path} is damaged: {exc}",
+            "the file was truncated or overwritten (a full disk or a crash while it was written or copied), "
+            "or another program wrote it",
+            f"move it away (mv {self.db_path} {self.db_path}.damaged); the next query or tracker.sync() rebuilds "
+            "it from the run index, which holds every run",
+        )
+
     # ---------------------------------------------------------------- connections
 
     def _connect(self, timeout: float | None = None) -> Any:
@@ -90,8 +169,10 @@ class DuckStore:
         while True:
             try:
                 return duckdb.connect(str(self.db_path))
-            except duckdb.IOException as exc:
-                if "lock" not in str(exc).lower() or time.monotonic() > deadline:
+            except duckdb.Error as exc:
+                if not _is_lock_conflict(exc):
+                    raise self._open_error(exc) from exc
+                if time.monotonic() > deadline:
                     raise StoreLockedError(
                         f"Cannot open the provenance database {self.db_path}: {exc}",
                         "another program (a DuckDB shell, a notebook) keeps the file open for writing",
@@ -118,6 +199,20 @@ class DuckStore:
         finally:
             lock.release()
 
+    @contextmanager
+    def _open(self, timeout: float | None = None) -> Iterator[Any]:
+        """The DuckDB file, locked and open, with consist's tables in place."""
+        with self._locked(timeout):
+            con = self._connect(timeout)
+            try:
+                try:
+                    con.execute(_DUCK_DDL)
+                except Exception as exc:
+                    raise self._open_error(exc) from exc
+                yield con
+            finally:
+                con.close()
+
     # ---------------------------------------------------------------- sync
 
     def pending(self) -> bool:
@@ -128,23 +223,31 @@ class DuckStore:
         """Merge new index rows into the DuckDB file; returns how many rows were merged."""
         if not self.pending():
             return 0
-        with self._locked(timeout):
-            con = self._connect(timeout)
-            try:
-                return self._merge(con)
-            finally:
-                con.close()
+        with self._open(timeout) as con:
+            return self._merge(con)
 
-    def _merge(self, con: Any) -> int:
-        con.execute(_DUCK_DDL)
-        row = con.execute("SELECT value FROM consist_meta WHERE key = 'synced_seq'").fetchone()
-        last = int(row[0]) if row else 0
-        top, runs, arts, links = self.index.changes_since(last)
-        if top == last:
+    def _position(self, con: Any) -> tuple[int | None, str | None]:
+        """Up to which sequence number, of which index generation, the DuckDB file was merged."""
+        try:
+            seq = con.execute("SELECT value FROM consist_meta WHERE key = 'synced_seq'").fetchone()
+            gen = con.execute("SELECT value FROM consist_index WHERE key = 'generation'").fetchone()
+        except Exception as exc:
+            raise self._open_error(exc) from exc
+        return (int(seq[0]) if seq else None), (gen[0] if gen else None)
+
+    def _merge(self, con: Any, reconcile: bool = False) -> int:
+        last, generation = self._position(con)
+        # The normal case: this index was merged into this file up to `last`, and both say so.
+        known = not reconcile and generation == self.index.generation and last == self.index.merged_seq()
+        top, runs, arts, links = self.index.changes_since(last if known and last is not None else -1)
+        if known and top == last:
             self._synced_seq = top
             return 0
         con.execute("BEGIN TRANSACTION")
         try:
+            if not known:
+                # A new or replaced index, or a replaced DuckDB file: reconcile by primary key.
+                self._adopt(con)
             if runs:
                 self._upsert(con, "run", RUN_COLUMNS, [_run_tuple(r) for r in runs])
             if arts:
@@ -155,16 +258,34 @@ class DuckStore:
                 "INSERT OR REPLACE INTO consist_meta VALUES ('synced_seq', ?), ('schema_version', ?)",
                 [top, DUCK_SCHEMA_VERSION],
             )
+            con.execute("INSERT OR REPLACE INTO consist_index VALUES ('generation', ?)", [self.index.generation])
             con.execute("COMMIT")
         except Exception as exc:
-            con.execute("ROLLBACK")
+            _rollback(con)
+            if isinstance(exc, StoreError):
+                raise
+            if _no_space(exc) or _looks_damaged(exc):
+                raise self._open_error(exc) from exc
             raise StoreError(
                 f"Merging runs into {self.db_path} failed: {exc}",
                 "the DuckDB file is damaged or was written by an incompatible program",
-                "move the file away: the next query rebuilds it from the run index",
+                "move the file away: the next query rebuilds it from the run index, which holds every run",
             ) from exc
+        # Recorded after the commit: if this process dies in between, the next merge reconciles.
+        self.index.set_meta("merged_seq", str(top))
         self._synced_seq = top
         return len(runs) + len(arts) + len(links)
+
+    def _adopt(self, con: Any) -> dict[str, int]:
+        """Copy the DuckDB file's rows that the index lacks into the index."""
+
+        def rows(table: str, cols: tuple[str, ...]) -> list[dict[str, Any]]:
+            cur = con.execute(f"SELECT {_index_select(cols)} FROM {table}")
+            return [dict(zip(cols, r)) for r in cur.fetchall()]
+
+        return self.index.adopt(
+            rows("run", RUN_COLUMNS), rows("artifact", ARTIFACT_COLUMNS), rows("run_artifact", LINK_COLUMNS)
+        )
 
     @staticmethod
     def _upsert(con: Any, table: str, cols: tuple[str, ...], rows: list[tuple[Any, ...]]) -> None:
@@ -184,21 +305,86 @@ class DuckStore:
         finally:
             con.unregister("consist_batch")
 
+    # ---------------------------------------------------------------- rebuilding the index
+
+    def rebuild(
+        self, timeout: float | None = None, object_stores: Iterable[str | os.PathLike[str]] = ()
+    ) -> dict[str, int]:
+        """Reconcile the index with the DuckDB file now, whatever both record.
+
+        Copies every run, artifact and link of the DuckDB file that the index lacks
+        into the index, merges every index row into DuckDB, and registers the objects
+        found in the object stores of the runs' run_dirs (and ``object_stores``).
+        Returns how many rows and objects were added.
+        """
+        with self._open(timeout) as con:
+            before = {t: self._count(t) for t in ("run", "artifact", "run_artifact")}
+            self._merge(con, reconcile=True)
+            run_dirs = [
+                r[0] for r in con.execute("SELECT DISTINCT run_dir FROM run WHERE run_dir IS NOT NULL").fetchall()
+            ]
+        report = {t: self._count(t) - before[t] for t in before}
+        roots = [Path(d) / ".consist" / "objects" for d in run_dirs] + [Path(p) for p in object_stores]
+        report["objects"] = self._register_objects(roots)
+        return {"runs": report["run"], "artifacts": report["artifact"], "links": report["run_artifact"],
+                "objects": report["objects"]}  # fmt: skip
+
+    def _count(self, table: str) -> int:
+        row = self.index.query_one(f"SELECT count(*) AS n FROM {table}")
+        return int(row["n"]) if row else 0
+
+    def _register_objects(self, roots: Iterable[Path]) -> int:
+        from .objects import ObjectStore
+
+        added = 0
+        for root in dict.fromkeys(roots):  # once each, in order
+            if not root.is_dir():
+                continue
+            items = []
+            for digest, path in ObjectStore(root).all_objects():
+                try:
+                    items.append((digest, str(root), path.stat().st_size))
+                except FileNotFoundError:
+                    continue
+            added += self.index.register_objects(items)
+        return added
+
+    def reconcile(self, timeout: float = 5.0) -> dict[str, int] | None:
+        """Before a new run index records anything, copy the DuckDB file's past runs into it.
+
+        Does nothing for an index that was merged into the DuckDB file before, or when
+        there is no DuckDB file. A new index beside an existing DuckDB file means the
+        old index was moved away (or lost): without this, past runs would not be cache
+        hits and their run ids could be given out again. When the DuckDB file cannot
+        be opened now, this warns and the next merge reconciles instead.
+        """
+        if self.index.merged_seq() is not None or not self.db_path.exists():
+            return None
+        try:
+            return self.rebuild(timeout)
+        except StoreError as exc:
+            warnings.warn(
+                f"The run index {self.index.path} is new, and the past runs in {self.db_path} could not be copied "
+                f"into it yet ({exc}). Until they are (at the next merge), they are not cache hits.",
+                ConsistWarning,
+                stacklevel=3,
+            )
+            return None
+
     # ---------------------------------------------------------------- reading
 
     @contextmanager
     def read(self) -> Iterator[Any]:
         """A DuckDB connection on an up-to-date database, closed afterwards."""
-        with self._locked():
-            con = self._connect()
+        with self._open() as con:
+            if self.pending():
+                self._merge(con)
             try:
-                if self.pending():
-                    self._merge(con)
-                else:
-                    con.execute(_DUCK_DDL)
                 yield con
-            finally:
-                con.close()
+            except Exception as exc:
+                if _looks_damaged(exc):
+                    raise self._open_error(exc) from exc
+                raise
 
     @property
     def engine(self) -> Any:
@@ -222,3 +408,73 @@ class DuckStore:
         if self._engine is not None:
             self._engine.dispose()
             self._engine = None
+
+
+def _rollback(con: Any) -> None:
+    """Roll back if a transaction is still open (a failed COMMIT has ended it already)."""
+    try:
+        con.execute("ROLLBACK")
+    except Exception:
+        pass
+
+
+def _index_damaged(path: Path) -> bool:
+    """Whether the index file exists and cannot be read as a database."""
+    if not path.exists():
+        return False
+    try:
+        con = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=60.0)
+        try:
+            return con.execute("PRAGMA quick_check").fetchone()[0] != "ok"
+        finally:
+            con.close()
+    except sqlite3.DatabaseError:
+        return True
+
+
+def rebuild_index(
+    db_path: str | os.PathLike[str],
+    *,
+    object_stores: Iterable[str | os.PathLike[str]] = (),
+    timeout: float = 120.0,
+) -> dict[str, Any]:
+    """Rebuild the run index of the DuckDB file ``db_path`` from that file.
+
+    For an index that is damaged or lost. A damaged index (and its ``-wal`` and
+    ``-shm`` files) is moved aside to ``index.sqlite.damaged-<time>``, never
+    deleted; then every run, artifact and link of the DuckDB file is copied into
+    the index (an intact index keeps its own rows and gets the ones it lacks), and
+    the objects in the stores of every recorded run_dir (plus ``object_stores``)
+    are registered again. Runs that were only in the damaged index, not yet merged
+    into DuckDB, cannot be recovered. The hash memo starts empty: each input is
+    read once more when next hashed, each stored object when next restored.
+
+    Stop the processes that use the database first. Returns how many runs,
+    artifacts, links and objects were added, and where a damaged index was moved.
+    """
+    db = Path(db_path).resolve()
+    if not db.is_file():
+        raise StoreError(
+            f"There is no provenance database at {db}",
+            "the path is wrong, or the DuckDB file was deleted",
+            "pass the db_path the trackers use; without the DuckDB file there is nothing to rebuild from",
+        )
+    path = index_path_for(db)
+    moved = None
+    if _index_damaged(path):
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        moved = path.with_name(f"{path.name}.damaged-{stamp}")
+        for suffix in ("", "-wal", "-shm"):
+            part = Path(f"{path}{suffix}")
+            if part.exists():
+                os.replace(part, f"{moved}{suffix}")
+    index = Index(path)
+    try:
+        report: dict[str, Any] = DuckStore(db, index, lock_timeout=timeout).rebuild(timeout, object_stores)
+    finally:
+        index.close()
+    report["moved_aside"] = str(moved) if moved else None
+    return report
+
+
+__all__ = ["DUCK_SCHEMA_VERSION", "DuckStore", "rebuild_index"]

@@ -26,7 +26,7 @@ from .errors import (
     IntegrityError,
     OutputError,
     RunStateError,
-    StoreLockedError,
+    StoreError,
 )
 from .hashing import FileHasher, NullMemo, canonical, dumps, hash_canonical, loads
 from .identity import caller_source, code_identity, explain_miss, make_signature
@@ -171,6 +171,7 @@ class Tracker(QueryMixin, MaintenanceMixin):
         self._index = Index(index_path_for(self.db_path))
         self._objects = ObjectStore(self.run_dir / ".consist" / "objects", memo=self._index)
         self._store = DuckStore(self.db_path, self._index)
+        self._store.reconcile()  # a new index beside an existing DuckDB file takes over its past runs
         self._stack: list[_Active] = []
         self._hooks: dict[str, list[Callable[..., Any]]] = {"start": [], "complete": [], "failed": []}
         self._closed = False
@@ -197,7 +198,7 @@ class Tracker(QueryMixin, MaintenanceMixin):
         self._closed = True
         try:
             self._store.sync(timeout=15.0)
-        except StoreLockedError as exc:
+        except StoreError as exc:  # locked, damaged or a full disk: nothing is lost
             warnings.warn(
                 f"{exc} The runs stay in the run index and are merged by the next query.", ConsistWarning, stacklevel=2
             )
@@ -379,11 +380,12 @@ class Tracker(QueryMixin, MaintenanceMixin):
                 plan_dest = {
                     k: Path(dests[k]) if dests and k in dests else self._restore_path(o) for k, o in outs.items()
                 }
+                needed = {k: o for k, o in outs.items() if not _holds(o, plan_dest[k], plan.hasher)}
+                self._index.lease_restoring((o["hash"], o["kind"]) for o in needed.values())  # see prune_store
                 to_write = {}
-                for k, o in outs.items():  # check every object before writing anything
-                    if not _holds(o, plan_dest[k], plan.hasher):
-                        store = self._store_for(o["hash"])
-                        to_write[k] = (store, store.check(o["kind"], o["hash"], o["size"]))
+                for k, o in needed.items():  # check every object before writing anything
+                    store = self._store_for(o["hash"])
+                    to_write[k] = (store, store.check(o["kind"], o["hash"], o["size"]))
                 for k, o in outs.items():
                     dest = plan_dest[k]
                     if k in to_write:
@@ -517,13 +519,9 @@ class Tracker(QueryMixin, MaintenanceMixin):
         hasher = FileHasher(active.plan.hasher.memo, "full")
         is_dir = path.is_dir()
         if active.persist:
-            if is_dir:
-                digest, size, manifest = self._objects.put_dir(path, hasher)
-                meta: dict[str, Any] | None = {"files": len(manifest)}
-            else:
-                digest, size = self._objects.put_file(path, hasher)
-                meta = None
-            self._index.add_object(digest, str(self._objects.root), size)
+            # Leased to this run until it ends, so prune_store() in another process keeps it.
+            digest, size, manifest = self._store_leased(active.id, path, hasher)
+            meta: dict[str, Any] | None = {"files": len(manifest)} if is_dir else None
         else:
             if is_dir:
                 digest, manifest = hasher.hash_dir(path)
