@@ -62,11 +62,11 @@ def resolve(ref: str, client: str) -> registry.Resolution:
     return registry.resolve(ref, engine, docker_api=docker_api if engine == "docker" else None)
 
 
-@pytest.fixture(autouse=True)
-def isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+def isolate(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """No credentials but the ones a test writes; records in the test's own directory."""
     home = tmp_path / "home"
     (home / "docker").mkdir(parents=True)
+    (home / "docker" / "config.json").write_text('{"auths": {}}')  # Podman 4.3 wants the file when DOCKER_CONFIG is set
     monkeypatch.setenv("DOCKER_CONFIG", str(home / "docker"))
     monkeypatch.setenv("XDG_CONFIG_HOME", str(home / "xdg"))
     monkeypatch.setenv("APPTAINER_CONFIGDIR", str(home / "apptainer"))
@@ -77,7 +77,12 @@ def isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
                 "SINGULARITY_DOCKER_USERNAME", "SINGULARITY_DOCKER_PASSWORD", "CONTAINERS_REGISTRIES_CONF"):
         monkeypatch.delenv(var, raising=False)  # fmt: skip
     registry.clear_cache()
-    yield home
+    return home
+
+
+@pytest.fixture(autouse=True)
+def isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    yield isolate(tmp_path, monkeypatch)
     registry.clear_cache()
 
 

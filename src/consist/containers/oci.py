@@ -252,6 +252,10 @@ class DockerBackend(_OCIBackend):
 
         repo, tag, digest = split_reference(image)
         try:
+            api.reload_config()  # the login `docker pull` would use now (config.json, credential helpers)
+        except Exception:
+            pass
+        try:
             api.pull(repo, tag=digest or tag or "latest")
         except docker.errors.APIError as exc:
             raise self._pull_failed(image, str(exc)) from exc

@@ -865,9 +865,10 @@ def platform_arch() -> str:
 
 
 def apptainer_cache_dirs() -> Iterable[Path]:
+    """Apptainer's cache: ``$APPTAINER_CACHEDIR/cache`` (it adds ``cache``), else ``~/.apptainer/cache``."""
     for var in ("APPTAINER_CACHEDIR", "SINGULARITY_CACHEDIR"):
         if os.environ.get(var):
-            yield Path(os.environ[var])
+            yield Path(os.environ[var]) / "cache"
             return
     yield _home() / ".apptainer" / "cache"
 
