@@ -48,7 +48,6 @@ SCOPE: dict[str, list[str] | None] = {
     "consist.containers.mounts": None,
 }  # fmt: skip
 
-STATUS = {1: "killed", 3: "killed", 0: "survived", 36: "timeout", 24: "timeout", -24: "timeout", 152: "timeout"}
 
 
 def mangled(module: str, function: str) -> str:
@@ -79,12 +78,14 @@ def in_scope(key: str) -> str | None:
 
 def results() -> dict[str, dict[str, str]]:
     """module -> mutant name -> status, read from mutmut's result files."""
+    from mutmut.stats import status_by_exit_code
+
     by_module: dict[str, dict[str, str]] = {m: {} for m in SCOPE}
     for meta in (ROOT / "mutants" / "src").rglob("*.py.meta"):
         for key, code in json.loads(meta.read_text())["exit_code_by_key"].items():
             module = in_scope(key)
             if module is not None:
-                by_module[module][key] = "not checked" if code is None else STATUS.get(code, f"exit {code}")
+                by_module[module][key] = status_by_exit_code[code]
     return by_module
 
 
@@ -105,7 +106,7 @@ def report() -> int:
     for statuses in by_module.values():
         for key, status in sorted(statuses.items()):
             if status != "killed":
-                print(f"  {status:12} {key}")
+                print(f"  {status.replace(' ', '-'):12} {key}")
     return 0 if worst >= 90.0 else 1
 
 

@@ -334,3 +334,129 @@ def test_trackers_sharing_a_database_share_the_key(make_tracker, tmp_path: Path)
     for t in (a, b, other):
         for f in t._index.path.parent.iterdir():
             assert b"s3cret" not in f.read_bytes(), f
+
+
+# --------------------------------------------------------------------- details of the rules
+
+
+def test_only_root_and_login_users_homes_count(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HOME", str(tmp_path))  # the caller's home is elsewhere: root's comes from the user table
+    root_home = Path(pwd.getpwuid(0).pw_dir).resolve()
+    if root_home != Path("/") and root_home.is_dir():
+        assert root_home in M._homes() and refused(root_home)
+    denied = [Path(d) for d in M.DENIED]
+    for user in pwd.getpwall():
+        home = Path(user.pw_dir)
+        if 0 < user.pw_uid < 1000 and home.is_dir() and home.resolve() != Path("/"):
+            h = home.resolve()
+            if not any(h == d or h.is_relative_to(d) or d.is_relative_to(h) for d in denied):
+                assert h not in M._homes() and not refused(h), user.pw_name  # a system account's home
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="mounts._homes() catches OSError around Path.resolve(), but Python 3.11 raises RuntimeError for a "
+    "symlink loop: a home directory that is a link loop makes every strict mount check crash",
+)
+def test_a_home_that_is_a_link_loop_does_not_break_the_mount_check(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    loop = tmp_path / "loop"
+    loop.symlink_to(loop)
+    monkeypatch.setenv("HOME", str(loop))
+    assert not refused(tmp_path / "data")
+
+
+def test_volume_error_messages_read_in_full(tmp_path: Path) -> None:
+    with pytest.raises(consist.ConsistError) as err:
+        M.normalize_volumes([5])
+    assert str(err.value) == (
+        "Cannot read the volume 5. Likely cause: volumes is a list, so each entry must be a 'host:container' "
+        "or 'host:container:ro' string. Fix: pass a dict instead: "
+        'volumes={"./data": "/inputs", "./outputs": "/outputs"}.'
+    )
+    with pytest.raises(consist.ConsistError) as err:
+        M.normalize_volumes(["models:/a:/b"])
+    assert str(err.value) == (
+        "Cannot read the volume 'models:/a:/b'. Likely cause: the list form is 'host:container' or "
+        "'host:container:ro', with no other ':'. Fix: pass a dict instead: volumes={\"models\": \"/inputs\"}."
+    )
+    with pytest.raises(consist.ConsistError) as err:
+        M.check_container_path("/a,b", "./host")
+    assert str(err.value) == (
+        "Container path '/a,b' is not allowed. Likely cause: container paths may hold only letters, digits and "
+        ". _ - @ % + ~ /, and may not be '/' itself: an engine would read ',' ':' '=' or a line break as the "
+        "start of another mount option. Fix: choose a plain path such as /inputs."
+    )
+    with pytest.raises(consist.ConsistError) as err:
+        M.plan_mounts({"./data": "inputs"}, roots=[tmp_path], strict=True)
+    assert str(err.value).startswith("Container path 'inputs' for host path './data' is not absolute.")
+    with pytest.raises(consist.ConsistError) as err:
+        M.resolve_host("")
+    assert str(err.value) == "Host path '' is empty or holds a NUL byte. Fix: pass a real directory."
+
+
+def test_path_refusal_messages_read_in_full(tmp_path: Path) -> None:
+    with pytest.raises(consist.PathNotAllowedError) as err:
+        M.check_sensitive(Path("/etc"))
+    assert str(err.value) == (
+        "Refusing to mount host path /etc into a container. Likely cause: it is the file system root, a home "
+        "directory (or contains one), a system directory, or an engine socket or engine state directory (or "
+        "contains one). Fix: mount only the data folders the tool needs; pass strict_mounts=False to lift "
+        "this check."
+    )
+    with pytest.raises(consist.PathNotAllowedError) as err:
+        M.check_under_roots(Path("/srv/x"), [tmp_path])
+    assert str(err.value) == (
+        f"The host path /srv/x lies outside the allowed roots ({tmp_path}). Likely cause: strict_mounts=True "
+        "lets containers see only the run_dir, the project root and the tracker's mounts. Fix: add it to the "
+        'tracker\'s mounts (Tracker(..., mounts={"data": "/srv/x"})), or pass strict_mounts=False.'
+    )
+    with pytest.raises(consist.ConsistError) as err:
+        M.check_mount_args([], [M.Mount(tmp_path, "/in")])
+    assert str(err.value) == (
+        "The engine command would not mount exactly the planned volumes. Likely cause: planned "
+        f"[('{tmp_path}', '/in', False)], the command says []. Fix: report this as a bug in consist; meanwhile "
+        "use plain directory names."
+    )
+
+
+def test_staging_directories_are_made_as_needed_and_shared(tmp_path: Path) -> None:
+    odd = tmp_path / "odd:dir"
+    odd.mkdir()
+    base = tmp_path / "deep" / "er" / "staging"
+    first, second = M.Staging(base), M.Staging(base)
+    a = first.apply([M.Mount(odd, "/o")])
+    b = second.apply([M.Mount(odd, "/o")])
+    assert first.dir != second.dir and first.dir.parent == second.dir.parent == base
+    assert Path(a[0].source).resolve() == Path(b[0].source).resolve() == odd
+    first.cleanup()
+    second.cleanup()
+    assert list(base.iterdir()) == []
+
+
+def test_command_and_output_messages_read_in_full(make_tracker, tmp_path: Path) -> None:
+    expected = {
+        "": 'The container command is empty. Fix: pass a list such as ["python", "model.py"].',
+        "a\0b": "A command argument contains a NUL byte. Fix: remove it.",
+        "x" * 100_001: "The container command is longer than 100,000 characters. Likely cause: configuration "
+        "passed on the command line. Fix: write it to a file, mount the file and pass it via inputs=.",
+    }
+    for command, message in expected.items():
+        with pytest.raises(consist.ConsistError) as err:
+            C._command([command] if command else [])
+        assert str(err.value) == message
+    t = make_tracker()
+    with pytest.raises(consist.ConsistError) as err:
+        C.plan_outputs(t, ["a/x.csv", "b/x.csv"], True)
+    assert (
+        str(err.value) == "Two outputs share the artifact key 'x.csv'. Fix: pass outputs as a dict with distinct keys."
+    )
+    outside = tmp_path.parent / "o.csv"
+    with pytest.raises(consist.PathNotAllowedError) as err:
+        C.plan_outputs(t, [str(outside)], True)
+    assert str(err.value) == (
+        f"Container output path {outside} is outside run_dir and the allowed roots. Likely cause: outputs are "
+        "kept under the tracker's run_dir, project root or mounts. Fix: move the output there, or set "
+        "allow_external_paths=True (or CONSIST_ALLOW_EXTERNAL_PATHS=1)."
+    )

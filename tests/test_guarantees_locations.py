@@ -117,3 +117,43 @@ def test_unknown_mounts_relative_and_external_paths_are_refused(tmp_path: Path, 
 def test_portable_locations() -> None:
     assert is_portable("run_dir://a") and is_portable("scratch://")
     assert not is_portable("/abs/path") and not is_portable(None) and not is_portable("")
+
+
+def test_location_messages_read_in_full(tmp_path: Path, roots: Roots) -> None:
+    with pytest.raises(consist.ConsistError) as err:
+        check_mount_name("Data")
+    assert str(err.value) == (
+        "Mount name 'Data' cannot be used. Likely cause: mount names become location prefixes (Data://...): "
+        "lower-case letters, digits and _ . + -, starting with a letter, and not run_dir or project. "
+        'Fix: use e.g. mounts={"scratch": "/scratch/data"}.'
+    )
+    small = Roots(tmp_path / "r", tmp_path / "p", {"m": tmp_path / "m"})
+    outside = tmp_path / "x.csv"
+    with pytest.raises(consist.OutputError) as err:
+        small.location_for_output(outside, "k")
+    assert str(err.value) == (
+        f"Output 'k' at {outside} lies outside the tracker's roots (run_dir={tmp_path / 'r'}, "
+        f"project={tmp_path / 'p'}, m={tmp_path / 'm'}). Likely cause: outputs are recorded relative to a root "
+        "so that another workspace can restore its own copy. Fix: write it under run_dir or the project, add "
+        "its folder to Tracker(mounts=...), or allow it with allow_external_paths=True (or "
+        "CONSIST_ALLOW_EXTERNAL_PATHS=1)."
+    )
+    with pytest.raises(UnresolvableLocation) as err:
+        small.resolve(str(outside))
+    assert str(err.value) == (
+        f"The output was recorded outside every root, at {outside}. Likely cause: restoring there could "
+        "overwrite a file of another workspace. Fix: pass allow_external_paths=True to restore it there anyway."
+    )
+    with pytest.raises(UnresolvableLocation) as err:
+        small.resolve("gone://f")
+    assert str(err.value) == (
+        "The output was recorded under the mount 'gone', which this tracker does not have. Likely cause: the "
+        "producing tracker had Tracker(mounts={...}) with that name. Fix: add it: "
+        'Tracker(..., mounts={"gone": "/path/to/it"}).'
+    )
+    with pytest.raises(UnresolvableLocation) as err:
+        small.resolve("m://../x")
+    assert str(err.value) == "Recorded location 'm://../x' leaves its root. Likely cause: a damaged record."
+    with pytest.raises(UnresolvableLocation) as err:
+        small.resolve("rel/x")
+    assert str(err.value) == "Recorded location 'rel/x' is not absolute."
