@@ -161,12 +161,16 @@ def test_artifacts_and_run_results_as_inputs(tracker: Tracker) -> None:
     two = tracker.run(lambda: {"a": write("a.txt", "a"), "b": write("b.txt", "b")}, name="two", outputs=["a", "b"])
     with pytest.raises(consist.ConsistError) as err:
         normalize_inputs({"x": two})
-    assert "A run result with 2 outputs was passed as one input" in str(err.value)
-    assert "pass result.outputs[key] instead" in str(err.value)
+    assert str(err.value) == (
+        "A run result with 2 outputs was passed as one input. Likely cause: it is ambiguous which output is "
+        "meant. Fix: pass result.outputs[key] instead."
+    )
     with pytest.raises(consist.ConsistError) as err:
         normalize_inputs({"x": 42})
-    assert "Input of type int is not a path, artifact or run result" in str(err.value)
-    assert "pass a path (str or pathlib.Path), an Artifact or a RunResult" in str(err.value)
+    assert str(err.value) == (
+        "Input of type int is not a path, artifact or run result. "
+        "Fix: pass a path (str or pathlib.Path), an Artifact or a RunResult."
+    )
 
 
 def test_inputs_are_linked_to_the_artifact_that_produced_them(tracker: Tracker) -> None:
@@ -231,7 +235,9 @@ def test_the_run_row_records_identity_and_provenance(make_tracker) -> None:
 def test_nested_runs_record_their_parent(tracker: Tracker) -> None:
     with tracker.start_run("outer", "pipeline"):
         inner = tracker.run(lambda: None, name="inner")
+        inner_hit = tracker.run(lambda: None, name="inner")
     assert inner.run.parent_run_id == "outer"
+    assert inner_hit.cache_hit and index_row(tracker, inner_hit.run_id)["parent_run_id"] == "outer"
     explicit = tracker.run(lambda: None, name="other", parent_run_id="someone")
     assert explicit.run.parent_run_id == "someone"
 
@@ -340,6 +346,7 @@ def test_a_hit_is_recorded_with_its_source_and_outputs(tracker: Tracker, calls) 
     assert calls.n == 1 and hit.cache_hit and hit.cache_source == "first" and hit.run_id == "second"
     row = index_row(tracker, "second")
     assert (row["status"], row["cache_hit"], row["cache_source"]) == ("completed", 1, "first")
+    assert json.loads(row["tags"]) == ["t"] and row["parent_run_id"] is None
     assert row["ended_at"] >= row["started_at"] and row["signature"] == index_row(tracker, "first")["signature"]
     assert links(tracker, "second", "output")["o"]["id"] == first.outputs["o"].id
     assert events == [("start", "second", True), ("done", "second", ["o"])]
@@ -380,6 +387,15 @@ def test_outputs_restored_to_another_path_get_their_own_artifact(make_tracker, t
     # Every hit restored away from the producer's path records its own artifact row.
     assert t._index.query_one("SELECT count(*) AS n FROM artifact WHERE key = 'r'")["n"] == 3
     assert links(t, third.run_id, "output")["r"]["uri"] == restored["uri"]
+
+
+def test_outputs_recorded_without_a_location_restore_to_their_path(tracker: Tracker) -> None:
+    """Index rows written before locations existed carry only the absolute path."""
+    r = tracker.run(lambda: write("legacy/o.txt", "o"), name="legacy", outputs=["o"])
+    tracker._index.execute("UPDATE artifact SET location = NULL WHERE id = ?", (r.outputs["o"].id,))
+    Path("legacy/o.txt").unlink()
+    hit = tracker.run(lambda: write("legacy/o.txt", "other"), name="legacy", outputs=["o"])
+    assert hit.cache_hit and Path("legacy/o.txt").read_text() == "o"
 
 
 def test_readonly_hits_restore_but_record_nothing(tracker: Tracker) -> None:
