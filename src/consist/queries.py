@@ -331,7 +331,7 @@ class MaintenanceMixin:
         A damaged index cannot be opened by a Tracker: use
         :func:`consist.store.rebuild_index` with the ``db_path`` instead.
         """
-        return self._store.rebuild(object_stores=[self._objects.root])
+        return self._store.rebuild(object_stores=[self._objects.root]) or {}
 
 
 @contextmanager

@@ -308,16 +308,24 @@ class DuckStore:
     # ---------------------------------------------------------------- rebuilding the index
 
     def rebuild(
-        self, timeout: float | None = None, object_stores: Iterable[str | os.PathLike[str]] = ()
-    ) -> dict[str, int]:
+        self,
+        timeout: float | None = None,
+        object_stores: Iterable[str | os.PathLike[str]] = (),
+        *,
+        only_if_new: bool = False,
+    ) -> dict[str, int] | None:
         """Reconcile the index with the DuckDB file now, whatever both record.
 
         Copies every run, artifact and link of the DuckDB file that the index lacks
         into the index, merges every index row into DuckDB, and registers the objects
         found in the object stores of the runs' run_dirs (and ``object_stores``).
-        Returns how many rows and objects were added.
+        Returns how many rows and objects were added. ``only_if_new``: do nothing (and
+        return None) when the index was merged into a DuckDB file before, as found
+        under the lock (another process may have just done it).
         """
         with self._open(timeout) as con:
+            if only_if_new and self.index.merged_seq() is not None:
+                return None
             before = {t: self._count(t) for t in ("run", "artifact", "run_artifact")}
             self._merge(con, reconcile=True)
             run_dirs = [
@@ -361,7 +369,7 @@ class DuckStore:
         if self.index.merged_seq() is not None or not self.db_path.exists():
             return None
         try:
-            return self.rebuild(timeout)
+            return self.rebuild(timeout, only_if_new=True)
         except StoreError as exc:
             warnings.warn(
                 f"The run index {self.index.path} is new, and the past runs in {self.db_path} could not be copied "
@@ -470,7 +478,7 @@ def rebuild_index(
                 os.replace(part, f"{moved}{suffix}")
     index = Index(path)
     try:
-        report: dict[str, Any] = DuckStore(db, index, lock_timeout=timeout).rebuild(timeout, object_stores)
+        report: dict[str, Any] = DuckStore(db, index, lock_timeout=timeout).rebuild(timeout, object_stores) or {}
     finally:
         index.close()
     report["moved_aside"] = str(moved) if moved else None
