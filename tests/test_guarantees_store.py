@@ -251,11 +251,6 @@ def test_a_damaged_duckdb_file_fails_at_once(tmp_path: Path, ix: Index) -> None:
     assert time.monotonic() - started < 10  # no retrying for 30 s
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="DuckStore._connect reports every DuckDB IOException as StoreLockedError: a damaged file is "
-    "blamed on 'another program keeps the file open for writing'",
-)
 def test_a_damaged_duckdb_file_is_not_reported_as_locked(tmp_path: Path, ix: Index) -> None:
     bad = tmp_path / "bad.duckdb"
     bad.write_bytes(b"not a database" * 1000)
