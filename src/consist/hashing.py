@@ -17,6 +17,7 @@ import dataclasses
 import datetime as _dt
 import decimal
 import enum
+import errno
 import hashlib
 import json
 import math
@@ -28,7 +29,7 @@ from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path, PurePath
 from typing import Any, Protocol
 
-from .errors import ConfigError, InputNotFoundError
+from .errors import ConfigError, ConsistError, InputNotFoundError
 from .progress import ByteProgress
 
 ALGORITHM = "sha256"
@@ -67,18 +68,107 @@ def sha256_bytes(data: bytes) -> str:
     return f"{ALGORITHM}:{hashlib.sha256(data).hexdigest()}"
 
 
-def hash_stream(path: Path, size: int, label: str | None = None) -> str:
-    """SHA-256 of a file's bytes, read in 1 MiB chunks into a reused buffer."""
+# --------------------------------------------------------------------- files and directories
+
+DIR_FORMAT_LINKS = "consist-dir-v2"  # a manifest holding symbolic links; v1 manifests hold regular files only
+LINK_FORMAT = "consist-link-v1"  # the bytes of a stored symbolic link: this tag, NUL, then its target
+SYMLINK = "symlink"  # a link's manifest entry: [relpath, hash of its link_bytes, target size, {"symlink": target}]
+
+
+def _what(mode: int) -> str:
+    """A file type in words, for error messages."""
+    for test, words in (
+        (_stat.S_ISFIFO, "a named pipe (FIFO)"),
+        (_stat.S_ISSOCK, "a socket"),
+        (_stat.S_ISCHR, "a character device"),
+        (_stat.S_ISBLK, "a block device"),
+        (_stat.S_ISLNK, "a symbolic link"),
+        (_stat.S_ISDIR, "a directory"),
+    ):
+        if test(mode):
+            return words
+    return "not a regular file"
+
+
+def not_regular(path: str | os.PathLike[str], mode: int, name: str | None = None) -> ConsistError:
+    """The error for a pipe, socket, device (or a link where none may be) given to be hashed or stored."""
+    label = f"The input {name!r} at {os.fspath(path)}" if name else os.fspath(path)
+    return ConsistError(
+        f"{label} is {_what(mode)}, not a regular file",
+        "only regular files, directories and (in outputs) symbolic links are hashed and stored; "
+        "reading a pipe, socket or device may never end and gives different bytes every time",
+        "pass a regular file or a directory; write the data to a file first",
+    )
+
+
+def link_loop(path: str | os.PathLike[str], name: str | None = None, back_to: str | None = None) -> ConsistError:
+    """The error for a symbolic link that can never be resolved, or a directory link leading to its own parent."""
+    label = f"The input {name!r} at {os.fspath(path)}" if name else os.fspath(path)
+    try:
+        target = f" (it points to {os.readlink(path)!r})"
+    except OSError:
+        target = ""
+    where = f"leads back to {back_to}, which contains it" if back_to else "never resolves"
+    return ConsistError(
+        f"{label} is a symbolic link loop{target}: following it {where}",
+        "a link points to itself, to a link pointing back to it, or to a directory above it",
+        "remove the link or point it somewhere outside the tree",
+    )
+
+
+def open_regular(path: str | os.PathLike[str], *, follow: bool = True) -> int:
+    """A read-only descriptor of a regular file; pipes, sockets and devices are refused without blocking.
+
+    With ``follow=False`` a symbolic link is refused too (``O_NOFOLLOW``).
+    """
+    flags = os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | (0 if follow else os.O_NOFOLLOW)
+    try:
+        fd = os.open(path, flags)
+    except OSError as exc:
+        if exc.errno != errno.ELOOP:
+            raise
+        if not follow and os.path.islink(path):
+            raise not_regular(path, _stat.S_IFLNK) from None
+        raise link_loop(path) from None
+    st = os.fstat(fd)
+    if not _stat.S_ISREG(st.st_mode):
+        os.close(fd)
+        raise not_regular(path, st.st_mode)
+    return fd
+
+
+def link_bytes(target: str) -> bytes:
+    """What the store keeps for a symbolic link: a tag, then the link's target (never what it points to)."""
+    return f"{LINK_FORMAT}\0".encode() + os.fsencode(target)
+
+
+def link_entry(rel: str, target: str) -> list[Any]:
+    """The manifest entry of a symbolic link: its hash names the stored :func:`link_bytes`, like a file's."""
+    return [rel, sha256_bytes(link_bytes(target)), len(os.fsencode(target)), {SYMLINK: target}]
+
+
+def hash_stream(path: Path, size: int, label: str | None = None, *, fd: int | None = None, follow: bool = True) -> str:
+    """SHA-256 of a file's bytes, read in 1 MiB chunks into a reused buffer.
+
+    Reads ``fd`` from its start when given; otherwise opens ``path`` with
+    :func:`open_regular`, so a pipe or device is refused instead of read forever.
+    """
     h = hashlib.sha256()
     buf = bytearray(CHUNK)
     view = memoryview(buf)
-    with open(path, "rb", buffering=0) as f, ByteProgress(f"hashing {label or path.name}", size) as bar:
-        while True:
-            n = f.readinto(buf)
-            if not n:
-                break
-            h.update(view[:n])
-            bar.advance(n)
+    own = fd is None
+    if fd is None:
+        fd = open_regular(path, follow=follow)
+    try:
+        with ByteProgress(f"hashing {label or path.name}", size) as bar:
+            offset = 0
+            while n := os.preadv(fd, [buf], offset):
+                h.update(view[:n])
+                offset += n
+                bar.advance(n)
+    finally:
+        if own:
+            os.close(fd)
     return f"{ALGORITHM}:{h.hexdigest()}"
 
 
@@ -100,19 +190,32 @@ class FileHasher:
         return f"{ALGORITHM}/{FILE_FORMAT}" if self.strategy == "full" else f"{ALGORITHM}/{FAST_FORMAT}"
 
     def hash_path(self, path: str | os.PathLike[str], name: str | None = None) -> str:
-        """Hash a file or a directory; a missing path raises InputNotFoundError."""
+        """Hash a file or a directory (following symbolic links).
+
+        A missing path raises InputNotFoundError; a pipe, socket, device or a
+        symbolic link loop raises ConsistError before anything is read.
+        """
         p = Path(path)
         try:
             st = p.stat()
         except FileNotFoundError:
             raise InputNotFoundError(p, name) from None
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                raise link_loop(p, name) from None
+            raise
         if _stat.S_ISDIR(st.st_mode):
             return self.hash_dir(p)[0]
+        if not _stat.S_ISREG(st.st_mode):
+            raise not_regular(p, st.st_mode, name)
         return self.hash_file(p, st)
 
-    def hash_file(self, path: Path, st: os.stat_result | None = None) -> str:
+    def hash_file(
+        self, path: Path, st: os.stat_result | None = None, *, fd: int | None = None, follow: bool = True
+    ) -> str:
+        """Hash a regular file (read from ``fd`` when given); ``follow=False`` refuses a symbolic link."""
         if st is None:
-            st = path.stat()
+            st = os.fstat(fd) if fd is not None else (path.stat() if follow else path.lstat())
         key = stat_key(st)
         hit = self.run_cache.get(key)
         if hit is not None:
@@ -123,53 +226,112 @@ class FileHasher:
             if self.strategy == "fast":
                 digest = sha256_bytes(f"{FAST_FORMAT}\0{st.st_size}\0{st.st_mtime_ns}".encode())
             else:
-                digest = hash_stream(path, st.st_size)
+                digest = hash_stream(path, st.st_size, fd=fd, follow=follow)
                 self.bytes_hashed += st.st_size
-                after = path.stat()
+                after = os.fstat(fd) if fd is not None else (path.stat() if follow else path.lstat())
                 if stat_key(after) != key:
                     # Changed while we read it: the digest matches no stable state.
-                    return self.hash_file(path, after)
+                    return self.hash_file(path, after, fd=fd, follow=follow)
             if time.time_ns() - st.st_mtime_ns > RACY_WINDOW_NS:
                 self.memo.memo_put(key, algo, digest)
         self.run_cache[key] = digest
         return digest
 
-    def hash_dir(self, root: Path) -> tuple[str, list[list[Any]]]:
+    def hash_dir(
+        self,
+        root: Path,
+        *,
+        follow_links: bool = True,
+        walked: list[tuple[str, Path, os.stat_result]] | None = None,
+    ) -> tuple[str, list[list[Any]]]:
         """Hash a directory: relative names, sizes and content hashes in sorted order.
 
         Returns the directory hash and its manifest (``[[relpath, hash, size], ...]``).
         The directory hash is the SHA-256 of :func:`manifest_bytes` of the manifest.
+        With ``follow_links=False`` (how outputs are stored) a symbolic link is an
+        entry of its own, ``[relpath, hash, size, {"symlink": target}]`` (see
+        :func:`link_entry`), and is never followed; pipes, sockets and devices,
+        which cannot be stored, are left out.
+        ``walked`` is what :func:`walk_files` returned for ``root``, when the caller has it.
         """
-        entries = []
-        for rel, full, st in walk_files(root):
-            entries.append([rel, self.hash_file(full, st), st.st_size])
+        entries: list[list[Any]] = []
+        for rel, full, st in walked if walked is not None else walk_files(root, follow_links=follow_links):
+            if _stat.S_ISREG(st.st_mode):
+                entries.append([rel, self.hash_file(full, st, follow=follow_links), st.st_size])
+            elif _stat.S_ISLNK(st.st_mode):
+                entries.append(link_entry(rel, os.readlink(full)))
         return sha256_bytes(manifest_bytes(entries)), entries
 
 
-def walk_files(root: Path) -> Iterator[tuple[str, Path, os.stat_result]]:
+def walk_files(root: Path, *, follow_links: bool = True) -> Iterator[tuple[str, Path, os.stat_result]]:
     """Yield (posix relative path, path, stat) for every file under root, sorted.
 
-    Symlinks are followed so the hash covers what a program reading the tree sees.
+    ``follow_links=True`` (inputs): symbolic links are followed so the hash covers
+    what a program reading the tree sees. A link loop (a link that never resolves,
+    or a directory link leading back to a directory that contains it), a dangling
+    link, a pipe, a socket or a device raises ConsistError naming it, before
+    anything is read.
+
+    ``follow_links=False`` (outputs): nothing is followed; symbolic links, pipes,
+    sockets and devices are yielded with their ``lstat`` for the caller to judge.
     """
-    stack = [root]
+    top = os.fspath(root)
     found: list[tuple[str, Path, os.stat_result]] = []
+    if not follow_links:
+        pending = [(top, "")]
+        while pending:
+            d, prefix = pending.pop()
+            with os.scandir(d) as it:
+                for e in it:
+                    if e.is_dir(follow_symlinks=False):
+                        pending.append((e.path, f"{prefix}{e.name}/"))
+                    else:
+                        found.append((prefix + e.name, Path(e.path), e.stat(follow_symlinks=False)))
+        found.sort(key=lambda t: t[0])
+        return iter(found)
+    st = os.stat(top)
+    # Each directory carries the (device, inode) of the directories above it, to see a loop coming.
+    stack: list[tuple[str, str, dict[tuple[int, int], str]]] = [(top, "", {(st.st_dev, st.st_ino): top})]
     while stack:
-        d = stack.pop()
+        d, prefix, above = stack.pop()
         with os.scandir(d) as it:
             for e in it:
-                full = Path(e.path)
-                st = e.stat(follow_symlinks=True)
+                try:
+                    st = e.stat(follow_symlinks=True)
+                except FileNotFoundError:
+                    if not e.is_symlink():
+                        raise
+                    raise ConsistError(
+                        f"{e.path} in {top} is a symbolic link to {os.readlink(e.path)!r}, which does not exist",
+                        "the link's target was moved or deleted, or the link was made relative to another folder",
+                        "fix or remove the link",
+                    ) from None
+                except OSError as exc:
+                    if exc.errno == errno.ELOOP:
+                        raise link_loop(e.path) from None
+                    raise
                 if _stat.S_ISDIR(st.st_mode):
-                    stack.append(full)
+                    key = (st.st_dev, st.st_ino)
+                    if key in above:
+                        raise link_loop(e.path, back_to=above[key])
+                    stack.append((e.path, f"{prefix}{e.name}/", {**above, key: e.path}))
                 elif _stat.S_ISREG(st.st_mode):
-                    found.append((full.relative_to(root).as_posix(), full, st))
+                    found.append((prefix + e.name, Path(e.path), st))
+                else:
+                    raise not_regular(e.path, st.st_mode)
     found.sort(key=lambda t: t[0])
     return iter(found)
 
 
 def manifest_bytes(entries: list[list[Any]]) -> bytes:
-    """Canonical bytes of a directory manifest; its SHA-256 is the directory hash."""
-    body = json.dumps({"format": DIR_FORMAT, "files": entries}, separators=(",", ":"), ensure_ascii=False)
+    """Canonical bytes of a directory manifest; its SHA-256 is the directory hash.
+
+    A manifest of regular files only keeps format v1, byte for byte, so directory
+    hashes recorded before links were kept stay valid; one that holds a symbolic
+    link entry is format v2, a format older versions refuse to read.
+    """
+    fmt = DIR_FORMAT_LINKS if any(len(e) > 3 for e in entries) else DIR_FORMAT
+    body = json.dumps({"format": fmt, "files": entries}, separators=(",", ":"), ensure_ascii=False)
     return body.encode()
 
 

@@ -4,46 +4,112 @@ Every output of a completed run is kept under ``<run_dir>/.consist/objects``,
 named by its SHA-256, so a later cache hit can put back exactly the bytes that
 run produced, even after the original file was overwritten or deleted.
 
-- Objects are written to a temporary file in the store and renamed into place,
-  then made read-only: a reader never sees half an object.
+- The store is private to its owner: its directories are made with mode 0700
+  (an existing store root is narrowed to 0700 when it is next written to), so
+  nobody else can reach an object, whatever mode the output had. Objects are
+  read-only (0444) inside it.
+- An object is copied into a temporary file in the store, read back and hashed,
+  and renamed into place under the hash of exactly those bytes: a reader never
+  sees half an object, and a file that changes while it is stored is stored as
+  the bytes that were copied, never as a mix or a truncated copy under an older
+  hash.
 - Copies use ``copy_file_range``, which clones (reflinks) on file systems that
   support it (XFS, btrfs) and copies in the kernel elsewhere.
 - A directory is stored as its files plus a manifest object (relative path,
-  hash, size per file); the manifest's hash is the directory's hash.
-- Before anything is restored the object is checked against its name (size,
-  then the hash, memoised by stat so an untouched object is not re-read). A
-  damaged object raises :class:`IntegrityError`; callers turn that into a
-  warning and a re-execution, never into a wrong file.
+  hash, size per file); the manifest's hash is the directory's hash. The store
+  never follows a symbolic link: a link is stored as its target text
+  (:func:`link_bytes`), and inside a directory it is a manifest entry
+  ``[relpath, hash, size, {"symlink": target}]`` (manifest format v2), whose hash
+  names that stored text as a file entry's names its bytes. A link to
+  ``/etc/passwd`` or to a host key is kept as that link, never as the file.
+  Pipes, sockets and devices cannot be stored: they are left out with a warning.
+- Modes are not part of an object (equal bytes are one object); the producing
+  run's artifact records them (``mode``/``modes`` in its meta, only where they
+  differ from 0644), and a restore gives each file that mode, less the umask.
+- A restore is verified, never answered from metadata: :meth:`ObjectStore.check`
+  looks at every object's type and size before anything is written, then each
+  copy is read back and hashed beside its destination and renamed into place
+  only when the hash matched. A mismatch raises :class:`IntegrityError` (callers
+  turn it into a warning and a re-execution, never into a wrong file), removes
+  the damaged object so the next store of that content repairs it, and leaves
+  the destination as it was. Anything else at an object's place (a directory,
+  a link) is damage too, and the next store replaces it.
 """
 
 from __future__ import annotations
 
 import errno
+import hashlib
 import json
 import os
+import re
 import shutil
+import stat as _stat
 import uuid
-from collections.abc import Iterable
+import warnings
+from collections import Counter
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from .errors import IntegrityError
+from .errors import ConsistError, ConsistWarning, IntegrityError
 from .hashing import (
     DIR_FORMAT,
+    DIR_FORMAT_LINKS,
+    LINK_FORMAT,
+    SYMLINK,
     FileHasher,
     HashMemo,
     NullMemo,
+    link_bytes,
+    link_entry,
     manifest_bytes,
+    not_regular,
+    open_regular,
     sha256_bytes,
     stat_key,
+    walk_files,
 )
 from .progress import ByteProgress
 
 COPY_CHUNK = 64 << 20
+READ_CHUNK = 1 << 20
+ORDINARY_MODE = 0o644  # what a restore gives a file without a recorded mode; never recorded itself
+STORE_DIR_MODE = 0o700
+OBJECT_MODE = 0o444
+_DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
+_NO_KERNEL_COPY = (errno.EXDEV, errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.EPERM)
 
-#: What ObjectStore.check returns: an object path (a file), or (relative name,
-#: object path, size) for each file of a directory.
+
+class Source(str):
+    """A checked object: its path (the string), the hash its bytes must have, their size, the mode to restore."""
+
+    digest: str
+    size: int
+    mode: int | None
+
+    def __new__(cls, path: str, digest: str, size: int, mode: int | None = None) -> Source:
+        self = super().__new__(cls, path)
+        self.digest, self.size, self.mode = digest, size, mode
+        return self
+
+
+class Link(str):
+    """A checked symbolic link to restore: the string is its target, written as is and never followed."""
+
+
+class Manifest(list):  # type: ignore[type-arg]
+    """The entries of a stored directory, with ``modes``: each stored file's mode by relative path."""
+
+    modes: dict[str, int]
+
+
+#: What ObjectStore.check returns: an object (a file) or a link, or (relative name,
+#: object or link, size) for each entry of a directory.
 Checked = str | list[tuple[str, str, int]]
+
+
+# ------------------------------------------------------------------------- copying
 
 
 def _copy_fd(infd: int, outfd: int, size: int, bar: ByteProgress) -> None:
@@ -57,7 +123,7 @@ def _copy_fd(infd: int, outfd: int, size: int, bar: ByteProgress) -> None:
             left -= n
             bar.advance(n)
     except OSError as exc:
-        if exc.errno not in (errno.EXDEV, errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.EPERM):
+        if exc.errno not in _NO_KERNEL_COPY:
             raise
         os.lseek(infd, size - left, os.SEEK_SET)
         while chunk := os.read(infd, 1 << 20):
@@ -69,6 +135,206 @@ def copy_bytes(src: Path, dst: Path, size: int, label: str) -> None:
     """Copy src to a new file dst (clones where the file system supports it)."""
     with open(src, "rb") as fin, open(dst, "xb") as fout, ByteProgress(f"copying {label}", size) as bar:
         _copy_fd(fin.fileno(), fout.fileno(), size, bar)
+
+
+def _copy_hashed(infd: int, outfd: int, size: int | None, bar: ByteProgress) -> tuple[str, int]:
+    """Copy from the start of infd into the empty outfd, then read the copy back and hash it.
+
+    Copies ``size`` bytes (fewer if infd ends first), or up to the end of infd
+    however far it has grown when ``size`` is None. Returns the SHA-256 (hex) of
+    the bytes outfd now holds and their count: what was written, not what was
+    meant to be. ``copy_file_range`` clones where it can; reading the clone back
+    reads the shared blocks, so a damaged object cannot pass.
+    """
+    h = hashlib.sha256()
+    buf = bytearray(READ_CHUNK)
+    view = memoryview(buf)
+    done = 0
+    kernel = True
+    while size is None or done < size:
+        want = COPY_CHUNK if size is None else min(COPY_CHUNK, size - done)
+        n = 0
+        if kernel:
+            try:
+                n = os.copy_file_range(infd, outfd, want, done, done)
+            except OSError as exc:
+                if exc.errno not in _NO_KERNEL_COPY:
+                    raise
+                kernel = False
+        if not kernel:
+            data = os.pread(infd, min(want, READ_CHUNK), done)
+            n = len(data)
+            written = 0
+            while written < n:
+                written += os.pwrite(outfd, data[written:], done + written)
+        if n == 0:
+            break
+        offset, left = done, n
+        while left > 0:
+            got = os.preadv(outfd, [view[: min(left, READ_CHUNK)]], offset)
+            if got == 0:
+                raise OSError(errno.EIO, "a copy reads back shorter than it was written")
+            h.update(view[:got])
+            offset += got
+            left -= got
+        done += n
+        bar.advance(n)
+    return h.hexdigest(), done
+
+
+def _remove(path: str | os.PathLike[str]) -> None:
+    """Remove a file, a link (never what it points to) or a directory tree; absent is fine."""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return
+    if _stat.S_ISDIR(st.st_mode):
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
+
+
+def _private_dir(path: Path) -> None:
+    """Make a store directory with mode 0700; narrow an existing one of ours that others could enter."""
+    try:
+        os.mkdir(path, STORE_DIR_MODE)
+    except FileExistsError:
+        st = os.lstat(path)
+        if _stat.S_ISDIR(st.st_mode) and st.st_uid == os.geteuid() and st.st_mode & 0o077:
+            os.chmod(path, _stat.S_IMODE(st.st_mode) & ~0o077)
+
+
+# ------------------------------------------------------------------------- modes
+
+
+def _perm(mode: int) -> int:
+    """Permission bits worth keeping: read, write, execute; never set-id or sticky bits."""
+    return _stat.S_IMODE(mode) & 0o777
+
+
+def _octal(mode: int) -> str:
+    return f"{mode:04o}"
+
+
+def mode_meta(mode: int) -> dict[str, str]:
+    """Artifact meta recording a file's mode: ``{"mode": "0600"}``, or nothing for the ordinary 0644."""
+    perm = _perm(mode)
+    return {} if perm == ORDINARY_MODE else {"mode": _octal(perm)}
+
+
+def modes_meta(modes: Mapping[str, int]) -> dict[str, Any]:
+    """Artifact meta recording the modes of a directory's files: the usual one and the exceptions.
+
+    ``{"mode": "0600"}`` when most files have a mode other than 0644, and
+    ``{"modes": {relpath: "0755", ...}}`` for the files that differ from it.
+    """
+    perms = {rel: _perm(m) for rel, m in modes.items()}
+    if not perms:
+        return {}
+    counts = Counter(perms.values())
+    usual = max(counts, key=lambda m: (counts[m], m == ORDINARY_MODE))
+    out: dict[str, Any] = {} if usual == ORDINARY_MODE else {"mode": _octal(usual)}
+    odd = {rel: _octal(m) for rel, m in perms.items() if m != usual}
+    if odd:
+        out["modes"] = odd
+    return out
+
+
+def _parse_mode(value: Any) -> int | None:
+    if isinstance(value, str) and re.fullmatch(r"[0-7]{3,4}", value):
+        return int(value, 8) & 0o777
+    return None
+
+
+def _recorded_modes(meta: Any) -> tuple[int | None, Mapping[str, Any]]:
+    """(usual mode, exceptions by relative path) from an artifact's meta (JSON text or a dict)."""
+    if isinstance(meta, str):
+        try:
+            meta = json.loads(meta)
+        except ValueError:
+            return None, {}
+    if not isinstance(meta, Mapping):
+        return None, {}
+    odd = meta.get("modes")
+    return _parse_mode(meta.get("mode")), odd if isinstance(odd, Mapping) else {}
+
+
+def _restored_perm(mode: int | None) -> int:
+    """The mode a restore gives: the recorded one (or 0644) less the process umask, as a new file would get."""
+    return (ORDINARY_MODE if mode is None else mode) & ~_umask() & 0o777
+
+
+# ------------------------------------------------------------------------- links and manifests
+
+
+def link_digest(path: Path) -> tuple[str, int]:
+    """(hash, size) of a symbolic link as the store keeps it: its target text, never what it points to."""
+    target = os.readlink(path)
+    return sha256_bytes(link_bytes(target)), len(os.fsencode(target))
+
+
+def file_entries(manifest: Iterable[list[Any]]) -> list[list[Any]]:
+    """The manifest entries that are regular files (links left out)."""
+    return [e for e in manifest if len(e) == 3]
+
+
+def manifest_size(manifest: Iterable[list[Any]]) -> int:
+    """Total bytes of a directory's regular files."""
+    return sum(e[2] for e in manifest if len(e) == 3)
+
+
+def place(path: Path) -> Path:
+    """The absolute path of ``path`` itself: its parents resolved, a link at the end left unfollowed."""
+    path = Path(path)
+    return path.parent.resolve() / path.name if path.is_symlink() else path.resolve()
+
+
+def _damaged(problem: str) -> IntegrityError:
+    return IntegrityError(
+        problem,
+        "the object store was edited by hand, or its files were damaged",
+        "nothing to do: the step runs again; run tracker.prune_store(verify=True) to drop damaged objects",
+    )
+
+
+# ------------------------------------------------------------------------- the store
+
+
+class Staged:
+    """A restore copied and verified under a hidden name beside its destination; not visible until published."""
+
+    def __init__(self, tmp: Path, dest: Path, is_dir: bool) -> None:
+        self.tmp, self.dest, self.is_dir = tmp, dest, is_dir
+        self.done = False
+
+    def publish(self) -> None:
+        """Put the staged copy at its destination, replacing whatever is there (a link is replaced, not followed)."""
+        dest = self.dest
+        try:
+            st: os.stat_result | None = os.lstat(dest)
+        except FileNotFoundError:
+            st = None
+        if st is None or not (self.is_dir or _stat.S_ISDIR(st.st_mode)):
+            os.replace(self.tmp, dest)  # a file or a link replaces a file or a link in one rename
+            self.done = True
+            return
+        trash = dest.parent / f".{dest.name}.consist-old-{uuid.uuid4().hex[:8]}"
+        os.replace(dest, trash)
+        try:
+            os.replace(self.tmp, dest)
+        except BaseException:
+            os.replace(trash, dest)
+            raise
+        self.done = True
+        _remove(trash)
+
+    def discard(self) -> None:
+        """Remove the staged copy unless it was published."""
+        if not self.done:
+            _remove(self.tmp)
 
 
 class ObjectStore:
@@ -91,48 +357,79 @@ class ObjectStore:
         return f"{self._root_str}/{algo}/{hexd[:2]}/{hexd[2:]}"
 
     def _tmp(self) -> Path:
-        tmp = self.root / "tmp"
         if not self._made:
-            tmp.mkdir(parents=True, exist_ok=True)
+            self.root.parent.mkdir(parents=True, exist_ok=True)
+            _private_dir(self.root)
+            _private_dir(self.root / "tmp")
             self._made = True
-        return tmp / uuid.uuid4().hex
+        return self.root / "tmp" / uuid.uuid4().hex
 
     def _install(self, tmp: Path, digest: str) -> Path:
         final = self.path_of(digest)
-        final.parent.mkdir(parents=True, exist_ok=True)
-        os.chmod(tmp, 0o444)
-        os.replace(tmp, final)
+        if not final.parent.is_dir():
+            _private_dir(final.parent.parent)
+            _private_dir(final.parent)
+        os.chmod(tmp, OBJECT_MODE)
+        try:
+            os.replace(tmp, final)
+        except OSError as exc:
+            if exc.errno not in (errno.EISDIR, errno.ENOTEMPTY, errno.EEXIST):
+                raise
+            # A directory sits where this object goes: damage. Move it out of the way, then install.
+            aside = self._tmp()
+            os.replace(final, aside)
+            _remove(aside)
+            os.replace(tmp, final)
         # The store wrote and hashed these bytes itself and keeps them read-only,
         # so the memo may trust this stat right away (no racy-timestamp wait).
         self.memo.memo_put(stat_key(final.stat()), _object_algo(), digest)
         return final
 
-    def has(self, digest: str) -> bool:
-        return self.path_of(digest).is_file()
+    def has(self, digest: str, size: int | None = None) -> bool:
+        """Whether a regular file (of ``size`` bytes, when given) is stored under this hash.
+
+        A directory or a link at an object's place is not an object, nor is a file
+        of the wrong size: storing that content again replaces it.
+        """
+        try:
+            st = os.lstat(self._path_str(digest))
+        except OSError:
+            return False
+        return _stat.S_ISREG(st.st_mode) and (size is None or st.st_size == size)
 
     # ---------------------------------------------------------------- store
 
     def put_file(self, src: Path, hasher: FileHasher) -> tuple[str, int]:
-        """Store a file; returns (hash, size). Reads the source once when it is new."""
-        before = src.stat()
-        digest = hasher.hash_file(src, before)
-        if self.has(digest):
-            return digest, before.st_size
-        tmp = self._tmp()
+        """Store a regular file; returns (hash, size) of exactly the bytes stored.
+
+        ``src`` is never followed if it is a symbolic link, and a pipe, socket or
+        device is refused (ConsistError) without being opened for reading. The
+        file is hashed through the memo first, so known content is not copied;
+        new content is copied up to its end, however far it grew meanwhile, and
+        stored under the hash of what the copy holds.
+        """
+        fd = open_regular(src, follow=False)
         try:
-            copy_bytes(src, tmp, before.st_size, src.name)
-            after = src.stat()
-            if (after.st_size, after.st_mtime_ns, after.st_ctime_ns) != (
-                before.st_size,
-                before.st_mtime_ns,
-                before.st_ctime_ns,
-            ):
-                # The file changed while we copied it: hash what we actually hold.
-                digest = FileHasher(NullMemo()).hash_file(tmp)
-            self._install(tmp, digest)
+            st = os.fstat(fd)
+            digest = hasher.hash_file(src, st, fd=fd)
+            if self.has(digest, st.st_size):
+                return digest, st.st_size
+            tmp = self._tmp()
+            try:
+                outfd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+                try:
+                    with ByteProgress(f"copying {src.name}", st.st_size) as bar:
+                        hexd, size = _copy_hashed(fd, outfd, None, bar)
+                finally:
+                    os.close(outfd)
+                digest = f"sha256:{hexd}"
+                if not self.has(digest, size):
+                    self._install(tmp, digest)
+            finally:
+                tmp.unlink(missing_ok=True)
+            return digest, size
         finally:
-            tmp.unlink(missing_ok=True)
-        return digest, before.st_size
+            os.close(fd)
 
     def put_bytes(self, data: bytes) -> str:
         digest = sha256_bytes(data)
@@ -145,16 +442,39 @@ class ObjectStore:
                 tmp.unlink(missing_ok=True)
         return digest
 
-    def put_dir(self, src: Path, hasher: FileHasher) -> tuple[str, int, list[list[Any]]]:
-        """Store every file of a directory and its manifest; returns (hash, total size, manifest)."""
-        from .hashing import walk_files
+    def put_link(self, path: Path) -> tuple[str, int]:
+        """Store a symbolic link as its target text (never what it points to); returns (hash, target size)."""
+        target = os.readlink(path)
+        return self.put_bytes(link_bytes(target)), len(os.fsencode(target))
 
-        entries: list[list[Any]] = []
+    def put_dir(self, src: Path, hasher: FileHasher) -> tuple[str, int, list[list[Any]]]:
+        """Store every file of a directory and its manifest; returns (hash, total size, manifest).
+
+        Nothing is followed: a symbolic link is stored as its target text and
+        listed as ``[relpath, hash, size, {"symlink": target}]``, whatever it points
+        to. Pipes, sockets and devices are left out with a ConsistWarning. The
+        manifest returned is a :class:`Manifest`: its ``modes`` give each file's mode.
+        """
+        entries = Manifest()
+        entries.modes = modes = {}
         total = 0
-        for rel, full, _st in walk_files(src):
-            digest, size = self.put_file(full, hasher)
-            entries.append([rel, digest, size])
-            total += size
+        for rel, full, st in walk_files(src, follow_links=False):
+            if _stat.S_ISLNK(st.st_mode):
+                target = os.readlink(full)
+                self.put_bytes(link_bytes(target))
+                entries.append(link_entry(rel, target))
+            elif _stat.S_ISREG(st.st_mode):
+                digest, size = self.put_file(full, hasher)
+                entries.append([rel, digest, size])
+                total += size
+                modes[rel] = st.st_mode
+            else:
+                warnings.warn(
+                    f"{not_regular(full, st.st_mode).problem}: the object store keeps regular files, directories "
+                    "and symbolic links only, so it is left out of the stored directory",
+                    ConsistWarning,
+                    stacklevel=2,
+                )
         return self.put_bytes(manifest_bytes(entries)), total, entries
 
     # ---------------------------------------------------------------- verify
@@ -163,28 +483,40 @@ class ObjectStore:
         """The object's path after checking size and hash; IntegrityError if damaged or absent."""
         return Path(self._verified(digest, size))
 
-    def _verified(self, digest: str, size: int | None = None) -> str:
+    def _missing(self, digest: str) -> IntegrityError:
+        err = IntegrityError(
+            f"Stored object {digest} is missing from {self.root}",
+            "the object store was pruned or files were deleted by hand",
+            "nothing to do: the step runs again and stores its outputs anew",
+        )
+        err.missing_digest = digest
+        return err
+
+    def _stat_object(self, digest: str, size: int | None) -> tuple[str, os.stat_result]:
+        """An object's path and lstat: present, a regular file, of the expected size; else IntegrityError."""
+        if not _DIGEST.fullmatch(digest):
+            raise _damaged(f"{digest!r} is not the name of a stored object")
         path = self._path_str(digest)
         try:
-            st = os.stat(path)
-        except FileNotFoundError:
-            err = IntegrityError(
-                f"Stored object {digest} is missing from {self.root}",
-                "the object store was pruned or files were deleted by hand",
-                "nothing to do: the step runs again and stores its outputs anew",
-            )
-            err.missing_digest = digest
-            raise err from None
-        if size is not None and st.st_size != size:
+            st = os.lstat(path)
+        except (FileNotFoundError, NotADirectoryError):
+            raise self._missing(digest) from None
+        if not _stat.S_ISREG(st.st_mode):
+            raise _damaged(f"Stored object {not_regular(path, st.st_mode).problem}")
+        if size is not None and st.st_size != size:  # storing this content again replaces it (see has)
             raise IntegrityError(
                 f"Stored object {path} has {st.st_size} bytes, expected {size}",
                 "the file was modified or truncated after it was stored",
                 "nothing to do: the step runs again; run tracker.prune_store() to drop damaged objects",
             )
+        return path, st
+
+    def _verified(self, digest: str, size: int | None = None) -> str:
+        path, st = self._stat_object(digest, size)
         algo = _object_algo()
         if self.memo.memo_get(stat_key(st), algo) == digest:
             return path
-        actual = FileHasher(NullMemo()).hash_file(Path(path), st)
+        actual = FileHasher(NullMemo()).hash_file(Path(path), st, follow=False)
         if actual != digest:
             raise IntegrityError(
                 f"Stored object {path} hashes to {actual}, not {digest}",
@@ -194,72 +526,191 @@ class ObjectStore:
         self.memo.memo_put(stat_key(st), algo, digest)
         return path
 
+    def _read_verified(self, digest: str) -> bytes:
+        """A small object's bytes, hashed as read (never from the memo)."""
+        path, _ = self._stat_object(digest, None)
+        try:
+            fd = open_regular(path, follow=False)
+        except ConsistError as exc:
+            raise _damaged(f"Stored object {exc.problem}") from None
+        try:
+            st = os.fstat(fd)
+            with os.fdopen(os.dup(fd), "rb") as f:
+                data = f.read()
+        finally:
+            os.close(fd)
+        actual = sha256_bytes(data)
+        if actual != digest:
+            self._drop(path, st)
+            raise IntegrityError(
+                f"Stored object {path} hashes to {actual}, not {digest}",
+                "the file was modified after it was stored, or the disk damaged it",
+                "nothing to do: the step runs again and stores its outputs anew",
+            )
+        return data
+
     def read_manifest(self, digest: str) -> list[list[Any]]:
-        data = self.verify(digest).read_bytes()
-        body = json.loads(data)
-        if body.get("format") != DIR_FORMAT:
+        data = self._read_verified(digest)
+        try:
+            body = json.loads(data)
+        except ValueError:
+            body = None
+        fmt = body.get("format") if isinstance(body, dict) else None
+        if fmt not in (DIR_FORMAT, DIR_FORMAT_LINKS) or not isinstance(body.get("files"), list):
             raise IntegrityError(f"Object {digest} is not a directory manifest")
-        return body["files"]
+        files = body["files"]
+        if fmt == DIR_FORMAT and any(isinstance(e, list) and len(e) != 3 for e in files):
+            raise _damaged(f"Directory manifest {digest} of format {DIR_FORMAT} lists a symbolic link")
+        return files
+
+    def _drop(self, path: str, st: os.stat_result) -> None:
+        """Remove a damaged object of this store (if it is still the file found damaged), so a store repairs it."""
+        if not path.startswith(self._root_str + os.sep):
+            return
+        try:
+            now = os.lstat(path)
+            if (now.st_dev, now.st_ino) == (st.st_dev, st.st_ino):
+                os.unlink(path)
+        except OSError:
+            pass
 
     # ---------------------------------------------------------------- restore
 
-    def check(self, kind: str, digest: str, size: int | None) -> Checked:
-        """Verify everything a restore of this artifact will copy, before anything is written.
+    def check(self, kind: str, digest: str, size: int | None, meta: Any = None) -> Checked:
+        """Check everything a restore of this artifact will copy, before anything is written.
 
-        Returns what :meth:`write` needs; raises IntegrityError when any object is
-        missing or damaged.
+        Every object must be present, a regular file and of its recorded size; a
+        directory manifest and a stored link are read and hashed here. The bytes
+        of file objects are hashed by :meth:`write` as they are copied. ``meta`` is
+        the artifact's meta (the recorded modes). Returns what :meth:`write`
+        needs; raises IntegrityError when anything is missing or damaged.
         """
+        usual, odd = _recorded_modes(meta)
+        if kind == "link":
+            return self._link(digest, size)
         if kind != "dir":
-            return self._verified(digest, size)
+            path, st = self._stat_object(digest, size)
+            return Source(path, digest, st.st_size, usual)
         entries = self.read_manifest(digest)
-        for rel, _, _ in entries:
+        names: set[str] = set()
+        for entry in entries:
+            rel = entry[0] if isinstance(entry, list) and len(entry) in (3, 4) else None
+            if not isinstance(rel, str):
+                raise _damaged(f"Directory manifest {digest} holds a malformed entry {entry!r}")
             if not rel or os.path.isabs(rel) or ".." in rel.split("/"):
                 raise IntegrityError(
                     f"Directory manifest {digest} lists {rel!r}, which points outside its directory",
                     "the object store was edited by hand",
                     "nothing to do: the step runs again; run tracker.prune_store() to drop the entry",
                 )
-        return [(rel, self._verified(fdigest, fsize), fsize) for rel, fdigest, fsize in entries]
+            if "" in rel.split("/") or "." in rel.split("/") or "\0" in rel or rel in names:
+                raise _damaged(f"Directory manifest {digest} lists {rel!r} twice or not as a plain relative path")
+            names.add(rel)
+        out: list[tuple[str, str, int]] = []
+        for entry in entries:
+            rel, fdigest, fsize = entry[:3]
+            parts = rel.split("/")
+            for i in range(1, len(parts)):
+                if "/".join(parts[:i]) in names:
+                    raise _damaged(f"Directory manifest {digest} lists {rel!r} inside the file or link {parts[0]!r}")
+            if len(entry) == 4:  # a symbolic link, restored from its target text in the (verified) manifest
+                target = entry[3].get(SYMLINK) if isinstance(entry[3], dict) else None
+                if not isinstance(target, str) or not target or "\0" in target or link_entry(rel, target) != entry:
+                    raise _damaged(f"Directory manifest {digest} lists a malformed link {rel!r}")
+                out.append((rel, Link(target), 0))
+                continue
+            if not isinstance(fdigest, str) or not isinstance(fsize, int) or isinstance(fsize, bool) or fsize < 0:
+                raise _damaged(f"Directory manifest {digest} holds a malformed entry for {rel!r}")
+            path, st = self._stat_object(fdigest, fsize)
+            mode = _parse_mode(odd[rel]) if rel in odd else usual
+            out.append((rel, Source(path, fdigest, fsize, mode), fsize))
+        return out
+
+    def _link(self, digest: str, size: int | None) -> Link:
+        data = self._read_verified(digest)
+        tag = f"{LINK_FORMAT}\0".encode()
+        target = data[len(tag) :]
+        if not data.startswith(tag) or not target or b"\0" in target:
+            raise _damaged(f"Object {digest} is not a stored symbolic link")
+        if size is not None and len(target) != size:
+            raise _damaged(f"Stored link {digest} has a target of {len(target)} bytes, expected {size}")
+        return Link(os.fsdecode(target))
 
     def write(self, checked: Checked, dest: Path) -> None:
-        """Put checked bytes at ``dest``, replacing whatever is there in one rename."""
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        if isinstance(checked, str):
-            tmp = dest.parent / f".{dest.name}.consist-{uuid.uuid4().hex[:8]}"
-            try:
-                copy_bytes(Path(checked), tmp, os.stat(checked).st_size, dest.name)
-                os.chmod(tmp, 0o644 & ~_umask())
-                os.replace(tmp, dest)
-            finally:
-                tmp.unlink(missing_ok=True)
-            return
-        build = dest.parent / f".{dest.name}.consist-{uuid.uuid4().hex[:8]}"
-        build.mkdir()
+        """Put checked bytes at ``dest``, replacing whatever is there in one rename (see :meth:`stage`)."""
+        staged = self.stage(checked, dest)
         try:
-            self._fill(build, checked, dest.name)
-            if dest.exists() or dest.is_symlink():
-                trash = dest.parent / f".{dest.name}.consist-old-{uuid.uuid4().hex[:8]}"
-                os.replace(dest, trash)
-                os.replace(build, dest)
-                shutil.rmtree(trash, ignore_errors=True) if trash.is_dir() else trash.unlink()
-            else:
-                os.replace(build, dest)
+            staged.publish()
         finally:
-            if build.exists():
-                shutil.rmtree(build, ignore_errors=True)
+            staged.discard()
 
-    @staticmethod
-    def _fill(build: Path, sources: list[tuple[str, str, int]], label: str) -> None:
-        """Copy verified objects into a private build directory.
+    def stage(self, checked: Checked, dest: Path) -> Staged:
+        """Copy and verify a restore under a hidden name beside ``dest``; publish() makes it visible.
+
+        Each file's copy is read back and hashed: a copy that does not match the
+        hash it is stored under raises IntegrityError, and nothing is left behind.
+        """
+        dest = Path(dest)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        tmp = dest.parent / f".{dest.name}.consist-{uuid.uuid4().hex[:8]}"
+        is_dir = not isinstance(checked, str)
+        try:
+            if isinstance(checked, Link):
+                os.symlink(checked, tmp)
+            elif isinstance(checked, str):
+                with ByteProgress(f"copying {dest.name}", getattr(checked, "size", None)) as bar:
+                    self._restore_file(checked, os.fspath(tmp), None, bar)
+            else:
+                os.mkdir(tmp)
+                self._fill(tmp, checked, dest.name)
+        except BaseException:
+            _remove(tmp)
+            raise
+        return Staged(tmp, dest, is_dir)
+
+    def _restore_file(self, src: str, target: str, size: int | None, bar: ByteProgress) -> None:
+        """Copy one object to the new file ``target`` with its mode; IntegrityError unless the copy hashes right."""
+        infd = os.open(src, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        try:
+            st = os.fstat(infd)
+            if not _stat.S_ISREG(st.st_mode):
+                raise _damaged(f"Stored object {not_regular(src, st.st_mode).problem}")
+            digest = getattr(src, "digest", None) or _digest_at(src)
+            if size is None:
+                size = getattr(src, "size", st.st_size)
+            mode = getattr(src, "mode", None)
+            flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+            outfd = os.open(target, flags, ORDINARY_MODE if mode is None else mode)
+            try:
+                hexd, copied = _copy_hashed(infd, outfd, size, bar)
+            finally:
+                os.close(outfd)
+            if copied != size or f"sha256:{hexd}" != digest:
+                self._drop(src, st)
+                problem = (
+                    f"Stored object {src} has {copied} bytes, expected {size}"
+                    if copied != size
+                    else f"Stored object {src} hashes to sha256:{hexd}, not {digest}"
+                )
+                raise IntegrityError(
+                    problem,
+                    "the file was modified after it was stored, or the disk damaged it",
+                    "nothing to do: the step runs again and stores its outputs anew",
+                )
+        finally:
+            os.close(infd)
+
+    def _fill(self, build: Path, sources: list[tuple[str, str, int]], label: str) -> None:
+        """Copy checked objects into a private build directory, each one verified.
 
         Directory outputs are often thousands of small files, where per-file Python
         overhead dominates: the build directory is not visible yet, so files are
-        written under their final names (no temporary name, rename or chmod; the
-        umask applies through the create mode) and each parent is made once.
+        written under their final names (no temporary name or rename; each file is
+        created with its recorded mode, the umask applies) and each parent is made once.
         """
         base = os.fspath(build)
         made = {base}
-        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL  # os.open descriptors are not inherited anyway
+        damage: IntegrityError | None = None
         with ByteProgress(f"restoring {label}", sum(size for _, _, size in sources)) as bar:
             for rel, src, size in sources:
                 target = os.path.join(base, rel)
@@ -267,15 +718,15 @@ class ObjectStore:
                 if parent not in made:
                     os.makedirs(parent, exist_ok=True)
                     made.add(parent)
-                infd = os.open(src, os.O_RDONLY)
+                if isinstance(src, Link):
+                    os.symlink(src, target)
+                    continue
                 try:
-                    outfd = os.open(target, flags, 0o644)
-                    try:
-                        _copy_fd(infd, outfd, size, bar)
-                    finally:
-                        os.close(outfd)
-                finally:
-                    os.close(infd)
+                    self._restore_file(src, target, size, bar)
+                except IntegrityError as exc:  # go on: every damaged object is found and dropped now
+                    damage = damage or exc
+        if damage is not None:
+            raise damage
 
     # ---------------------------------------------------------------- prune
 
@@ -284,18 +735,18 @@ class ObjectStore:
         if not base.is_dir():
             return
         for sub in base.iterdir():
-            if sub.is_dir():
+            if sub.is_dir() and not sub.is_symlink():
                 for f in sub.iterdir():
                     yield f"sha256:{sub.name}{f.name}", f
 
     def remove(self, digest: str) -> int:
         path = self.path_of(digest)
         try:
-            size = path.stat().st_size
-            path.unlink()
-            return size
+            size = path.lstat().st_size
         except FileNotFoundError:
             return 0
+        _remove(path)
+        return size
 
     def clear_tmp(self, older_than_s: float = 3600.0) -> None:
         """Remove temporary files left by killed processes (recent ones may be in use)."""
@@ -307,10 +758,79 @@ class ObjectStore:
         limit = time.time() - older_than_s
         for f in tmp.iterdir():
             try:
-                if f.stat().st_mtime < limit:
-                    f.unlink()
+                if f.lstat().st_mtime < limit:
+                    _remove(f)
             except FileNotFoundError:
                 pass
+
+
+def restore_all(items: Iterable[tuple[ObjectStore, Checked, Path]]) -> None:
+    """Restore several checked artifacts: all are copied and verified before any is published.
+
+    A damaged object does not stop the others from being verified (each damaged
+    object is dropped, so the re-execution stores all of them again); then the
+    first error is raised and nothing is published.
+    """
+    staged: list[Staged] = []
+    damage: IntegrityError | None = None
+    try:
+        for store, checked, dest in items:
+            try:
+                staged.append(store.stage(checked, dest))
+            except IntegrityError as exc:
+                damage = damage or exc
+        if damage is not None:
+            raise damage
+        for s in staged:
+            s.publish()
+    finally:
+        for s in staged:
+            s.discard()
+
+
+def holds(kind: str, digest: str, size: int | None, meta: Any, dest: Path, hasher: FileHasher) -> bool:
+    """True when ``dest`` already is what a restore of the artifact would make: kind, content and modes.
+
+    A symbolic link at ``dest`` holds only a link artifact with the same target:
+    a file or directory artifact is never read through a link there (a restore
+    replaces the link instead).
+    """
+    try:
+        st = os.lstat(dest)
+    except (FileNotFoundError, NotADirectoryError):
+        return False
+    if kind == "link":
+        return _stat.S_ISLNK(st.st_mode) and link_digest(dest)[0] == digest
+    usual, odd = _recorded_modes(meta)
+    try:
+        if kind == "dir":
+            if not _stat.S_ISDIR(st.st_mode):
+                return False
+            walked = list(walk_files(dest, follow_links=False))
+            if hasher.hash_dir(dest, follow_links=False, walked=walked)[0] != digest:
+                return False
+            return all(
+                _perm(fst.st_mode) == _restored_perm(_parse_mode(odd[rel]) if rel in odd else usual)
+                for rel, _, fst in walked
+                if _stat.S_ISREG(fst.st_mode)
+            )
+        return (
+            _stat.S_ISREG(st.st_mode)
+            and st.st_size == size
+            and _perm(st.st_mode) == _restored_perm(usual)
+            and hasher.hash_file(dest, st, follow=False) == digest
+        )
+    except ConsistError:  # changed into something that cannot be read meanwhile: restore it
+        return False
+
+
+def _digest_at(path: str) -> str:
+    """The hash an object path names (``<root>/<algo>/<2 hex>/<62 hex>``)."""
+    head, shard, rest = path.rsplit("/", 2)
+    digest = f"{os.path.basename(head)}:{shard}{rest}"
+    if not _DIGEST.fullmatch(digest):
+        raise _damaged(f"{path} is not the path of a stored object")
+    return digest
 
 
 def _object_algo() -> str:
@@ -328,4 +848,4 @@ def _umask() -> int:
     return _UMASK
 
 
-__all__ = ["ObjectStore", "copy_bytes"]
+__all__ = ["Link", "Manifest", "ObjectStore", "Source", "Staged", "copy_bytes", "holds", "restore_all"]

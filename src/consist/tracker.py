@@ -33,7 +33,17 @@ from .identity import caller_source, code_identity, explain_miss, make_signature
 from .index import Index, index_path_for, pid_alive
 from .locations import Roots, UnresolvableLocation
 from .names import check_run_id, fit
-from .objects import ObjectStore
+from .objects import (
+    ObjectStore,
+    file_entries,
+    holds,
+    link_digest,
+    manifest_size,
+    mode_meta,
+    modes_meta,
+    place,
+    restore_all,
+)
 from .paths import as_path
 from .queries import MaintenanceMixin, QueryMixin
 from .results import RunResult
@@ -385,19 +395,19 @@ class Tracker(QueryMixin, MaintenanceMixin):
                 to_write = {}
                 for k, o in needed.items():  # check every object before writing anything
                     store = self._store_for(o["hash"])
-                    to_write[k] = (store, store.check(o["kind"], o["hash"], o["size"]))
+                    to_write[k] = (store, store.check(o["kind"], o["hash"], o["size"], o.get("meta")))
+                # Every copy is hashed beside its destination; none is published unless all matched.
+                restore_all((store, checked, plan_dest[k]) for k, (store, checked) in to_write.items())
                 for k, o in outs.items():
                     dest = plan_dest[k]
-                    if k in to_write:
-                        store, checked = to_write[k]
-                        store.write(checked, dest)
                     members = self._index.members_of(prod["id"], o["id"]) if o["kind"] == "dir" else []
-                    if Path(o["uri"]) != dest.resolve():
+                    at = place(dest)  # a restored link is recorded where it is, not where it points
+                    if Path(o["uri"]) != at:
                         o = {
                             **o,
                             "id": uuid.uuid4().hex,
-                            "uri": str(dest.resolve()),
-                            "location": self.roots.locate(dest.resolve()) or str(dest.resolve()),
+                            "uri": str(at),
+                            "location": self.roots.locate(at) or str(at),
                             "created_at": time.time(),
                             "meta": dumps({"restored_from": o["id"]}),
                         }
@@ -506,35 +516,45 @@ class Tracker(QueryMixin, MaintenanceMixin):
 
     def _store_output(self, active: _Active, key: str, path: Path, *, allow_external: bool = False) -> dict[str, Any]:
         path = Path(path).absolute()
-        if not path.exists():
+        if not os.path.lexists(path):
             raise OutputError(
                 f"Output {key!r} does not exist at {path}",
                 "the step did not write it, or wrote it somewhere else",
                 "make the function write the file before returning its path",
             )
-        resolved = path.resolve()
+        # A symbolic link is recorded as itself (its place, its target text), never as what it points to.
+        is_link = path.is_symlink()
+        resolved = place(path)
         location = self.roots.locate(resolved) or (
             str(resolved) if allow_external else self.roots.location_for_output(resolved, key)
         )
         hasher = FileHasher(active.plan.hasher.memo, "full")
-        is_dir = path.is_dir()
-        if active.persist:
+        is_dir = not is_link and path.is_dir()
+        meta: dict[str, Any] | None = None
+        if is_link:
+            digest, size = self._objects.put_link(path) if active.persist else link_digest(path)
+            if active.persist:  # leased like any stored output (see _store_leased)
+                self._index.lease_written(active.id, digest, "link", str(self._objects.root), size)
+        elif active.persist:
             # Leased to this run until it ends, so prune_store() in another process keeps it.
             digest, size, manifest = self._store_leased(active.id, path, hasher)
-            meta: dict[str, Any] | None = {"files": len(manifest)} if is_dir else None
+            meta = {"files": len(manifest), **modes_meta(getattr(manifest, "modes", {}))} if is_dir else None
         else:
             if is_dir:
-                digest, manifest = hasher.hash_dir(path)
-                size, meta = sum(e[2] for e in manifest), {"files": len(manifest)}
+                digest, manifest = hasher.hash_dir(path, follow_links=False)
+                size, meta = manifest_size(manifest), {"files": len(manifest)}
             else:
-                digest, size, meta = hasher.hash_file(path), path.stat().st_size, None
+                digest, size = hasher.hash_file(path, follow=False), path.stat().st_size
+        if not is_dir and not is_link:
+            meta = mode_meta(path.lstat().st_mode) or None  # restores give the file this mode again
         row = {
             "id": uuid.uuid4().hex, "key": key, "uri": str(resolved), "location": location, "hash": digest,
-            "size": size, "kind": "dir" if is_dir else "file", "driver": driver_for(path, is_dir), "run_id": active.id,
-            "created_at": time.time(), "meta": dumps(meta) if meta else None,
+            "size": size, "kind": "link" if is_link else "dir" if is_dir else "file",
+            "driver": driver_for(path, is_dir), "run_id": active.id, "created_at": time.time(),
+            "meta": dumps(meta) if meta else None,
         }  # fmt: skip
         if is_dir:
-            row["_members"] = _member_rows(row, manifest)
+            row["_members"] = _member_rows(row, file_entries(manifest))
         # Recorded with the run's final status, in one transaction (see _finish).
         active.outputs[key] = row
         return row
@@ -899,14 +919,8 @@ def _member_rows(dir_row: Mapping[str, Any], manifest: Sequence[Sequence[Any]]) 
 
 
 def _holds(row: dict[str, Any], dest: Path, hasher: FileHasher) -> bool:
-    """True when dest already holds the artifact's content (no copy needed)."""
-    try:
-        st = dest.stat()
-    except FileNotFoundError:
-        return False
-    if row["kind"] == "dir":
-        return dest.is_dir() and hasher.hash_dir(dest)[0] == row["hash"]
-    return st.st_size == row["size"] and hasher.hash_file(dest, st) == row["hash"]
+    """True when dest already is the artifact: kind, content and modes (no copy needed; never through a link)."""
+    return holds(row["kind"], row["hash"], row.get("size"), row.get("meta"), dest, hasher)
 
 
 def _as_path(value: Any, key: str) -> Path:
