@@ -17,6 +17,7 @@ import base64
 import json
 import os
 import shutil
+import subprocess
 import threading
 import uuid
 from collections.abc import Iterator
@@ -372,6 +373,28 @@ def test_unknown_registry_client_is_refused(monkeypatch: pytest.MonkeyPatch) -> 
     monkeypatch.setenv("CONSIST_REGISTRY_CLIENT", "curl")
     with pytest.raises(consist_errors().ImageNotFoundError, match="CONSIST_REGISTRY_CLIENT"):
         registry.resolve(f"{fact('CI_REGISTRY')}/ci/busybox:test", "podman")
+
+
+@pytest.mark.parametrize("client", ["http", "skopeo"])
+def test_apptainer_registry_login_is_found(client: str, isolated: Path) -> None:
+    """`apptainer registry login` (the real command, password on stdin) is where the login is read from."""
+    need("apptainer")
+    host = fact("CI_REGISTRY_BASIC")
+    proc = subprocess.run(
+        ["apptainer", "registry", "login", "--username", fact("CI_REGISTRY_USER"), "--password-stdin", f"docker://{host}"],
+        input=fact("CI_REGISTRY_PASSWORD") + "\n", capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert list((isolated / "apptainer").glob("*config.json")), "apptainer wrote its login elsewhere"
+    creds = registry.find_credentials(f"{host}/ci/busybox:test", "apptainer")
+    assert creds is not None and "Apptainer" in creds.source
+    engine_for(client)
+    os.environ["CONSIST_REGISTRY_CLIENT"] = client
+    registry.clear_cache()
+    assert registry.resolve(f"{host}/ci/busybox:test", "apptainer").digest == fact("CI_BASIC_BUSYBOX_DIGEST")
+    registry.clear_cache()
+    with pytest.raises(registry.RegistryAuthError):  # Podman does not read Apptainer's login
+        registry.resolve(f"{host}/ci/busybox:test", "podman")
 
 
 def test_skopeo_gets_apptainer_credentials_without_argv_or_disk(monkeypatch: pytest.MonkeyPatch,

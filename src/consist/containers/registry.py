@@ -17,7 +17,7 @@ Who asks the registry (see docs/containers.md for why):
   Docker's ``config.json`` and its credential helpers), ``registries.conf``
   mirrors, certificates and insecure registries behave as in the engine. For
   Apptainer its own credentials come first (``APPTAINER_DOCKER_USERNAME`` and
-  ``_PASSWORD``, ``apptainer registry login``'s ``docker-config.json``), handed
+  ``_PASSWORD``, what ``apptainer registry login`` wrote), handed
   to skopeo in a memory-only file, never on its command line.
 - Without skopeo (common on clusters), a small built-in client speaks the
   registry protocol itself: ``HEAD`` on the manifest (``GET`` when the registry
@@ -230,12 +230,15 @@ def auth_files(engine: str) -> list[tuple[Path, str]]:
         return [(docker_cfg, "Docker's config.json")]
     files: list[tuple[Path, str]] = []
     if engine == "apptainer":
-        for var in ("APPTAINER_CONFIGDIR", "SINGULARITY_CONFIGDIR"):
-            if os.environ.get(var):
-                files.append((Path(os.environ[var]) / "docker-config.json", "Apptainer's registry login"))
-                break
-        else:
-            files.append((home / ".apptainer" / "docker-config.json", "Apptainer's registry login"))
+        # `apptainer registry login` (1.4) writes <config dir>/docker-config.json when that file
+        # exists (older releases created it), else $APPTAINER_CONFIGDIR/config.json, else
+        # ~/.docker/config.json, whatever DOCKER_CONFIG says.
+        configdir = os.environ.get("APPTAINER_CONFIGDIR") or os.environ.get("SINGULARITY_CONFIGDIR")
+        base = Path(configdir) if configdir else home / ".apptainer"
+        files.append((base / "docker-config.json", "Apptainer's registry login"))
+        if configdir:
+            files.append((base / "config.json", "Apptainer's registry login"))
+        files.append((home / ".docker" / "config.json", "Apptainer's registry login"))
     if engine != "apptainer" and os.environ.get("REGISTRY_AUTH_FILE"):
         files.append((Path(os.environ["REGISTRY_AUTH_FILE"]), "REGISTRY_AUTH_FILE"))
     elif engine != "apptainer" and os.environ.get("XDG_RUNTIME_DIR"):
