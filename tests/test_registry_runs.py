@@ -289,3 +289,33 @@ def test_facts_for_the_auth_registries_are_there() -> None:
     for key in ("CI_REGISTRY_TOKEN", "CI_TOKEN_SERVICE", "CI_REGISTRY_BASIC", "CI_REGISTRY_PASSWORD",
                 "CI_TOKEN_SERVICE_LOG", "CI_REGISTRY_TOKEN_ACCESS_LOG", "CI_SKOPEO"):  # fmt: skip
         assert facts().get(key), f"{key} missing: run scripts/setup-containers.sh"
+
+
+def test_apptainer_pull_gets_the_login_through_its_environment_only(
+    isolated: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """When Apptainer must pull, the login consist found reaches it as APPTAINER_DOCKER_USERNAME/_PASSWORD
+    in the engine's environment: not on the command line, not in a file; a login the caller set wins."""
+    need("apptainer")
+    from consist.containers import ContainerSpec, ImageRef, get_backend
+
+    password = fact("CI_REGISTRY_PASSWORD")
+    login(isolated, password)
+    run_ref = f"docker://{fact('CI_REGISTRY_BASIC')}/ci/busybox@{fact('CI_BASIC_BUSYBOX_DIGEST')}"
+    spec = ContainerSpec(ImageRef(run_ref, fact("CI_BASIC_BUSYBOX_DIGEST"), run_ref, "registry"), ("true",), (), {})
+    launch = get_backend("apptainer").launch(spec)
+    launch.close()
+    assert launch.env["APPTAINER_DOCKER_USERNAME"] == fact("CI_REGISTRY_USER")
+    assert launch.env["APPTAINER_DOCKER_PASSWORD"] == password
+    assert not [a for a in launch.argv if password in a] and launch.pass_fds == ()
+    monkeypatch.setenv("APPTAINER_DOCKER_USERNAME", "someone-else")
+    monkeypatch.setenv("APPTAINER_DOCKER_PASSWORD", "their-own")
+    launch = get_backend("apptainer").launch(spec)
+    launch.close()
+    assert launch.env["APPTAINER_DOCKER_PASSWORD"] == "their-own"
+    sif_spec = ContainerSpec(ImageRef("x.sif", "sha256:" + "1" * 64, "/x.sif", "sif-file"), ("true",), (), {})
+    monkeypatch.delenv("APPTAINER_DOCKER_USERNAME")
+    monkeypatch.delenv("APPTAINER_DOCKER_PASSWORD")
+    launch = get_backend("apptainer").launch(sif_spec)
+    launch.close()
+    assert "APPTAINER_DOCKER_PASSWORD" not in launch.env  # nothing to pull: no login handed over
