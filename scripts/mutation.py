@@ -40,6 +40,7 @@ SCOPE: dict[str, list[str] | None] = {
         "normalize_inputs", "_input_path", "Tracker._try_reuse", "Tracker._store_for", "_holds",
         "Tracker._explain", "Tracker._store_output", "driver_for", "Tracker._finish", "Tracker._record_hit",
         "Tracker._open", "Tracker._new_row", "Tracker._link_inputs", "Tracker._restore_path",
+        "Tracker._link_members", "_member_rows", "_plain_row",
     ],
     "consist.locations": None,
     "consist.integrations.containers": [
