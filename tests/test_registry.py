@@ -253,6 +253,8 @@ class _Proxy:
 
         outer = self
         self.hits = 0
+        self.authorizations: list[str] = []
+        self.expected: str | None = None  # the one Authorization header mode "basic" accepts
 
         class Handler(BaseHTTPRequestHandler):
             timeout = 0.5  # a TLS handshake attempt (skopeo tries HTTPS first) is dropped, not waited on
@@ -262,6 +264,16 @@ class _Proxy:
 
             def _relay(self, method: str) -> None:
                 outer.hits += 1
+                if mode == "basic":  # a registry that wants a login; what it is sent is kept
+                    sent = self.headers.get("Authorization")
+                    if sent:
+                        outer.authorizations.append(sent)
+                    if sent is None or sent != outer.expected:
+                        self.send_response(401)
+                        self.send_header("WWW-Authenticate", 'Basic realm="proxy"')
+                        self.send_header("Content-Length", "0")
+                        self.end_headers()
+                        return
                 if mode == "429" and "/manifests/" in self.path:  # like Docker Hub: only manifests count
                     self.send_response(429)
                     self.send_header("Retry-After", "1")
@@ -331,6 +343,37 @@ def test_rate_limit_is_a_clear_error(client: str, proxy_conf) -> None:  # type: 
     text = str(err.value)
     assert "rate limit" in text and "log in" in text.lower() and "pin the image by digest" in text
     assert isinstance(err.value, consist_errors().ImageNotFoundError)
+
+
+@pytest.mark.parametrize("client", ["http", "skopeo"])
+def test_a_mirror_gets_its_own_login_never_the_registrys(client: str, isolated: Path, tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+    proxy = _Proxy(fact("CI_REGISTRY"), "basic")
+    try:
+        conf = tmp_path / "registries.conf"
+        conf.write_text('[[registry]]\nprefix = "127.0.0.1:9"\nlocation = "127.0.0.1:9"\n'
+                        f'[[registry.mirror]]\nlocation = "{proxy.addr}"\ninsecure = true\n')  # fmt: skip
+        monkeypatch.setenv("CONTAINERS_REGISTRIES_CONF", str(conf))
+        registry_secret, mirror_secret = f"registry-{uuid.uuid4().hex}", f"mirror-{uuid.uuid4().hex}"
+        login(isolated, registry_secret, hosts=("127.0.0.1:9",))
+        mirror_auth = base64.b64encode(f"{fact('CI_REGISTRY_USER')}:{mirror_secret}".encode()).decode()
+        proxy.expected = f"Basic {mirror_auth}"
+        with pytest.raises(registry.RegistryError):
+            resolve("127.0.0.1:9/ci/busybox:test", client)
+
+        def sent() -> list[str]:
+            return [base64.b64decode(a.split(" ", 1)[1]).decode(errors="replace") for a in proxy.authorizations]
+
+        assert not [a for a in sent() if registry_secret in a], "the mirror was sent the registry's password"
+        config = json.loads((isolated / "docker" / "config.json").read_text())
+        config["auths"][proxy.addr] = {"auth": mirror_auth}
+        (isolated / "docker" / "config.json").write_text(json.dumps(config))
+        got = resolve("127.0.0.1:9/ci/busybox:test", client)
+        assert got.digest == fact("CI_IMAGE_BUSYBOX_REF").split("@", 1)[1]
+        assert f"{fact('CI_REGISTRY_USER')}:{mirror_secret}" in sent()
+        assert not [a for a in sent() if registry_secret in a]
+    finally:
+        proxy.close()
 
 
 def consist_errors():  # type: ignore[no-untyped-def]

@@ -474,12 +474,14 @@ class HttpClient:
     def resolve(self, ref: Reference, engine: str) -> Resolution:
         import requests
 
-        creds = find_credentials(ref, engine)
         errors: list[RegistryError] = []
         nohttps = engine == "apptainer" and _truthy("APPTAINER_NOHTTPS", "SINGULARITY_NOHTTPS")
         with requests.Session() as session:
             session.headers["User-Agent"] = "consist-registry-client"
             for ep in endpoints(ref, engine):
+                # Each endpoint gets its own login: a mirror never sees the registry's password.
+                host = DOCKER_HUB if ep.host == DOCKER_HUB_API else ep.host
+                creds = find_credentials(ref.with_registry(host, ep.repository), engine)
                 schemes = ["http"] if nohttps else (["http", "https"] if _loopback(ep.host) else ["https"])
                 if ep.insecure and "http" not in schemes:
                     schemes.append("http")
@@ -550,6 +552,14 @@ class HttpClient:
         if scheme != "bearer" or not params.get("realm"):
             raise _fail(RegistryAuthError, str(ref), f"unsupported authentication challenge {scheme!r}", creds=creds)
         realm = params["realm"]
+        realm_host = re.sub(r"^[a-z]+://", "", realm).split("/", 1)[0]
+        if creds is not None and realm.startswith("http://") and not (ep.insecure or _loopback(realm_host)):
+            raise _fail(
+                RegistryAuthError,
+                str(ref),
+                f"the token service {realm} is plain HTTP; the login is not sent there",
+                creds=creds,
+            )
         query = {"scope": params.get("scope") or f"repository:{ep.repository}:pull"}
         if params.get("service"):
             query["service"] = params["service"]
