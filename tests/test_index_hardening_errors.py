@@ -221,7 +221,7 @@ def test_a_full_disk_under_the_object_store_says_so_and_leaves_no_partial_object
             t.run(produce, name="produce", outputs=["big"])
         msg = str(err.value)
         assert f"No space left on device to store the output {big}" in msg
-        assert "df -h" in msg and "nothing of it was stored" in msg
+        assert "df -h" in msg and "no partial object is left in the store" in msg
         tmp = small_fs / "runs" / ".consist" / "objects" / "tmp"
         assert not tmp.exists() or list(tmp.iterdir()) == []  # the partial copy is gone
         assert [d for d, _ in t._objects.all_objects()] == []

@@ -209,7 +209,7 @@ class MaintenanceMixin:
                     f"No space left on device to store the output {path} in {root}",
                     "the file system that holds run_dir is full",
                     f"free space there (df -h {root}; tracker.prune_store() removes outputs no run needs) and run "
-                    "the step again; the partial copy was removed, nothing of it was stored",
+                    "the step again; the partial copy was removed, no partial object is left in the store",
                 ) from exc
             self._index.lease_written(run_id, digest, kind, root, size)
             # An object that was already stored may have been pruned between the check in put_*
@@ -245,8 +245,9 @@ class MaintenanceMixin:
         if cutoff is not None:
             sql += " AND r.ended_at >= ?"
             params.append(cutoff)
-        manifests: dict[str, list[str]] = {}
-        keep = self._expand(self._index.query(sql, params), manifests)
+        manifests: dict[str, list[str] | None] = {}
+        # A directory whose manifest is damaged cannot be restored: it is not kept.
+        keep = self._expand(self._index.query(sql, params), manifests, drop_damaged=True)
         candidates: list[tuple[str, Path]] = []
         damaged = 0
         for digest, path in list(self._objects.all_objects()):
@@ -290,28 +291,35 @@ class MaintenanceMixin:
             self._objects.clear_tmp()
         return {"removed": removed, "bytes_freed": freed, "damaged": damaged, "kept": len(keep), "in_use": in_use}
 
-    def _expand(self, rows: Iterable[Mapping[str, Any]], manifests: dict[str, list[str]]) -> set[str]:
-        """The hashes of ``(hash, kind)`` rows, with the files of every directory among them."""
+    def _expand(
+        self, rows: Iterable[Mapping[str, Any]], manifests: dict[str, list[str] | None], drop_damaged: bool = False
+    ) -> set[str]:
+        """The hashes of ``(hash, kind)`` rows, with the files of every directory among them.
+
+        ``manifests`` caches each directory's files (None: its manifest is damaged).
+        """
         out: set[str] = set()
         for row in rows:
             digest = row["hash"]
             if digest is None:
                 continue
             out.add(digest)
-            if row["kind"] != "dir":
+            if row["kind"] != "dir" or not self._objects.has(digest):
                 continue
             if digest not in manifests:
-                files: list[str] = []
-                if self._objects.has(digest):
-                    try:
-                        files = [e[1] for e in self._objects.read_manifest(digest) if len(e) == 3]
-                    except IntegrityError:
-                        files = []
-                manifests[digest] = files
-            out.update(manifests[digest])
+                try:
+                    manifests[digest] = [e[1] for e in self._objects.read_manifest(digest) if len(e) == 3]
+                except IntegrityError:
+                    manifests[digest] = None
+            files = manifests[digest]
+            if files is None:
+                if drop_damaged:
+                    out.discard(digest)
+                continue
+            out.update(files)
         return out
 
-    def _protected(self, since_seq: int, manifests: dict[str, list[str]]) -> set[str]:
+    def _protected(self, since_seq: int, manifests: dict[str, list[str] | None]) -> set[str]:
         """Objects held by runs in progress, and outputs recorded after ``since_seq``."""
         live, _ended = self._index.leases()
         recent = self._index.query(
