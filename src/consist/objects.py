@@ -8,11 +8,11 @@ run produced, even after the original file was overwritten or deleted.
   (an existing store root is narrowed to 0700 when it is next written to), so
   nobody else can reach an object, whatever mode the output had. Objects are
   read-only (0444) inside it.
-- An object is copied into a temporary file in the store, read back and hashed,
-  and renamed into place under the hash of exactly those bytes: a reader never
-  sees half an object, and a file that changes while it is stored is stored as
-  the bytes that were copied, never as a mix or a truncated copy under an older
-  hash.
+- An object is copied into a temporary file in the store, hashed as copied (a
+  large copy is read back), and renamed into place under the hash of exactly
+  those bytes: a reader never sees half an object, and a file that changes
+  while it is stored is stored as the bytes that were copied, never as a mix or
+  a truncated copy under an older hash.
 - Copies use ``copy_file_range``, which clones (reflinks) on file systems that
   support it (XFS, btrfs) and copies in the kernel elsewhere.
 - A directory is stored as its files plus a manifest object (relative path,
@@ -28,8 +28,8 @@ run produced, even after the original file was overwritten or deleted.
   differ from 0644), and a restore gives each file that mode, less the umask.
 - A restore is verified, never answered from metadata: :meth:`ObjectStore.check`
   looks at every object's type and size before anything is written, then each
-  copy is read back and hashed beside its destination and renamed into place
-  only when the hash matched. A mismatch raises :class:`IntegrityError` (callers
+  object is hashed as it is copied beside its destination, and the copy is
+  renamed into place only when the hash matched. A mismatch raises :class:`IntegrityError` (callers
   turn it into a warning and a re-execution, never into a wrong file), removes
   the damaged object so the next store of that content repairs it, and leaves
   the destination as it was. Anything else at an object's place (a directory,
@@ -137,23 +137,25 @@ def copy_bytes(src: Path, dst: Path, size: int, label: str) -> None:
         _copy_fd(fin.fileno(), fout.fileno(), size, bar)
 
 
-def _copy_hashed(infd: int, outfd: int, size: int | None, bar: ByteProgress) -> tuple[str, int]:
-    """Copy from the start of infd into the empty outfd, then read the copy back and hash it.
+def _copy_hashed(
+    infd: int, outfd: int, size: int | None, bar: ByteProgress, *, expect: int, readback: bool
+) -> tuple[str, int]:
+    """Copy from the start of infd into the empty outfd, hashing the bytes copied.
 
-    Copies ``size`` bytes (fewer if infd ends first), or up to the end of infd
-    however far it has grown when ``size`` is None. Returns the SHA-256 (hex) of
-    the bytes outfd now holds and their count: what was written, not what was
-    meant to be. ``copy_file_range`` clones where it can; reading the clone back
-    reads the shared blocks, so a damaged object cannot pass.
+    Copies ``size`` bytes (fewer if infd ends first), or up to the end of infd,
+    however far it has grown, when ``size`` is None. Returns the SHA-256 (hex) of
+    the bytes copied and their count. Up to ``expect`` = 1 MiB the bytes go through
+    memory: one read, hashed, and written from the same buffer. Larger files are
+    copied by ``copy_file_range`` (a clone where the file system can), chunk by
+    chunk, and each chunk is hashed after it is copied: read back from outfd with
+    ``readback`` (the copy itself: right even if infd is being rewritten
+    meanwhile), else from infd (a read-only object, whose pages are likely cached).
     """
     h = hashlib.sha256()
-    buf = bytearray(READ_CHUNK)
-    view = memoryview(buf)
     done = 0
-    kernel = True
+    kernel = expect > READ_CHUNK
     while size is None or done < size:
         want = COPY_CHUNK if size is None else min(COPY_CHUNK, size - done)
-        n = 0
         if kernel:
             try:
                 n = os.copy_file_range(infd, outfd, want, done, done)
@@ -161,22 +163,26 @@ def _copy_hashed(infd: int, outfd: int, size: int | None, bar: ByteProgress) -> 
                 if exc.errno not in _NO_KERNEL_COPY:
                     raise
                 kernel = False
-        if not kernel:
+                continue
+            if n == 0:
+                break
+            offset, left, fd = done, n, outfd if readback else infd
+            while left > 0:
+                data = os.pread(fd, min(left, READ_CHUNK), offset)
+                if not data:
+                    raise OSError(errno.EIO, "a copied range reads back shorter than it was copied")
+                h.update(data)
+                offset += len(data)
+                left -= len(data)
+        else:
             data = os.pread(infd, min(want, READ_CHUNK), done)
             n = len(data)
+            if n == 0:
+                break
+            h.update(data)
             written = 0
             while written < n:
                 written += os.pwrite(outfd, data[written:], done + written)
-        if n == 0:
-            break
-        offset, left = done, n
-        while left > 0:
-            got = os.preadv(outfd, [view[: min(left, READ_CHUNK)]], offset)
-            if got == 0:
-                raise OSError(errno.EIO, "a copy reads back shorter than it was written")
-            h.update(view[:got])
-            offset += got
-            left -= got
         done += n
         bar.advance(n)
     return h.hexdigest(), done
@@ -419,7 +425,7 @@ class ObjectStore:
                 outfd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
                 try:
                     with ByteProgress(f"copying {src.name}", st.st_size) as bar:
-                        hexd, size = _copy_hashed(fd, outfd, None, bar)
+                        hexd, size = _copy_hashed(fd, outfd, None, bar, expect=st.st_size, readback=True)
                 finally:
                     os.close(outfd)
                 digest = f"sha256:{hexd}"
@@ -647,8 +653,8 @@ class ObjectStore:
     def stage(self, checked: Checked, dest: Path) -> Staged:
         """Copy and verify a restore under a hidden name beside ``dest``; publish() makes it visible.
 
-        Each file's copy is read back and hashed: a copy that does not match the
-        hash it is stored under raises IntegrityError, and nothing is left behind.
+        Each object is hashed as it is copied: one whose bytes do not match the hash
+        it is stored under raises IntegrityError, and nothing is left behind.
         """
         dest = Path(dest)
         dest.parent.mkdir(parents=True, exist_ok=True)
@@ -682,7 +688,7 @@ class ObjectStore:
             flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
             outfd = os.open(target, flags, ORDINARY_MODE if mode is None else mode)
             try:
-                hexd, copied = _copy_hashed(infd, outfd, size, bar)
+                hexd, copied = _copy_hashed(infd, outfd, size, bar, expect=size, readback=False)
             finally:
                 os.close(outfd)
             if copied != size or f"sha256:{hexd}" != digest:
