@@ -551,3 +551,22 @@ def test_removing_an_object_removes_a_directory_at_its_place(tmp_path: Path) -> 
     assert not store.has(digest) and [d for d, _p in store.all_objects()] == [digest]
     store.remove(digest)
     assert not store.path_of(digest).exists()
+
+
+@pytest.mark.parametrize("where", ["input", "output"])
+def test_a_name_that_is_not_utf8_is_a_clear_error(tracker: Tracker, calls, where: str) -> None:
+    def make() -> Path:
+        os.makedirs(b"odd", exist_ok=True)
+        with open(b"odd/caf\xe9.csv", "wb") as f:  # Latin-1, not UTF-8
+            f.write(b"x")
+        return Path("odd")
+
+    expect = re.escape(r"The name or link target 'caf\udce9.csv' (bytes b'caf\xe9.csv') in a directory is not UTF-8")
+    if where == "input":
+        make()
+        with pytest.raises(consist.ConsistError, match=expect):
+            tracker.run(lambda odd: calls(), name="u", inputs={"odd": "odd"})
+        assert calls.n == 0
+    else:
+        with pytest.raises(consist.ConsistError, match=expect):
+            tracker.run(make, name="u", outputs=["odd"])

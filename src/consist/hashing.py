@@ -332,7 +332,20 @@ def manifest_bytes(entries: list[list[Any]]) -> bytes:
     """
     fmt = DIR_FORMAT_LINKS if any(len(e) > 3 for e in entries) else DIR_FORMAT
     body = json.dumps({"format": fmt, "files": entries}, separators=(",", ":"), ensure_ascii=False)
-    return body.encode()
+    try:
+        return body.encode()
+    except UnicodeEncodeError:
+        for entry in entries:
+            for text in (entry[0], entry[3][SYMLINK] if len(entry) > 3 else ""):
+                try:
+                    text.encode()
+                except UnicodeEncodeError:
+                    raise ConsistError(
+                        f"The name or link target {text!r} (bytes {os.fsencode(text)!r}) in a directory is not UTF-8",
+                        "directory manifests are UTF-8 text; a program wrote the name in another encoding",
+                        "rename the file, or make the link again, with a UTF-8 name",
+                    ) from None
+        raise
 
 
 # --------------------------------------------------------------------- configs
