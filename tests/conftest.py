@@ -109,6 +109,7 @@ def _hermetic(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
             monkeypatch.delenv(key)
     monkeypatch.setenv("CONSIST_PROGRESS", "0")
     monkeypatch.setenv("CONSIST_CONTAINER_TIMEOUT", CONTAINER_TIMEOUT_S)
+    monkeypatch.setenv("CONSIST_CACHE_DIR", str(tmp_path / ".consist-cache"))  # per-user records stay per test
     monkeypatch.chdir(tmp_path)
 
 

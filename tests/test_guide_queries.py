@@ -85,13 +85,15 @@ def test_members_of_a_hit_in_another_checkout_point_into_that_checkout(make_trac
     assert guide_loop(tb, b / "runs")[-1] == (hit.run_id, "summary/mode_share.csv", ["car", "walk"])
 
 
-def test_load_df_refuses_to_stack_different_tables(tmp_path: Path) -> None:
+def test_load_df_never_stacks_different_tables(tmp_path: Path) -> None:
     d = tmp_path / "out"
     (d / "summary").mkdir(parents=True)
     (d / "final_trips.csv").write_text("trip_id,mode\n1,car\n")
     (d / "summary" / "mode_share.csv").write_text("mode,share\ncar,1.0\n")
-    with pytest.raises(consist.ConsistError, match=r"different columns[\s\S]*final_trips\.csv[\s\S]*mode_share"):
-        consist.load_df(d)
+    with pytest.warns(consist.ConsistWarning, match=r"different columns[\s\S]*final_trips\.csv[\s\S]*mode_share"):
+        tables = consist.load_df(d)
+    assert list(tables) == ["final_trips.csv", "summary/mode_share.csv"]  # never one mixed table
+    assert list(tables["summary/mode_share.csv"].columns) == ["mode", "share"]
     (d / "summary" / "mode_share.csv").unlink()
     (d / "more_trips.csv").write_text("trip_id,mode\n2,walk\n")
     df = consist.load_df(d)

@@ -1,8 +1,8 @@
 """``load_df``: read an artifact or path into a pandas DataFrame.
 
 Single files are read by pandas with your keyword arguments; directories of
-CSV or Parquet files are read by DuckDB in one vectorised scan (every file
-must have the same columns, or load_df says which files differ). pandas and DuckDB are imported on first use.
+CSV or Parquet files are read by DuckDB in one vectorised scan (files with
+different columns are returned separately, never stacked). pandas and DuckDB are imported on first use.
 """
 
 from __future__ import annotations
@@ -37,7 +37,10 @@ def load_df(artifact_or_path: Any, **kwargs: Any) -> pd.DataFrame:
     """Load a CSV, Parquet, JSON or JSON-lines file, or a directory of CSV/Parquet files.
 
     Keyword arguments go to the pandas reader (``pd.read_csv`` and friends) for
-    single files.
+    single files. A directory whose files share their columns is read as one
+    table; when the files have different columns they are never stacked into a
+    mixed table: a :class:`ConsistWarning` lists them and a :class:`Tables` dict
+    (relative path -> DataFrame) is returned, to pick from.
     """
     path = _path_of(artifact_or_path)
     if not path.exists():
@@ -79,7 +82,10 @@ def _load_dir(path: Path) -> pd.DataFrame:
             "the step wrote other formats, or nothing",
             "load the files you need one by one",
         )
-    _check_same_columns(path, parquet or csv, parquet=bool(parquet))
+    tables = parquet or csv
+    mixed = _column_groups(path, tables, parquet=bool(parquet))
+    if mixed:
+        return _separate_tables(path, tables, mixed)
     con = duckdb.connect()
     try:
         if parquet:
@@ -103,21 +109,41 @@ def _columns(file: Path, parquet: bool) -> tuple[str, ...]:
         return tuple(next(csv.reader(f, dialect), []))
 
 
-def _check_same_columns(path: Path, files: list[Path], *, parquet: bool) -> None:
-    """Refuse to stack tables of different shapes into one mixed frame."""
+class Tables(dict):  # type: ignore[type-arg]
+    """The tables of a directory whose files have different columns: relative path -> DataFrame.
+
+    What :func:`load_df` returns instead of stacking unlike tables into one mixed frame.
+    """
+
+    def __repr__(self) -> str:
+        return f"Tables({', '.join(self)})"
+
+
+def _column_groups(path: Path, files: list[Path], *, parquet: bool) -> list[str]:
+    """One line per distinct column set when the files differ, else an empty list."""
     groups: dict[tuple[str, ...], list[Path]] = {}
     for f in sorted(files):
         groups.setdefault(_columns(f, parquet), []).append(f)
     if len(groups) <= 1:
-        return
+        return []
     lines = []
     for cols, members in groups.items():
         names = ", ".join(m.relative_to(path).as_posix() for m in members[:3]) + (" ..." if len(members) > 3 else "")
         lines.append(f"  [{', '.join(cols) or 'no header'}]: {names}")
-    first = sorted(files)[0].relative_to(path).as_posix()
-    raise ConsistError(
-        f"load_df() will not stack the files of {path}: they have different columns\n" + "\n".join(lines),
-        "the directory holds several kinds of table",
-        f"load one file, e.g. load_df(Path({str(path)!r}) / {first!r}), or the member artifact with that key "
-        "from get_artifacts_for_run(run_id).outputs",
+    return lines
+
+
+def _separate_tables(path: Path, files: list[Path], groups: list[str]) -> Tables:
+    import warnings
+
+    from .errors import ConsistWarning
+
+    rels = sorted(f.relative_to(path).as_posix() for f in files)
+    warnings.warn(
+        f"load_df(): the files of {path} have different columns, so they are not stacked into one table; "
+        f"a dict of tables by relative path is returned instead. Pick one, e.g. load_df(Path({str(path)!r}) / "
+        f"{rels[0]!r}) or result[{rels[0]!r}].\n" + "\n".join(groups),
+        ConsistWarning,
+        stacklevel=3,
     )
+    return Tables((rel, load_df(path / rel)) for rel in rels)
