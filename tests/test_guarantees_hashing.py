@@ -310,3 +310,47 @@ def test_pydantic_models_are_their_fields() -> None:
     assert H.canonical(Ids(run=u)) == {"run": str(u), "label": "x", "zones": {"$set": []}}
     many = {f"zone-{i}" for i in range(12)}
     assert H.canonical(Ids(run=u, zones=many))["zones"] == {"$set": sorted(many)}
+
+
+def test_no_value_can_spell_a_tag() -> None:
+    pairs = [
+        ({"x": float("nan")}, {"x": {"$float": "nan"}}),
+        ({"x": b"\x01"}, {"x": {"$bytes": "01"}}),
+        ({"x": {1, 2}}, {"x": {"$set": [1, 2]}}),
+        ({"x": {1, 2}}, {"x": [1, 2]}),
+        ({"$set": [1]}, {"$$set": [1]}),
+        ({"x": None}, {"x": "None"}),
+        ({"x": True}, {"x": 1}),
+    ]
+    for a, b in pairs:
+        assert H.hash_canonical(H.canonical(a)) != H.hash_canonical(H.canonical(b)), (a, b)
+    assert H.canonical({"$x": 1, "$$x": 2, "y$": 3}) == {"$$x": 1, "$$$x": 2, "y$": 3}
+
+
+def test_keys_that_become_the_same_string_are_refused() -> None:
+    for bad in ({1: "a", "1": "b"}, {"1": "a", 1.0: "b"}, {"True": "u", True: "t"}, {None: 1, "None": 2}):
+        with pytest.raises(consist.ConfigError) as err:
+            H.canonical({"outer": bad})
+        assert "Config keys at config.outer collide:" in str(err.value)
+        assert "keep only one of them, or give them distinct names" in str(err.value)
+    with pytest.raises(consist.ConfigError) as err:
+        H.canonical({"m": {float("inf"): 1}})
+    assert str(err.value) == "Config key inf at config.m is not a finite number. Fix: use a string key."
+    assert H.canonical({Color.RED: 1, "x": {Color.RED: 2}}) == {"red": 1, "x": {"red": 2}}
+
+
+def test_decimals_uuids_and_times() -> None:
+    import decimal
+
+    assert H.canonical(decimal.Decimal("0.5")) == 0.5
+    assert H.canonical(decimal.Decimal("2.000")) == 2 and type(H.canonical(decimal.Decimal("2"))) is int
+    assert H.canonical(decimal.Decimal("NaN")) == {"$float": "nan"}
+    assert H.canonical(decimal.Decimal("-Infinity")) == {"$float": "-inf"}
+    assert H.canonical(decimal.Decimal("0.1")) == {"$decimal": "0.1"}  # not exactly a float: keeps its digits
+    assert H.canonical(decimal.Decimal("1.50")) == 1.5
+    assert H.canonical(decimal.Decimal("1.000000000000000000001")) == {"$decimal": "1.000000000000000000001"}
+    assert H.canonical(decimal.Decimal("100.10")) == {"$decimal": "100.1"}  # normalised spelling
+    u = uuid.UUID("12345678-1234-5678-1234-567812345678")
+    assert H.canonical(u) == "12345678-1234-5678-1234-567812345678"
+    assert H.canonical(dt.datetime(2030, 1, 2, 3, 4, 5)) == "2030-01-02T03:04:05"
+    assert H.canonical(dt.time(3, 4)) == "03:04:00"
