@@ -586,7 +586,8 @@ def test_non_root_caller_runs_containers_as_itself(tmp_path: Path) -> None:
 def test_timeout_stops_the_container_and_records_a_failure(engine: str, tracker: Tracker) -> None:
     need(engine)
     setup_data()
-    cmd = ["sh", "-c", "echo run >> /counter/n; echo started; sleep 300"]
+    marker = f"timeout-{uuid.uuid4().hex}"  # other runs of this test may be sleeping at the same moment
+    cmd = ["sh", "-c", f"echo run >> /counter/n; echo {marker}; sleep 300"]
     with pytest.raises(consist.ContainerTimeoutError, match="stopped after 3 s") as info:
         copy_run(tracker, engine, command=cmd, run_id="slow", timeout=3)
     assert isinstance(info.value, TimeoutError)
@@ -597,6 +598,6 @@ def test_timeout_stops_the_container_and_records_a_failure(engine: str, tracker:
                               timeout=60).stdout.split()  # fmt: skip
         assert left == []
     else:
-        assert not [line for _pid, line in _cmdlines() if "sleep 300" in line]
+        assert not [line for _pid, line in _cmdlines() if marker in line]
     with pytest.raises(consist.ConsistError, match="positive"):
         copy_run(tracker, engine, command=cmd, timeout=0)
