@@ -75,3 +75,26 @@ def test_links_a_container_writes_are_stored_as_links(
     assert os.readlink(d / "passwd") == "/etc/passwd" and os.readlink(d / "key") == str(secret)
     assert os.readlink(d / "alias") == "data.csv" and (d / "data.csv").read_text() == "data\n"
     assert not (d / "data.csv").is_symlink() and secret.read_bytes() == SECRET
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_an_output_that_is_a_link_hits_while_the_link_is_in_place(engine: str, tracker: Tracker) -> None:
+    """The declared output itself is a symlink (to /etc/passwd of the image): recorded as the link."""
+    need(engine)
+    Path("outputs").mkdir()
+    Path("counter").mkdir()
+    cmd = ["sh", "-c", "echo run >> /counter/n; ln -sf /etc/passwd /outputs/result.csv"]
+
+    def run():
+        return run_container(
+            tracker, "link-out", image(engine), cmd, {"./outputs": "/outputs", "./counter": "/counter"}, [],
+            ["./outputs/result.csv"], backend_type=engine,
+        )  # fmt: skip
+
+    first = run()
+    assert not first.cache_hit and os.readlink("outputs/result.csv") == "/etc/passwd"
+    second = run()  # the link is still there: a hit, not a refusal
+    assert second.cache_hit and executions() == 1
+    os.unlink("outputs/result.csv")
+    third = run()
+    assert third.cache_hit and os.readlink("outputs/result.csv") == "/etc/passwd" and executions() == 1

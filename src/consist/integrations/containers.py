@@ -144,7 +144,10 @@ def plan_outputs(tracker: Tracker, outputs: Any, strict: bool) -> tuple[dict[str
             raise ConsistError(
                 f"Two outputs share the artifact key {key!r}", None, "pass outputs as a dict with distinct keys"
             )
-        path = mounts_mod.resolve_host(p)
+        # Resolve the folders, not the output itself: an output that is a symlink (a
+        # container may write one) is recorded and restored as the link, in its place.
+        raw = Path(os.path.abspath(Path(p).expanduser()))
+        path = raw.parent.resolve() / raw.name if raw.name else mounts_mod.resolve_host(p)
         if strict and not tracker.allow_external_paths:
             roots = _allowed_roots(tracker)
             if not any(path == r or path.is_relative_to(r) for r in roots):
