@@ -353,11 +353,6 @@ def test_only_root_and_login_users_homes_count(tmp_path: Path, monkeypatch: pyte
                 assert h not in M._homes() and not refused(h), user.pw_name  # a system account's home
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="mounts._homes() catches OSError around Path.resolve(), but Python 3.11 raises RuntimeError for a "
-    "symlink loop: a home directory that is a link loop makes every strict mount check crash",
-)
 def test_a_home_that_is_a_link_loop_does_not_break_the_mount_check(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -399,12 +399,6 @@ def test_switching_head_alone_is_noticed(tmp_path: Path) -> None:
     assert probe.version() == f"git:{first}"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="_GitProbe caches the git version until .git/HEAD, .git/index or the step's own source file "
-    "changes: an unstaged edit to another tracked file (a helper module) keeps the old identity for the "
-    "rest of the process, so a long-lived process reuses results of the old code",
-)
 def test_an_unstaged_edit_to_a_helper_module_changes_the_identity(tmp_path: Path, make_tracker) -> None:
     repo = tmp_path / "repo"
     make_repo(repo)

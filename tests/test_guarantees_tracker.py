@@ -464,11 +464,6 @@ def test_every_object_is_checked_before_any_output_is_written(tracker: Tracker) 
 @pytest.mark.skipif(
     "MUTANT_UNDER_TEST" in os.environ, reason="mutmut's trampolines add stack frames between caller and callee"
 )
-@pytest.mark.xfail(
-    strict=True,
-    reason="the warning about cached outputs that cannot be restored uses stacklevel=4, one frame above the "
-    "caller of tracker.run / begin_run / run_container, so it points at the wrong line",
-)
 def test_the_restore_warning_points_at_the_callers_line(tracker: Tracker) -> None:
     r = tracker.run(lambda: write("w.txt", "w"), name="w", outputs=["w"])
     obj = tracker._objects.path_of(r.outputs["w"].hash)

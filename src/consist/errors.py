@@ -206,4 +206,17 @@ class ConsistWarning(UserWarning):
     """Something went wrong but consist recovered (for example a damaged cache entry)."""
 
 
-__all__ += ["ConsistWarning"]
+def warn_caller(message: str, category: type[Warning] = ConsistWarning) -> None:
+    """Warn at the first frame outside consist: the user's line, however deep the call."""
+    import os
+    import sys
+    import warnings
+
+    package = os.path.dirname(os.path.abspath(__file__)) + os.sep
+    frame, level = sys._getframe(1), 2  # stacklevel 2 is the caller of this function
+    while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(package):
+        frame, level = frame.f_back, level + 1
+    warnings.warn(message, category, stacklevel=level)
+
+
+__all__ += ["ConsistWarning", "warn_caller"]

@@ -37,7 +37,13 @@ def make_signature(components: Mapping[str, Any]) -> str:
 
 
 class _GitProbe:
-    """Git commit + dirty suffix of a checkout, cached until HEAD or the index changes."""
+    """Git commit + dirty suffix of a checkout, cached until HEAD, the index or a tracked file changes.
+
+    The dirty suffix covers every tracked file, so the cache is keyed on the
+    (mtime, size, inode) of each of them too: an unstaged edit to any tracked
+    file (a helper module, an R script, a config) changes the identity at the
+    next call. That costs one ``stat`` per tracked file per call (about 1 µs each).
+    """
 
     def __init__(self, root: Path) -> None:
         self.root = root
@@ -45,6 +51,7 @@ class _GitProbe:
         self._value: str | None = None
         self._lock = threading.Lock()
         self.git_dir = self._find_git_dir(root)
+        self._tracked: tuple[tuple[Any, ...], list[str]] | None = None  # (index stamp, absolute paths)
 
     @staticmethod
     def _find_git_dir(root: Path) -> Path | None:
@@ -67,7 +74,26 @@ class _GitProbe:
                 out.append((st.st_mtime_ns, st.st_size, st.st_ino))
             except FileNotFoundError:
                 out.append(None)
-        return (*out, *extra)
+        return (*out, *extra, *self._tracked_stats(tuple(out)))
+
+    def _tracked_stats(self, index_stamp: tuple[Any, ...]) -> tuple[Any, ...]:
+        if self._tracked is None or self._tracked[0] != index_stamp:
+            listing = self._git("ls-files", "-z", "--full-name")
+            top = self._git("rev-parse", "--show-toplevel")
+            if listing is None or top is None:
+                self._tracked = (index_stamp, [])
+            else:
+                base = top.decode().strip()
+                names = [os.path.join(base, n.decode(errors="surrogateescape")) for n in listing.split(b"\0") if n]
+                self._tracked = (index_stamp, names)
+        stats: list[Any] = []
+        for name in self._tracked[1]:
+            try:
+                st = os.lstat(name)
+                stats.append((st.st_mtime_ns, st.st_size, st.st_ino))
+            except OSError:
+                stats.append(None)
+        return tuple(stats)
 
     def version(self, watched: tuple[Any, ...] = ()) -> str | None:
         """The code version, or None when git cannot tell (not a repo, no commit, no git)."""

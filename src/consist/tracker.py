@@ -27,6 +27,7 @@ from .errors import (
     OutputError,
     RunStateError,
     StoreError,
+    warn_caller,
 )
 from .hashing import FileHasher, NullMemo, canonical, dumps, hash_canonical, loads
 from .identity import caller_source, code_identity, explain_miss, make_signature
@@ -423,10 +424,8 @@ class Tracker(QueryMixin, MaintenanceMixin):
                 if missing and not self._index.object_stores(missing):
                     reason = "outputs_pruned"  # removed on purpose by prune_store(): no warning
                     continue
-                warnings.warn(
-                    f"Cached outputs of run {prod['id']!r} cannot be restored ({exc}); running the step again.",
-                    ConsistWarning,
-                    stacklevel=4,
+                warn_caller(
+                    f"Cached outputs of run {prod['id']!r} cannot be restored ({exc}); running the step again."
                 )
                 reason = "outputs_unavailable"
                 continue

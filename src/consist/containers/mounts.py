@@ -157,7 +157,7 @@ def _homes() -> list[Path]:
     for h in homes:
         try:
             resolved = h.resolve()
-        except OSError:
+        except (OSError, RuntimeError):  # RuntimeError: a symlink loop (Python 3.11)
             continue
         if resolved != Path("/") and resolved.is_dir():
             out.append(resolved)
