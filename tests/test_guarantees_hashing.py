@@ -354,3 +354,124 @@ def test_decimals_uuids_and_times() -> None:
     assert H.canonical(u) == "12345678-1234-5678-1234-567812345678"
     assert H.canonical(dt.datetime(2030, 1, 2, 3, 4, 5)) == "2030-01-02T03:04:05"
     assert H.canonical(dt.time(3, 4)) == "03:04:00"
+
+
+# --------------------------------------------------------------------- files that cannot be hashed
+
+
+def test_file_types_in_words() -> None:
+    import stat
+
+    words = {
+        stat.S_IFIFO: "a named pipe (FIFO)",
+        stat.S_IFSOCK: "a socket",
+        stat.S_IFCHR: "a character device",
+        stat.S_IFBLK: "a block device",
+        stat.S_IFLNK: "a symbolic link",
+        stat.S_IFDIR: "a directory",
+        0: "not a regular file",
+    }
+    for mode, text in words.items():
+        assert H._what(mode | 0o644) == text
+
+
+def test_not_regular_and_link_loop_messages_read_in_full(tmp_path: Path) -> None:
+    import stat
+
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    with pytest.raises(consist.ConsistError) as err:
+        H.FileHasher(H.NullMemo()).hash_path(fifo, "feed")
+    assert str(err.value) == (
+        f"The input 'feed' at {fifo} is a named pipe (FIFO), not a regular file. Likely cause: only regular "
+        "files, directories and (in outputs) symbolic links are hashed and stored; reading a pipe, socket or "
+        "device may never end and gives different bytes every time. Fix: pass a regular file or a directory; "
+        "write the data to a file first."
+    )
+    assert str(H.not_regular(fifo, stat.S_IFBLK)).startswith(f"{fifo} is a block device, not a regular file.")
+    loop = tmp_path / "loop"
+    loop.symlink_to(loop)
+    with pytest.raises(consist.ConsistError) as err:
+        H.FileHasher(H.NullMemo()).hash_path(loop, "cfg")
+    assert str(err.value) == (
+        f"The input 'cfg' at {loop} is a symbolic link loop (it points to {str(loop)!r}): following it never "
+        "resolves. Likely cause: a link points to itself, to a link pointing back to it, or to a directory "
+        "above it. Fix: remove the link or point it somewhere outside the tree."
+    )
+    plain_dir = tmp_path / "d"
+    plain_dir.mkdir()
+    assert str(H.link_loop(plain_dir, back_to="/top")).startswith(
+        f"{plain_dir} is a symbolic link loop: following it leads back to /top, which contains it."
+    )
+
+
+def test_hash_dir_uses_a_walk_it_is_given(tmp_path: Path) -> None:
+    d = tmp_path / "d"
+    d.mkdir()
+    (d / "a").write_bytes(b"a")
+    (d / "b").write_bytes(b"bb")
+    walked = [w for w in H.walk_files(d) if w[0] == "b"]
+    digest, manifest = H.FileHasher(H.NullMemo()).hash_dir(d, walked=walked)
+    assert manifest == [["b", sha(b"bb"), 2]] and digest == sha(H.manifest_bytes(manifest))
+
+
+def test_walking_without_following_links(tmp_path: Path) -> None:
+    import stat
+
+    d = tmp_path / "d"
+    (d / "a").mkdir(parents=True)
+    (d / "a" / "b.txt").write_text("b")
+    (d / "a-c.txt").write_text("c")
+    (d / "link").symlink_to(d / "a")
+    followed = {rel: st for rel, _full, st in H.walk_files(d)}
+    assert sorted(followed) == ["a-c.txt", "a/b.txt", "link/b.txt"]  # the default follows links
+    unfollowed = list(H.walk_files(d, follow_links=False))
+    assert [rel for rel, _f, _s in unfollowed] == ["a-c.txt", "a/b.txt", "link"]
+    assert stat.S_ISLNK(unfollowed[2][2].st_mode)
+
+
+def test_deep_trees_hash_and_link_loops_are_named(tmp_path: Path) -> None:
+    d = tmp_path / "deep"
+    (d / "a" / "b" / "c").mkdir(parents=True)
+    (d / "a" / "b" / "c" / "f.txt").write_text("f")
+    manifest = H.FileHasher(H.NullMemo()).hash_dir(d)[1]
+    assert manifest == [["a/b/c/f.txt", sha(b"f"), 1]]
+    (d / "a" / "b" / "up").symlink_to(d / "a")
+    with pytest.raises(consist.ConsistError) as err:
+        H.FileHasher(H.NullMemo()).hash_path(d)
+    assert str(err.value).startswith(
+        f"{d / 'a' / 'b' / 'up'} is a symbolic link loop (it points to {str(d / 'a')!r}): following it leads "
+        f"back to {d / 'a'}, which contains it."
+    )
+
+
+def test_a_dangling_link_in_an_input_is_named(tmp_path: Path) -> None:
+    d = tmp_path / "in"
+    d.mkdir()
+    (d / "gone").symlink_to("moved-away.csv")
+    with pytest.raises(consist.ConsistError) as err:
+        H.FileHasher(H.NullMemo()).hash_path(d)
+    assert str(err.value) == (
+        f"{d / 'gone'} in {d} is a symbolic link to 'moved-away.csv', which does not exist. Likely cause: the "
+        "link's target was moved or deleted, or the link was made relative to another folder. Fix: fix or "
+        "remove the link."
+    )
+
+
+def test_manifests_with_links_have_their_own_format_and_names_must_be_utf8() -> None:
+    link = H.link_entry("l", "target.txt")
+    assert link == ["l", sha(b"consist-link-v1\x00target.txt"), 10, {"symlink": "target.txt"}]
+    assert (
+        H.manifest_bytes([link])
+        == ('{"format":"consist-dir-v2","files":[["l","' + link[1] + '",10,{"symlink":"target.txt"}]]}').encode()
+    )
+    bad_name = os.fsdecode(b"caf\xe9.csv")
+    with pytest.raises(consist.ConsistError) as err:
+        H.manifest_bytes([[bad_name, sha(b"x"), 1]])
+    assert str(err.value) == (
+        f"The name or link target {bad_name!r} (bytes {os.fsencode(bad_name)!r}) in a directory is not UTF-8. "
+        "Likely cause: directory manifests are UTF-8 text; a program wrote the name in another encoding. "
+        "Fix: rename the file, or make the link again, with a UTF-8 name."
+    )
+    with pytest.raises(consist.ConsistError, match="link target"):
+        H.manifest_bytes([["ok", sha(b"x"), 1], ["l", sha(b"y"), 3, {"symlink": bad_name}]])
