@@ -289,3 +289,201 @@ def test_pid_alive() -> None:
     proc = subprocess.Popen([sys.executable, "-c", "pass"])
     proc.wait()
     assert not pid_alive(proc.pid)
+
+
+# --------------------------------------------------------------------- where the index belongs
+
+
+def test_the_duckdb_file_of_an_index() -> None:
+    from consist.index import _db_path_of
+
+    db = Path("/data/runs/prov.duckdb")
+    assert _db_path_of(index_path_for(db)) == db
+    assert _db_path_of(Path("/data/idx/index.sqlite")) == Path("/data/idx/provenance.duckdb")
+    assert _db_path_of(Path("/data/.hidden/index.sqlite")) == Path("/data/.hidden/provenance.duckdb")
+    assert _db_path_of(Path("/data/x.consist/index.sqlite")) == Path("/data/x.consist/provenance.duckdb")
+
+
+def test_a_damaged_index_names_the_rebuild_command(tmp_path: Path) -> None:
+    path = tmp_path / ".prov.duckdb.consist" / "index.sqlite"
+    path.parent.mkdir()
+    path.write_bytes(b"not a database at all" * 200)
+    with pytest.raises(consist.StoreError) as err:
+        Index(path)
+    assert str(err.value).startswith(f"Cannot open the run index {path}: file is not a database.")
+    assert f"run consist.store.rebuild_index({str(tmp_path / 'prov.duckdb')!r})" in str(err.value)
+
+
+# --------------------------------------------------------------------- what a storage error is called
+
+
+def _real_error(sql: str, path: Path) -> sqlite3.Error:
+    con = sqlite3.connect(path)
+    try:
+        con.execute(sql)
+    except sqlite3.Error as exc:
+        return exc
+    finally:
+        con.close()
+    raise AssertionError("no error")
+
+
+def test_damaged_files_are_told_apart_from_other_errors(tmp_path: Path) -> None:
+    from consist.index import _storage_problem
+
+    garbage = tmp_path / "garbage.sqlite"
+    garbage.write_bytes(b"x" * 4096)
+    notadb = _real_error("SELECT * FROM sqlite_master", garbage)
+    assert notadb.sqlite_errorcode == sqlite3.SQLITE_NOTADB
+    index = tmp_path / ".prov.duckdb.consist" / "index.sqlite"
+    problem = _storage_problem(notadb, index)
+    assert problem is not None and str(problem) == (
+        f"The run index {index} is damaged (file is not a database). Likely cause: the file was truncated or "
+        "overwritten (a crash during a copy, a disk error). Fix: run "
+        f"consist.store.rebuild_index({str(tmp_path / 'prov.duckdb')!r}): it moves the damaged index aside and "
+        "rebuilds it from the DuckDB file."
+    )
+    ok = tmp_path / "ok.sqlite"
+    other = _real_error("SELECT * FROM no_such_table", ok)
+    assert _storage_problem(other, index) is None
+    malformed = sqlite3.DatabaseError("database disk image is malformed")  # as sqlite words SQLITE_CORRUPT
+    assert "is damaged (database disk image is malformed)" in str(_storage_problem(malformed, index))
+
+
+def test_a_full_disk_is_named_as_such(tmp_path: Path) -> None:
+    from consist.index import _disk_full, _storage_problem
+
+    index = tmp_path / "index.sqlite"
+    full = sqlite3.OperationalError("database or disk is full")
+    problem = _storage_problem(full, index)
+    assert problem is not None and str(problem) == (
+        f"No space left on device for the run index {index} (database or disk is full). Likely cause: the file "
+        f"system that holds the database is full. Fix: free space there (df -h {tmp_path}; "
+        "tracker.prune_store() frees stored outputs) and run the step again; the write that failed was rolled "
+        "back, nothing of it was recorded."
+    )
+    io_error = sqlite3.OperationalError("disk I/O error")
+    io_error.sqlite_errorcode = sqlite3.SQLITE_IOERR_WRITE  # extended code: primary code SQLITE_IOERR
+    assert not _disk_full(io_error, index)  # plenty of space here: an I/O error is an I/O error
+    coded_full = sqlite3.OperationalError("no space")
+    coded_full.sqlite_errorcode = sqlite3.SQLITE_FULL
+    assert _disk_full(coded_full, index)
+
+
+@pytest.fixture
+def tiny_fs(tmp_path: Path):
+    """A 256 KiB tmpfs: less than 1 MiB free from the start (needs root)."""
+    import shutil
+    import subprocess
+
+    mnt = tmp_path / "tiny"
+    mnt.mkdir()
+    if os.geteuid() != 0 or not shutil.which("mount"):
+        pytest.skip("needs root to mount a small tmpfs")
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mnt)], capture_output=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode().strip()}")
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", str(mnt)], check=True)
+
+
+def test_an_io_error_on_a_nearly_full_disk_counts_as_full(tiny_fs: Path, tmp_path: Path) -> None:
+    from consist.index import _disk_full, _nearly_full
+
+    assert _nearly_full(tiny_fs) and not _nearly_full(tmp_path) and not _nearly_full(tmp_path / "missing")
+    io_error = sqlite3.OperationalError("disk I/O error")
+    io_error.sqlite_errorcode = sqlite3.SQLITE_IOERR_WRITE
+    assert _disk_full(io_error, tiny_fs / "index.sqlite")
+    other = sqlite3.OperationalError("constraint failed")
+    other.sqlite_errorcode = sqlite3.SQLITE_CONSTRAINT
+    assert not _disk_full(other, tiny_fs / "index.sqlite")
+
+
+# --------------------------------------------------------------------- leases and members
+
+
+def test_leases_hold_while_their_run_runs_or_their_restore_is_recent(ix: Index) -> None:
+    from consist.index import HOST, RESTORE_LEASE_S
+
+    ix.upsert_run(run_row("running", status="running", host=HOST, pid=os.getpid()))
+    ix.upsert_run(run_row("done"))
+    ix.lease_written("running", "sha256:r", "file", "/store", 1)
+    ix.lease_written("unrecorded", "sha256:u", "file", "/store", 1)
+    ix.lease_restoring([("sha256:x", "file"), ("sha256:y", "dir")])
+    taken = {r["hash"]: r["taken_at"] for r in ix.query("SELECT hash, taken_at FROM lease")}
+    live, ended = ix.leases()
+    assert sorted(r["hash"] for r in live) == ["sha256:r", "sha256:u", "sha256:x", "sha256:y"] and ended == []
+    assert {r["hash"]: r["kind"] for r in live}["sha256:y"] == "dir"
+    ix.execute("INSERT INTO lease VALUES ('sha256:d', 'file', 'done', ?, ?, NULL, ?)", (HOST, os.getpid(), 0.0))
+    later = taken["sha256:x"] + RESTORE_LEASE_S  # exactly the lease's length later: it has ended
+    live, ended = ix.leases(now=later)
+    assert sorted(r["hash"] for r in live) == ["sha256:r"]
+    assert len(ended) == 4
+    live, _ = ix.leases(now=later - 1)
+    assert sorted(r["hash"] for r in live) == ["sha256:r", "sha256:u", "sha256:x", "sha256:y"]
+
+
+def test_leases_of_dead_processes_end_but_other_hosts_are_trusted(ix: Index) -> None:
+    import subprocess
+    import sys
+
+    from consist.index import HOST
+
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    now = 1e9
+    ix.execute("INSERT INTO lease VALUES ('sha256:dead', 'file', NULL, ?, ?, 1, ?)", (HOST, proc.pid, now))
+    ix.execute("INSERT INTO lease VALUES ('sha256:far', 'file', NULL, 'elsewhere', ?, 1, ?)", (proc.pid, now))
+    ix.execute("INSERT INTO lease VALUES ('sha256:me', 'file', NULL, ?, ?, 1, ?)", (HOST, os.getpid(), now))
+    live, ended = ix.leases(now=now)
+    assert sorted(r["hash"] for r in live) == ["sha256:far", "sha256:me"] and len(ended) == 1
+
+
+def test_members_of_a_directory_output(ix: Index) -> None:
+    import json
+
+    ix.upsert_run(run_row("r"))
+    for art, meta in (("D", None), ("m1", {"member_of": "D"}), ("m2", {"member_of": "D"}), ("e1", {"member_of": "E"})):
+        ix.add_artifact(art_row(art, meta=json.dumps(meta) if meta else None))
+    ix.add_artifact(art_row("bare"))
+    ix.link("r", "D", "output", "tables")
+    ix.link("r", "m1", "member", "tables/a.csv")
+    ix.link("r", "m2", "member", "tables/b.csv")
+    ix.link("r", "e1", "member", "other/c.csv")
+    ix.link("r", "bare", "member", "tables/x.csv")
+    ix.link("r2", "m1", "member", "tables/a.csv")
+    members = ix.members_of("r", "D")
+    assert [(m["link_key"], m["id"]) for m in members] == [("tables/a.csv", "m1"), ("tables/b.csv", "m2")]
+    assert ix.members_of("r", "none") == []
+
+
+def test_pid_alive_never_disturbs_the_process_it_asks_about() -> None:
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    child = subprocess.Popen(
+        [sys.executable, "-c", "import time; time.sleep(30)"],
+        preexec_fn=lambda: signal.signal(signal.SIGHUP, signal.SIG_DFL),
+    )
+    try:
+        assert pid_alive(child.pid)
+        time.sleep(0.2)
+        assert child.poll() is None  # no signal was delivered
+    finally:
+        child.kill()
+        child.wait()
+
+
+def test_a_process_of_another_user_counts_as_alive() -> None:
+    if os.geteuid() != 0:
+        assert pid_alive(1)  # init belongs to root: asking about it is refused, and that means alive
+        return
+    os.setresuid(65534, 65534, 0)  # for a moment, an unprivileged user that may not signal init
+    try:
+        assert pid_alive(1)
+    finally:
+        os.setresuid(0, 0, 0)
