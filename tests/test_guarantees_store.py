@@ -8,6 +8,7 @@ rebuilt; a locked file is a clear error, never a hang. Real SQLite and DuckDB fi
 from __future__ import annotations
 
 import datetime as dt
+import os
 import subprocess
 import sys
 import textwrap
@@ -258,3 +259,101 @@ def test_a_damaged_duckdb_file_is_not_reported_as_locked(tmp_path: Path, ix: Ind
         DuckStore(bad, ix).sync()
     assert not isinstance(err.value, consist.StoreLockedError)
     assert "keeps the file open" not in str(err.value)
+
+
+# --------------------------------------------------------------------- what a DuckDB error is called
+
+
+def test_lock_damage_and_space_are_told_apart_by_duckdbs_words() -> None:
+    from consist.store import _is_lock_conflict, _looks_damaged, _no_space
+
+    assert _is_lock_conflict(duckdb.IOException('Could not set lock on file "x.duckdb"'))
+    assert _is_lock_conflict(duckdb.IOException("Conflicting lock is held in /usr/bin/python (PID 1)"))
+    assert not _is_lock_conflict(duckdb.IOException("Permission denied"))
+    for words in ("No space left on device", "database or disk is full", "write failed: disk full"):
+        assert _no_space(OSError(words)), words
+    assert not _no_space(OSError("disk quota exceeded"))
+    for words in ("corrupt database file", "block checksum mismatch", "not a valid DuckDB database file",
+                  "Could not read enough bytes from file"):  # fmt: skip
+        assert _looks_damaged(duckdb.IOException(words)), words
+    assert not _looks_damaged(duckdb.IOException("Catalog Error: Table with name x does not exist"))
+
+
+def test_open_errors_read_in_full(ix: Index, duck: DuckStore) -> None:
+    db = duck.db_path
+    assert str(duck._open_error(OSError("No space left on device"))) == (
+        f"No space left on device for the provenance database {db}: No space left on device. Likely cause: the "
+        f"file system that holds it is full. Fix: free space there (df -h {db.parent}) and call tracker.sync() "
+        "or query again; the merge was rolled back, the DuckDB file keeps what it had and the runs wait in the "
+        "run index."
+    )
+    assert str(duck._open_error(duckdb.IOException("Cannot open file: Permission denied"))) == (
+        f"Cannot open the provenance database {db}: Cannot open file: Permission denied. Likely cause: this user "
+        "may not read or write the file or its folder. Fix: fix the permissions, or use a db_path this user owns."
+    )
+    assert str(duck._open_error(duckdb.IOException("bad header"))) == (
+        f"The provenance database {db} is damaged: bad header. Likely cause: the file was truncated or "
+        "overwritten (a full disk or a crash while it was written or copied), or another program wrote it. "
+        f"Fix: move it away (mv {db} {db}.damaged); the next query or tracker.sync() rebuilds it from the run "
+        "index, which holds every run."
+    )
+
+
+# --------------------------------------------------------------------- rebuilding the index
+
+
+def test_index_damage_is_seen_by_a_read_only_check(tmp_path: Path, ix: Index) -> None:
+    from consist.store import _index_damaged
+
+    os.chdir(tmp_path)
+    assert not _index_damaged(tmp_path / "missing.sqlite")
+    ix.upsert_run(run_row("r"))
+    assert not _index_damaged(ix.path)
+    garbage = tmp_path / "garbage.sqlite"
+    garbage.write_bytes(b"\x00not sqlite" * 500)
+    assert _index_damaged(garbage)
+    assert not any(p.name.startswith("file:") for p in tmp_path.iterdir())  # opened by URI, read-only
+
+
+def test_rebuild_index_moves_a_damaged_index_aside_and_refills_it(tmp_path: Path, ix: Index, duck: DuckStore) -> None:
+    import re
+
+    from consist.store import rebuild_index
+
+    ix.upsert_run(run_row("kept", run_dir=str(tmp_path / "runs")))
+    duck.sync()
+    store = tmp_path / "runs" / ".consist" / "objects"
+    extra = tmp_path / "extra_store"
+    from consist.objects import ObjectStore
+
+    a = ObjectStore(store).put_bytes(b"in the run_dir store")
+    b = ObjectStore(extra).put_bytes(b"in an extra store")
+    duck.dispose()
+    ix.close()
+    for suffix in ("", "-wal", "-shm"):
+        Path(f"{ix.path}{suffix}").write_bytes(b"damaged" * 100)
+    report = rebuild_index(duck.db_path, object_stores=[tmp_path / "no-such-store", extra])
+    moved = report["moved_aside"]
+    assert re.fullmatch(re.escape(str(ix.path)) + r"\.damaged-\d{8}-\d{6}", moved)
+    assert Path(moved).read_bytes() == b"damaged" * 100
+    assert Path(f"{moved}-wal").exists() and Path(f"{moved}-shm").exists()  # moved with it, never deleted
+    assert (report["runs"], report["objects"]) == (1, 2)
+    again = Index(ix.path)
+    try:
+        assert again.run("kept") is not None
+        assert again.object_stores(a) == [str(store)] and again.object_stores(b) == [str(extra)]
+    finally:
+        again.close()
+    assert rebuild_index(duck.db_path)["moved_aside"] is None  # an intact index stays where it is
+
+
+def test_rebuild_index_needs_the_duckdb_file(tmp_path: Path) -> None:
+    from consist.store import rebuild_index
+
+    with pytest.raises(consist.StoreError) as err:
+        rebuild_index(tmp_path / "gone.duckdb")
+    assert str(err.value) == (
+        f"There is no provenance database at {tmp_path / 'gone.duckdb'}. Likely cause: the path is wrong, or "
+        "the DuckDB file was deleted. Fix: pass the db_path the trackers use; without the DuckDB file there is "
+        "nothing to rebuild from."
+    )
