@@ -400,3 +400,122 @@ def test_all_objects_remove_and_clear_tmp(tmp_path: Path, store: ObjectStore) ->
     store.clear_tmp(older_than_s=-1)
     assert not new.exists()
     ObjectStore(tmp_path / "never-used").clear_tmp()  # no tmp directory: nothing to do
+
+
+# --------------------------------------------------------------------- damage, worded in full
+
+
+def test_missing_and_damaged_objects_read_in_full(store: ObjectStore, tmp_path: Path) -> None:
+    absent = sha(b"never stored")
+    with pytest.raises(consist.IntegrityError) as err:
+        store.verify(absent)
+    assert str(err.value) == (
+        f"Stored object {absent} is missing from {store.root}. Likely cause: the object store was pruned or "
+        "files were deleted by hand. Fix: nothing to do: the step runs again and stores its outputs anew."
+    )
+    digest = store.put_bytes(b'{"format":"something-else","files":[]}')
+    with pytest.raises(consist.IntegrityError) as err:
+        store.read_manifest(digest)
+    assert str(err.value) == f"Object {digest} is not a directory manifest."
+
+
+def test_a_damaged_manifest_is_dropped_so_the_next_store_repairs_it(store: ObjectStore, tmp_path: Path) -> None:
+    d = tmp_path / "d"
+    d.mkdir()
+    (d / "a").write_bytes(b"a")
+    digest = store.put_dir(d, H.FileHasher(H.NullMemo()))[0]
+    obj = store.path_of(digest)
+    os.chmod(obj, 0o644)
+    obj.write_bytes(obj.read_bytes().replace(b'"a"', b'"b"'))
+    with pytest.raises(consist.IntegrityError) as err:
+        store.read_manifest(digest)
+    assert str(err.value).startswith(f"Stored object {obj} hashes to sha256:")
+    assert str(err.value).endswith(
+        f"not {digest}. Likely cause: the file was modified after it was stored, or the disk damaged it. "
+        "Fix: nothing to do: the step runs again and stores its outputs anew."
+    )
+    assert not obj.exists()  # removed: storing the directory again puts it back
+    assert store.put_dir(d, H.FileHasher(H.NullMemo()))[0] == digest and store.read_manifest(digest)
+
+
+def test_a_link_at_an_objects_place_is_damage(store: ObjectStore, tmp_path: Path) -> None:
+    d = tmp_path / "d"
+    d.mkdir()
+    (d / "a").write_bytes(b"a")
+    digest = store.put_dir(d, H.FileHasher(H.NullMemo()))[0]
+    obj = store.path_of(digest)
+    (tmp_path / "elsewhere.json").write_bytes(obj.read_bytes())
+    obj.unlink()
+    obj.symlink_to(tmp_path / "elsewhere.json")
+    with pytest.raises(consist.IntegrityError) as err:
+        store.read_manifest(digest)
+    assert str(err.value).startswith(f"Stored object {obj} is a symbolic link, not a regular file. Likely cause:")
+
+
+def test_stored_links_are_checked(store: ObjectStore, tmp_path: Path) -> None:
+    from consist.objects import link_digest
+
+    link = tmp_path / "l"
+    link.symlink_to("some/target.csv")
+    assert link_digest(link) == (sha(b"consist-link-v1\x00some/target.csv"), 15)
+    good = store.put_bytes(H.link_bytes("some/target.csv"))
+    assert str(store.check("link", good, 15)) == "some/target.csv"
+    with pytest.raises(consist.IntegrityError) as err:
+        store.check("link", good, 16)
+    assert str(err.value).startswith(f"Stored link {good} has a target of 15 bytes, expected 16.")
+    for data in (b"not a link at all", H.link_bytes(""), H.link_bytes("a") + b"\x00b"):
+        bad = store.put_bytes(data)
+        with pytest.raises(consist.IntegrityError) as err:
+            store.check("link", bad, None)
+        assert str(err.value) == (
+            f"Object {bad} is not a stored symbolic link. Likely cause: the object store was edited by hand, or "
+            "its files were damaged. Fix: nothing to do: the step runs again; run "
+            "tracker.prune_store(verify=True) to drop damaged objects."
+        )
+
+
+def test_object_paths_name_their_digest(store: ObjectStore) -> None:
+    from consist.objects import _digest_at
+
+    digest = "sha256:" + "ab" * 32
+    assert _digest_at(str(store.path_of(digest))) == digest
+    with pytest.raises(consist.IntegrityError, match="is not the path of a stored object"):
+        _digest_at("/somewhere/else/file.txt")
+
+
+def test_copy_bytes_copies_exactly_the_size_asked(tmp_path: Path) -> None:
+    src = tmp_path / "long.bin"
+    src.write_bytes(b"0123456789" * 10)
+    copy_bytes(src, tmp_path / "ten.bin", 10, "ten")
+    assert (tmp_path / "ten.bin").read_bytes() == b"0123456789"
+    (tmp_path / "one.bin").write_bytes(b"x")
+    copy_bytes(tmp_path / "one.bin", tmp_path / "one-copy.bin", 1, "one")
+    assert (tmp_path / "one-copy.bin").read_bytes() == b"x"
+
+
+def test_copy_and_directory_restore_progress(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capfd) -> None:
+    monkeypatch.setenv("CONSIST_PROGRESS", "1")
+    monkeypatch.setenv("CONSIST_PROGRESS_DELAY", "0")
+    src = tmp_path / "big.bin"
+    src.write_bytes(b"z" * (3 << 20))
+    copy_bytes(src, tmp_path / "copy.bin", 3 << 20, "my label")
+    err = capfd.readouterr().err
+    assert "copying my label" in err and "3.1/3.1 MB" in err
+    d = tmp_path / "d"
+    d.mkdir()
+    (d / "big.bin").write_bytes(b"y" * (3 << 20))
+    store = ObjectStore(tmp_path / "objects")
+    digest = store.put_dir(d, H.FileHasher(H.NullMemo()))[0]
+    capfd.readouterr()
+    store.write(store.check("dir", digest, None), tmp_path / "restored_dir")
+    err = capfd.readouterr().err
+    assert "restoring restored_dir" in err and "3.1/3.1 MB" in err
+
+
+def test_the_umask_is_read_once_and_left_unchanged(monkeypatch: pytest.MonkeyPatch) -> None:
+    from consist import objects
+
+    monkeypatch.setattr(objects, "_UMASK", None)  # as in a fresh process
+    before = process_umask()
+    assert objects._umask() == before and objects._UMASK == before
+    assert process_umask() == before
