@@ -22,7 +22,8 @@ import consist
 from consist import Tracker
 from consist.hashing import FileHasher, NullMemo, dumps, hash_canonical, manifest_bytes
 from consist.identity import make_signature
-from consist.tracker import _holds, driver_for, normalize_inputs
+from consist.planning import driver_for, normalize_inputs
+from consist.restoring import _holds
 
 
 def sha(data: bytes) -> str:

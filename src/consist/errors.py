@@ -219,4 +219,4 @@ def warn_caller(message: str, category: type[Warning] = ConsistWarning) -> None:
     warnings.warn(message, category, stacklevel=level)
 
 
-__all__ += ["ConsistWarning", "warn_caller"]
+__all__ += ["ConsistWarning"]

@@ -348,7 +348,7 @@ def run_container(
     parent = tracker._stack[-1] if tracker._stack else None
     cache_mode = parent.plan.cache_mode if parent and parent.plan.cache_mode in ("overwrite", "readonly") else "reuse"
     hasher = tracker._hasher(cache_mode)
-    from ..tracker import _Plan, normalize_inputs
+    from ..planning import _Plan, normalize_inputs
 
     resolved = [(k, p, hasher.hash_path(p, k)) for k, p in normalize_inputs(inputs, tracker._coupler_path)]
     components: dict[str, Any] = {

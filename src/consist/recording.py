@@ -1,0 +1,258 @@
+"""Recording runs: claiming run ids, linking inputs, storing outputs, finishing runs and hits."""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import time
+import uuid
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from .errors import (
+    OutputError,
+)
+from .hashing import FileHasher, dumps, hash_canonical
+from .names import check_run_id, fit
+from .objects import (
+    file_entries,
+    link_digest,
+    manifest_size,
+    mode_meta,
+    modes_meta,
+    place,
+)
+from .planning import _Active, _as_path, _Plan, driver_for
+from .results import RunResult
+
+log = logging.getLogger("consist")
+HOST = socket.gethostname()
+
+
+class RecordingMixin:
+    """Writes runs, artifacts and links to the run index. Mixed into :class:`consist.tracker.Tracker`."""
+
+    def _new_row(self, plan: _Plan, run_id: str, parent: str | None, tags: Sequence[str] | None) -> dict[str, Any]:
+        return {
+            "id": run_id,
+            "name": run_id,
+            "model": plan.model,
+            "status": "running",
+            "parent_run_id": parent,
+            "year": plan.year,
+            "iteration": plan.iteration,
+            "tags": dumps(list(tags)) if tags else None,
+            "signature": plan.signature,
+            "code_version": plan.components.get("code"),
+            "config_hash": plan.config_hash,
+            "input_hash": hash_canonical(plan.components.get("inputs", {}), "consist-inputs-v1"),
+            "config": dumps(plan.config),
+            "identity": dumps(plan.components),
+            "cache_hit": 0,
+            "cache_source": None,
+            "cache_epoch": self.cache_epoch,
+            "error": None,
+            "meta": None,
+            "run_dir": str(self.run_dir),
+            "pid": os.getpid(),
+            "host": HOST,
+            "started_at": time.time(),
+            "ended_at": None,
+        }
+
+    def _open(
+        self,
+        plan: _Plan,
+        run_id: str | None,
+        parent: str | None,
+        tags: Sequence[str] | None,
+        meta: dict[str, Any] | None = None,
+        status: str = "running",
+    ) -> _Active:
+        wanted = check_run_id(run_id) if run_id else f"{fit(plan.name)[:190]}_{uuid.uuid4().hex[:8]}"
+        row = self._new_row(plan, wanted, parent, tags)
+        row["status"] = status
+        if meta:
+            row["meta"] = dumps(meta)
+        if plan.cache_mode != "readonly":
+            with self._index.write():
+                row["id"] = self._index.claim_run_id(wanted, row)
+                self._link_inputs(row["id"], plan)
+        active = _Active(row=row, plan=plan)
+        return active
+
+    def _link_inputs(self, run_id: str, plan: _Plan) -> None:
+        for key, path, digest in plan.inputs:
+            produced = self._index.output_artifact_with_hash(digest) if plan.hasher.strategy == "full" else None
+            if produced is not None:
+                art_id = produced["id"]
+            else:
+                uri = str(path.resolve())
+                art_id = hash_canonical([uri, digest], "consist-input-artifact-v1").split(":")[1][:32]
+                is_dir = path.is_dir()
+                self._index.add_artifact({
+                    "id": art_id, "key": key, "uri": uri, "hash": digest,
+                    "size": None if is_dir else path.stat().st_size, "kind": "dir" if is_dir else "file",
+                    "driver": driver_for(path, is_dir), "run_id": None, "created_at": time.time(), "meta": None,
+                    "location": self.roots.locate(Path(uri)),
+                })  # fmt: skip
+            self._index.link(run_id, art_id, "input", key)
+
+    def _store_output(self, active: _Active, key: str, path: Path, *, allow_external: bool = False) -> dict[str, Any]:
+        path = Path(path).absolute()
+        if not os.path.lexists(path):
+            raise OutputError(
+                f"Output {key!r} does not exist at {path}",
+                "the step did not write it, or wrote it somewhere else",
+                "make the function write the file before returning its path",
+            )
+        # A symbolic link is recorded as itself (its place, its target text), never as what it points to.
+        is_link = path.is_symlink()
+        resolved = place(path)
+        location = self.roots.locate(resolved) or (
+            str(resolved) if allow_external else self.roots.location_for_output(resolved, key)
+        )
+        hasher = FileHasher(active.plan.hasher.memo, "full")
+        is_dir = not is_link and path.is_dir()
+        meta: dict[str, Any] | None = None
+        if is_link:
+            digest, size = self._objects.put_link(path) if active.persist else link_digest(path)
+            if active.persist:  # leased like any stored output (see _store_leased)
+                self._index.lease_written(active.id, digest, "link", str(self._objects.root), size)
+        elif active.persist:
+            # Leased to this run until it ends, so prune_store() in another process keeps it.
+            digest, size, manifest = self._store_leased(active.id, path, hasher)
+            meta = {"files": len(manifest), **modes_meta(getattr(manifest, "modes", {}))} if is_dir else None
+        else:
+            if is_dir:
+                digest, manifest = hasher.hash_dir(path, follow_links=False)
+                size, meta = manifest_size(manifest), {"files": len(manifest)}
+            else:
+                digest, size = hasher.hash_file(path, follow=False), path.stat().st_size
+        if not is_dir and not is_link:
+            meta = mode_meta(path.lstat().st_mode) or None  # restores give the file this mode again
+        row = {
+            "id": uuid.uuid4().hex, "key": key, "uri": str(resolved), "location": location, "hash": digest,
+            "size": size, "kind": "link" if is_link else "dir" if is_dir else "file",
+            "driver": driver_for(path, is_dir), "run_id": active.id, "created_at": time.time(),
+            "meta": dumps(meta) if meta else None,
+        }  # fmt: skip
+        if is_dir:
+            row["_members"] = _member_rows(row, file_entries(manifest))
+        # Recorded with the run's final status, in one transaction (see _finish).
+        active.outputs[key] = row
+        return row
+
+    def _link_members(self, run_id: str, out: dict[str, Any]) -> None:
+        """Record the files of a directory output as member artifacts of the run (key = relative path)."""
+        for m in out.pop("_members", None) or ():
+            if m.pop("_new", False):
+                self._index.add_artifact(_plain_row(m))
+            self._index.link(run_id, m["id"], "member", m["key"])
+
+    def _finish(self, active: _Active, status: str, error: BaseException | str | None = None) -> None:
+        if status == "failed" and active.scenario is None:
+            sc = self._scenario(active)
+            if sc is not None:
+                sc._step_failed(active.id)
+        row = active.row
+        row["status"] = status
+        row["ended_at"] = time.time()
+        if error is not None:
+            row["error"] = error if isinstance(error, str) else f"{type(error).__name__}: {error}"
+        if active.persist:
+            with self._index.write():
+                for key, out in active.outputs.items():
+                    # Produced here, or a restored copy at a new place (a row of its own, same producer).
+                    if out.get("run_id") == active.id or out.pop("_new", False):
+                        self._index.add_artifact(_plain_row(out))
+                    self._index.link(active.id, out["id"], "output", key)
+                    self._link_members(active.id, out)
+                self._index.upsert_run(row)
+
+    def _record_hit(
+        self,
+        plan: _Plan,
+        found: tuple[dict[str, Any], dict[str, dict[str, Any]]],
+        run_id: str | None,
+        parent: str | None,
+        tags: Sequence[str] | None,
+    ) -> RunResult:
+        producer, outs = found
+        active = self._open(plan, run_id, parent, tags, status="completed")
+        row = active.row
+        row.update(cache_hit=1, cache_source=producer["id"], ended_at=time.time())
+        if active.persist:
+            with self._index.write():
+                self._index.upsert_run(row)
+                for key, o in outs.items():
+                    if o.pop("_new", False):
+                        o["run_id"] = producer["id"]
+                        self._index.add_artifact(_plain_row(o))
+                    self._index.link(row["id"], o["id"], "output", key)
+                    self._link_members(row["id"], o)
+        clean = {k: _plain_row(o) for k, o in outs.items()}
+        self._fire("start", row)
+        self._fire("complete", row, clean)
+        self._step_done(None, clean)
+        return RunResult(row["id"], True, producer["id"], row, clean)
+
+    def _collect_outputs(
+        self,
+        active: _Active,
+        value: Any,
+        keys: Sequence[str],
+        declared_paths: Mapping[str, Any] | None,
+    ) -> None:
+        if declared_paths:
+            for key, path in declared_paths.items():
+                self._store_output(active, key, Path(path))
+            return
+        if not keys:
+            return
+        if isinstance(value, Mapping):
+            missing = [k for k in keys if k not in value]
+            if missing:
+                raise OutputError(
+                    f"The function returned no path for declared outputs {missing}",
+                    f"it returned a dict with keys {sorted(map(str, value))}",
+                    "return a dict with every key listed in outputs=",
+                )
+            for key in keys:
+                self._store_output(active, key, _as_path(value[key], key))
+        elif len(keys) == 1 and value is not None:
+            self._store_output(active, keys[0], _as_path(value, keys[0]))
+        else:
+            raise OutputError(
+                f"The function returned {type(value).__name__} but outputs={list(keys)} were declared",
+                "a single output needs a path as return value; several need a dict key -> path",
+                "return the output path(s) from the function",
+            )
+
+
+_LINK_ONLY = ("link_key", "direction", "_new", "_members")
+
+
+def _plain_row(row: Mapping[str, Any]) -> dict[str, Any]:
+    """An artifact row without the bookkeeping keys used while a run is open."""
+    return {k: v for k, v in row.items() if k not in _LINK_ONLY}
+
+
+def _member_rows(dir_row: Mapping[str, Any], manifest: Sequence[Sequence[Any]]) -> list[dict[str, Any]]:
+    """One artifact per file of a directory output, keyed by its path relative to the directory.
+
+    Members are found by queries (``get_artifacts_for_run(...).outputs``, a key such as
+    ``summary/mode_share.csv``); restores use the directory artifact alone.
+    """
+    base_uri, base_loc = dir_row["uri"], dir_row.get("location")
+    rows = []
+    for rel, digest, size in manifest:
+        rows.append({
+            "id": uuid.uuid4().hex, "key": rel, "uri": f"{base_uri}/{rel}",
+            "location": f"{base_loc.rstrip('/')}/{rel}" if base_loc else None, "hash": digest, "size": size,
+            "kind": "file", "driver": driver_for(Path(rel)), "run_id": dir_row.get("run_id"),
+            "created_at": dir_row.get("created_at"), "meta": dumps({"member_of": dir_row["id"]}), "_new": True,
+        })  # fmt: skip
+    return rows
