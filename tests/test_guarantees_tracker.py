@@ -568,3 +568,30 @@ def test_miss_explanations_name_the_reason(tracker: Tracker) -> None:
 )  # fmt: skip
 def test_driver_from_extension(name: str, is_dir: bool, driver: str | None) -> None:
     assert driver_for(Path(name), is_dir) == driver
+
+
+def test_each_file_of_a_directory_output_is_recorded_as_a_member(make_tracker, tmp_path: Path) -> None:
+    t = make_tracker()
+
+    def step() -> None:
+        write("tables/trips.csv", "t\n")
+        write("tables/sub/mode_share.parquet", b"PAR1")
+
+    (tmp_path / "a").mkdir()
+    os.chdir(tmp_path / "a")
+    r = t.run(step, name="m", outputs={"tables": "tables"})
+    d = links(t, r.run_id, "output")["tables"]
+    members = {m["link_key"]: m for m in t._index.links_of(r.run_id, "member")}
+    assert sorted(members) == ["sub/mode_share.parquet", "trips.csv"]
+    trips, share = members["trips.csv"], members["sub/mode_share.parquet"]
+    assert trips["uri"] == d["uri"] + "/trips.csv" and trips["location"] == d["location"].rstrip("/") + "/trips.csv"
+    assert (trips["hash"], trips["size"], trips["kind"], trips["driver"]) == (sha(b"t\n"), 2, "file", "csv")
+    assert (share["driver"], share["run_id"], share["created_at"]) == ("parquet", r.run_id, d["created_at"])
+    assert json.loads(trips["meta"]) == {"member_of": d["id"]} and trips["key"] == "trips.csv"
+    (tmp_path / "b").mkdir()
+    os.chdir(tmp_path / "b")
+    hit = t.run(step, name="m", outputs={"tables": "tables"})  # declared relative to this checkout
+    assert hit.cache_hit
+    copies = {m["link_key"]: m for m in t._index.links_of(hit.run_id, "member")}
+    assert copies["trips.csv"]["uri"] == str((tmp_path / "b" / "tables" / "trips.csv").resolve())
+    assert copies["trips.csv"]["hash"] == trips["hash"] and copies["trips.csv"]["run_id"] == r.run_id
