@@ -8,10 +8,11 @@ Usage (from the repository root, with the test dependencies and mutmut installed
 
 mutmut is configured under ``[tool.mutmut]`` in pyproject.toml (which files it
 mutates, which tests it runs). This script picks the mutants in scope: every
-function of hashing, identity, objects, index, store, locations and
-containers/mounts, and the functions of tracker.py and integrations/containers.py
-that decide identity, hits, restores, storage and mounts. It prints one table row per module and every mutant that
-was not killed. See docs/testing.md.
+function of hashing, identity, objects, index, store, locations, restoring and
+containers/mounts, and the functions of tracker.py, planning.py, recording.py and
+integrations/containers.py that decide identity, hits, restores, storage and
+mounts. It prints one table row per module and every mutant that was not killed.
+See docs/testing.md.
 """
 
 from __future__ import annotations
@@ -35,12 +36,14 @@ SCOPE: dict[str, list[str] | None] = {
     "consist.objects": None,
     "consist.index": None,
     "consist.store": None,
-    "consist.tracker": [
-        "Tracker._plan", "Tracker._canonical_config", "Tracker._hasher", "_ReadOnlyMemo.memo_get",
-        "normalize_inputs", "_input_path", "Tracker._try_reuse", "Tracker._store_for", "_holds",
-        "Tracker._explain", "Tracker._store_output", "driver_for", "Tracker._finish", "Tracker._record_hit",
-        "Tracker._open", "Tracker._new_row", "Tracker._link_inputs", "Tracker._restore_path",
-        "Tracker._link_members", "_member_rows", "_plain_row",
+    # The tracker's cache decisions and restores, split over four modules.
+    "consist.tracker": ["Tracker._plan", "Tracker._canonical_config", "Tracker._hasher", "Tracker._explain"],
+    "consist.planning": ["driver_for", "_ReadOnlyMemo.memo_get", "normalize_inputs", "_input_path"],
+    "consist.restoring": None,
+    "consist.recording": [
+        "RecordingMixin._new_row", "RecordingMixin._open", "RecordingMixin._link_inputs",
+        "RecordingMixin._store_output", "RecordingMixin._link_members", "RecordingMixin._finish",
+        "RecordingMixin._record_hit", "_plain_row", "_member_rows",
     ],
     "consist.locations": None,
     "consist.integrations.containers": [
@@ -48,7 +51,6 @@ SCOPE: dict[str, list[str] | None] = {
     ],
     "consist.containers.mounts": None,
 }  # fmt: skip
-
 
 
 def mangled(module: str, function: str) -> str:
