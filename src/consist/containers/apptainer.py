@@ -25,7 +25,7 @@ from ..hashing import FileHasher, HashMemo, NullMemo
 from . import registry
 from .base import Backend, ContainerSpec, ImageRef, Launch, check_environment
 from .mounts import check_mount_args
-from .oci import split_reference
+from .registry import split_reference
 
 
 class ApptainerBackend(Backend):

@@ -17,21 +17,10 @@ from typing import Any
 from ..errors import BackendUnavailableError, ImageNotFoundError
 from .base import ENGINE_CALL_TIMEOUT_S, Backend, ContainerSpec, ImageRef, Launch, check_environment
 from .mounts import check_mount_args
+from .registry import split_reference
 
 # Pulling a multi-gigabyte model image can take a while; it still must end.
 PULL_TIMEOUT_S = 3600.0
-
-
-def split_reference(image: str) -> tuple[str, str | None, str | None]:
-    """(repository, tag, digest) of an image reference."""
-    digest = None
-    if "@" in image:
-        image, digest = image.split("@", 1)
-    tag = None
-    last = image.rsplit("/", 1)[-1]
-    if ":" in last:
-        image, tag = image.rsplit(":", 1)
-    return image, tag, digest
 
 
 def _registry_of(repo_digest: str) -> str:

@@ -135,6 +135,18 @@ def _fail(kind: type[RegistryError], ref: str, detail: str, *, creds: Credential
 # --------------------------------------------------------------------- references
 
 
+def split_reference(image: str) -> tuple[str, str | None, str | None]:
+    """(repository, tag, digest) of an image reference, as written (no registry defaults)."""
+    digest = None
+    if "@" in image:
+        image, digest = image.split("@", 1)
+    tag = None
+    last = image.rsplit("/", 1)[-1]
+    if ":" in last:
+        image, tag = image.rsplit(":", 1)
+    return image, tag, digest
+
+
 @dataclasses.dataclass(frozen=True)
 class Reference:
     """A normalised image reference: ``registry/repository:tag`` or ``…@digest``."""
@@ -146,14 +158,7 @@ class Reference:
 
     @classmethod
     def parse(cls, image: str) -> Reference:
-        ref = image.removeprefix("docker://")
-        digest = None
-        if "@" in ref:
-            ref, digest = ref.split("@", 1)
-        tag = None
-        last = ref.rsplit("/", 1)[-1]
-        if ":" in last:
-            ref, tag = ref.rsplit(":", 1)
+        ref, tag, digest = split_reference(image.removeprefix("docker://"))
         first, _, rest = ref.partition("/")
         if rest and ("." in first or ":" in first or first == "localhost"):
             registry, repo = first, rest
