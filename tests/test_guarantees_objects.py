@@ -8,6 +8,7 @@ rename and never writes through a symlink. The memo is a real run index.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import stat
 import time
@@ -149,8 +150,19 @@ def test_verify_reports_missing_short_and_damaged_objects(store: ObjectStore, tm
     obj = store.path_of(digest)
     os.chmod(obj, 0o644)
     obj.write_bytes(b"0123456780")  # same size, other bytes, new mtime
-    with pytest.raises(consist.IntegrityError, match="hashes to " + sha(b"0123456780")):
+    with pytest.raises(consist.IntegrityError) as err:
         store.verify(digest, 10)
+    assert str(err.value) == (
+        f"Stored object {obj} hashes to {sha(b'0123456780')}, not {digest}. Likely cause: the file was modified "
+        "after it was stored, or the disk damaged it. Fix: nothing to do: the step runs again; run "
+        "tracker.prune_store() to drop damaged objects."
+    )
+    with pytest.raises(consist.IntegrityError) as err:
+        store.verify(digest, 12)
+    assert str(err.value) == (
+        f"Stored object {obj} has 10 bytes, expected 12. Likely cause: the file was modified or truncated after "
+        "it was stored. Fix: nothing to do: the step runs again; run tracker.prune_store() to drop damaged objects."
+    )
 
 
 def test_a_verified_object_is_not_read_again_while_its_stat_is_unchanged(store: ObjectStore, index: Index) -> None:
@@ -519,3 +531,32 @@ def test_the_umask_is_read_once_and_left_unchanged(monkeypatch: pytest.MonkeyPat
     before = process_umask()
     assert objects._umask() == before and objects._UMASK == before
     assert process_umask() == before
+
+
+def test_manifest_bodies_that_are_not_manifests(store: ObjectStore) -> None:
+    for data in (b"[1, 2]", b"not json", b'{"format":"consist-dir-v1","files":{}}'):
+        digest = store.put_bytes(data)
+        with pytest.raises(consist.IntegrityError) as err:
+            store.read_manifest(digest)
+        assert str(err.value) == f"Object {digest} is not a directory manifest."
+    link = H.link_entry("l", "t")
+    old_format_with_link = store.put_bytes(b'{"format":"consist-dir-v1","files":' + json.dumps([link]).encode() + b"}")
+    with pytest.raises(consist.IntegrityError) as err:
+        store.read_manifest(old_format_with_link)
+    assert str(err.value).startswith(
+        f"Directory manifest {old_format_with_link} of format consist-dir-v1 lists a symbolic link. Likely cause:"
+    )
+
+
+def test_pipes_in_an_output_directory_are_left_out_with_a_warning(store: ObjectStore, tmp_path: Path) -> None:
+    d = tmp_path / "out"
+    d.mkdir()
+    (d / "table.csv").write_bytes(b"t")
+    os.mkfifo(d / "feed")
+    with pytest.warns(consist.ConsistWarning) as caught:
+        _digest, total, manifest = store.put_dir(d, H.FileHasher(H.NullMemo()))
+    assert [e[0] for e in manifest] == ["table.csv"] and total == 1
+    assert str(caught[0].message) == (
+        f"{d / 'feed'} is a named pipe (FIFO), not a regular file: the object store keeps regular files, "
+        "directories and symbolic links only, so it is left out of the stored directory"
+    )
