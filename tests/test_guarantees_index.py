@@ -487,3 +487,42 @@ def test_a_process_of_another_user_counts_as_alive() -> None:
         assert pid_alive(1)
     finally:
         os.setresuid(0, 0, 0)
+
+
+def test_a_closed_index_says_what_to_do(tmp_path: Path) -> None:
+    index = Index(tmp_path / "index.sqlite")
+    index.close()
+    with pytest.raises(consist.RunStateError) as err:
+        index.run("x")
+    assert str(err.value) == (
+        "This Tracker is closed. Likely cause: close() ran, or its `with` block ended, before this call. "
+        "Fix: open a new Tracker on the same run_dir and database; past runs and cached outputs are kept."
+    )
+
+
+def test_registering_objects_counts_new_rows_and_takes_no_sequence_number(ix: Index) -> None:
+    assert ix.register_objects([("sha256:a", "/s", 1), ("sha256:b", "/s", 2)]) == 2
+    assert ix.register_objects([("sha256:a", "/s", 1), ("sha256:a", "/t", 1)]) == 1
+    assert ix.max_seq() == 0
+    assert sorted(ix.object_stores("sha256:a")) == ["/s", "/t"]
+
+
+def test_a_failed_upgrade_changes_nothing(tmp_path: Path) -> None:
+    path = tmp_path / "index.sqlite"
+    Index(path).close()
+    con = sqlite3.connect(path)
+    tables_before = {r[0] for r in con.execute("SELECT name FROM sqlite_master")}
+    con.execute("PRAGMA user_version = 1")  # claims the first schema, but already has the newer columns
+    con.commit()
+    con.close()
+    with pytest.raises(consist.StoreError, match="Cannot open the run index"):
+        Index(path)
+    con = sqlite3.connect(path, timeout=0.5, isolation_level=None)
+    try:
+        con.execute("BEGIN IMMEDIATE")  # the failed upgrade holds no write lock
+        con.execute("ROLLBACK")
+        assert con.execute("PRAGMA user_version").fetchone()[0] == 1  # rolled back as a whole
+        assert {r[0] for r in con.execute("SELECT name FROM sqlite_master")} == tables_before
+        assert not con.in_transaction
+    finally:
+        con.close()
