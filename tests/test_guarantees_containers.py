@@ -455,3 +455,14 @@ def test_command_and_output_messages_read_in_full(make_tracker, tmp_path: Path) 
         "kept under the tracker's run_dir, project root or mounts. Fix: move the output there, or set "
         "allow_external_paths=True (or CONSIST_ALLOW_EXTERNAL_PATHS=1)."
     )
+
+
+def test_an_output_that_is_a_link_is_planned_as_the_link(make_tracker, tmp_path: Path) -> None:
+    t = make_tracker()
+    (tmp_path / "real").mkdir()
+    (tmp_path / "real" / "target.csv").write_text("t")
+    (tmp_path / "via").symlink_to(tmp_path / "real")
+    (tmp_path / "real" / "link.csv").symlink_to(tmp_path / "real" / "target.csv")
+    paths, _ = C.plan_outputs(t, ["via/link.csv"], True)
+    assert paths == {"link.csv": tmp_path / "real" / "link.csv"}  # its folder resolved, the link kept
+    assert C.plan_outputs(t, {"root": "/"}, False)[0] == {"root": Path("/")}

@@ -438,3 +438,60 @@ def test_caller_source_names_the_calling_file(make_tracker) -> None:
     run = t.begin_run("manual", "m")
     t.end_run()
     assert run.code_version == "module:" + sha_hex(Path(__file__).read_bytes())[:32]
+
+
+# --------------------------------------------------------------------- what the git probe watches
+
+
+def test_a_newly_tracked_file_is_watched_once_committed(tmp_path: Path) -> None:
+    repo = tmp_path / "repo"
+    make_repo(repo)
+    probe = I._GitProbe(repo)
+    probe.version()
+    (repo / "helper2.py").write_text("y = 1\n")
+    commit_all(repo, "helper")
+    committed = probe.version()
+    assert committed == f"git:{git(repo, 'rev-parse', 'HEAD').strip()}"
+    (repo / "helper2.py").write_text("y = 22\n")  # not staged
+    assert probe.version().startswith(committed + "-dirty-")
+
+
+def test_unstaging_a_file_is_noticed(tmp_path: Path) -> None:
+    repo = tmp_path / "repo"
+    head = make_repo(repo)
+    probe = I._GitProbe(repo)
+    assert probe.version() == f"git:{head}"
+    git(repo, "rm", "-q", "--cached", "model.py")  # the index changes, the file does not
+    assert probe.version().startswith(f"git:{head}-dirty-")
+
+
+def test_a_project_root_below_the_checkout_watches_every_tracked_file(tmp_path: Path) -> None:
+    repo = tmp_path / "repo"
+    (repo / "pkg").mkdir(parents=True)
+    (repo / "pkg" / "helper.py").write_text("h = 1\n")
+    head = make_repo(repo)
+    probe = I._GitProbe(repo / "pkg")
+    assert probe.version() == f"git:{head}"
+    (repo / "pkg" / "helper.py").write_text("h = 2\n")
+    assert probe.version().startswith(f"git:{head}-dirty-")
+
+
+def test_tracked_names_that_are_not_utf8(tmp_path: Path) -> None:
+    repo = tmp_path / "repo"
+    odd = repo / os.fsdecode(b"caf\xe9.py")
+    repo.mkdir()
+    odd.write_text("c = 1\n")
+    head = make_repo(repo)
+    probe = I._GitProbe(repo)
+    assert probe.version() == f"git:{head}"
+    odd.write_text("c = 2\n")
+    assert probe.version().startswith(f"git:{head}-dirty-")
+
+
+def test_a_git_folder_that_is_no_repository(tmp_path: Path) -> None:
+    (tmp_path / "broken" / ".git").mkdir(parents=True)
+    probe = I._GitProbe(tmp_path / "broken")
+    assert probe.git_dir == tmp_path / "broken" / ".git"
+    assert probe.version() is None and probe.version() is None
+    mod = load_module(tmp_path / "broken" / "step.py", "def step():\n    return 1\n")
+    assert I.code_identity(mod.step, tmp_path / "broken").startswith("module:")
