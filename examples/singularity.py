@@ -26,7 +26,7 @@ for attempt in (1, 2):
         tracker=tracker,
         run_id="hpc_job",
         image=str(sif),  # Local .sif file path
-        command=["python", "/workspace/model.py", "--param", "value"],
+        command=["python", "model.py", "--param", "value"],  # in the image's working directory
         volumes={
             f"{scratch}/inputs": "/inputs",
             f"{scratch}/outputs": "/outputs",

@@ -27,8 +27,8 @@ BUGS = {
     ),
     "secret on the command line (docker/podman)": (
         "src/consist/containers/oci.py",
-        'cmd += ["--env", key]',
-        'cmd += ["--env", f"{key}={spec.environment[key]}"]',
+        'cmd += ["--env-file", launch.pipe(body.encode())]',
+        'cmd += [a for k, v in sorted(spec.environment.items()) for a in ("--env", f"{k}={v}")]',
         ["tests/test_containers.py"],
     ),
     "secret on the command line (apptainer)": (

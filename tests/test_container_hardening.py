@@ -271,3 +271,62 @@ def test_manifest_hash_is_the_same_on_another_database(engine: str, make_tracker
         for t in (a, b)
     ]  # fmt: skip
     assert with_env[0] != ra.manifest_hash  # values count, through each database's own key
+
+
+# ----------------------------------------------------------------------------- 17. the image's working directory
+
+
+@pytest.fixture(scope="module")
+def workdir_image(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """An image whose WORKDIR is /app, holding /app/model.sh: as a Docker image, a pushed
+    registry image and a SIF built from it (the way HPC users build theirs)."""
+    need("docker")
+    need("apptainer")
+    ctx = tmp_path_factory.mktemp("workdir-image")
+    (ctx / "Dockerfile").write_text(
+        f"FROM {image('docker')}\nWORKDIR /app\nRUN printf 'pwd > /outputs/pwd\\n' > /app/model.sh\n"
+    )
+    tag = f"consist-test/workdir:{uuid.uuid4().hex[:8]}"
+    subprocess.run(["docker", "build", "-q", "-t", tag, str(ctx)], check=True, capture_output=True, timeout=300)
+    subprocess.run(["docker", "save", "-o", str(ctx / "img.tar"), tag], check=True, timeout=300)
+    sif_path = ctx / "model.sif"
+    subprocess.run(["apptainer", "-q", "build", str(sif_path), f"docker-archive://{ctx / 'img.tar'}"], check=True,
+                   capture_output=True, timeout=600)  # fmt: skip
+    pushed = f"127.0.0.1:5000/ci/workdir:{uuid.uuid4().hex[:8]}"
+    subprocess.run(["docker", "tag", tag, pushed], check=True, timeout=60)
+    subprocess.run(["docker", "push", pushed], check=True, capture_output=True, timeout=300)
+    yield {"docker": tag, "sif": str(sif_path), "registry": pushed}
+    subprocess.run(["docker", "rmi", tag, pushed], capture_output=True, timeout=120)
+
+
+@pytest.mark.parametrize("kind", ["docker", "sif", "docker-uri"])
+def test_a_relative_command_runs_in_the_images_working_directory(
+    kind: str, workdir_image, tracker: Tracker, workdir, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The guide's `python model.py`: relative to the image's WORKDIR, on Apptainer as on Docker."""
+    monkeypatch.setenv("APPTAINER_NOHTTPS", "1")  # the loopback registry speaks plain HTTP
+    img, backend = {
+        "docker": (workdir_image["docker"], "docker"),
+        "sif": (workdir_image["sif"], "apptainer"),
+        "docker-uri": (f"docker://{workdir_image['registry']}", "apptainer"),
+    }[kind]
+    r = run_container(tracker, "wd", img, ["sh", "model.sh"], {"./outputs": "/outputs"}, [], ["./outputs/pwd"],
+                      backend_type=backend)  # fmt: skip
+    assert Path("outputs/pwd").read_text().strip() == "/app" and not r.cache_hit
+    explicit = ["sh", "-c", "pwd > /outputs/pwd"]
+    run_container(tracker, "wd2", img, explicit, {"./outputs": "/outputs"}, [], ["./outputs/pwd"],
+                  backend_type=backend, working_dir="/tmp")  # fmt: skip
+    assert Path("outputs/pwd").read_text().strip() == "/tmp"  # working_dir= still wins
+
+
+def test_a_hostile_sif_header_is_ignored(tmp_path: Path) -> None:
+    from consist.containers import sif
+
+    bad = tmp_path / "bad.sif"
+    header = b"#!/usr/bin/env run-singularity\n\x00" + b"SIF_MAGIC\x00" + b"01\x0002\x00" + b"\x00" * 16
+    import struct
+
+    bad.write_bytes(header + struct.pack("<8q", 0, 0, 0, 3, 10**12, 585 * 3, 0, 0))
+    assert sif.working_dir(bad) is None
+    bad.write_bytes(b"not a sif at all")
+    assert sif.working_dir(bad) is None

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from ..errors import BackendUnavailableError, ConsistWarning, ContainerError, ImageNotFoundError
 from ..hashing import FileHasher, HashMemo, NullMemo
-from . import registry
+from . import registry, sif
 from .base import Backend, ContainerSpec, ImageRef, Launch, check_environment
 from .mounts import check_mount_args
 from .registry import split_reference
@@ -59,7 +59,7 @@ class ApptainerBackend(Backend):
                 f"check the .sif path (resolved to {path.resolve()}), or build it with `apptainer build`",
             )
         digest = FileHasher(self.memo).hash_file(path.resolve())
-        return ImageRef(image, digest, str(path.resolve()), "sif-file")
+        return ImageRef(image, digest, str(path.resolve()), "sif-file", sif.working_dir(path))
 
     def _resolve_docker(self, image: str) -> ImageRef:
         """Key on the registry digest; run Apptainer's cached SIF of it when there is one."""
@@ -72,14 +72,33 @@ class ApptainerBackend(Backend):
                 digest, source = registry.resolve(ref, "apptainer").digest, "registry"
             except registry.RegistryUnreachableError as exc:
                 return self._offline(image, repo, exc)
-        sif = registry.apptainer_cached_sif(digest)
-        return ImageRef(image, digest, str(sif) if sif else f"docker://{repo}@{digest}", source)
+        cached = registry.apptainer_cached_sif(digest)
+        if cached is None:
+            cached = self._fetch(f"docker://{repo}@{digest}", digest)
+        workdir = sif.working_dir(cached) if cached else None
+        return ImageRef(image, digest, str(cached) if cached else f"docker://{repo}@{digest}", source, workdir)
+
+    def _fetch(self, ref: str, digest: str) -> Path | None:
+        """Let Apptainer fetch and convert the image into its cache now (what its first run would
+        do), so that the image's working directory is known before the first run, not after it."""
+        import subprocess
+
+        try:
+            subprocess.run(
+                [self.executable(), "exec", "--cleanenv", "--contain", ref, "true"],
+                capture_output=True,
+                stdin=subprocess.DEVNULL,
+                timeout=3600,
+            )
+        except (OSError, subprocess.TimeoutExpired):
+            return None
+        return registry.apptainer_cached_sif(digest)
 
     def _offline(self, image: str, repo: str, exc: registry.RegistryError) -> ImageRef:
         """No registry: the digest recorded at the last resolution, if Apptainer's cache has that image."""
         seen = registry.recorded(image)
-        sif = registry.apptainer_cached_sif(seen.digest) if seen else None
-        if seen is None or sif is None:
+        sif_path = registry.apptainer_cached_sif(seen.digest) if seen else None
+        if seen is None or sif_path is None:
             why = (
                 "no digest was ever recorded for it on this machine"
                 if seen is None
@@ -99,7 +118,7 @@ class ApptainerBackend(Backend):
             ConsistWarning,
             stacklevel=4,
         )
-        return ImageRef(image, seen.digest, str(sif), "recorded")
+        return ImageRef(image, seen.digest, str(sif_path), "recorded", sif.working_dir(sif_path))
 
     def launch(self, spec: ContainerSpec) -> Launch:
         """``exec --cleanenv --contain`` with ``--bind src:dst[:ro]`` per volume.
@@ -111,8 +130,9 @@ class ApptainerBackend(Backend):
         cmd = [Path(self.executable()).name, "exec", "--cleanenv", "--contain", "--writable-tmpfs"]
         for m in spec.mounts:
             cmd += ["--bind", f"{m.source}:{m.container}" + (":ro" if m.read_only else "")]
-        if spec.working_dir:
-            cmd += ["--pwd", spec.working_dir]
+        workdir = spec.working_dir or spec.image.workdir  # Apptainer ignores the image's own WORKDIR
+        if workdir:
+            cmd += ["--pwd", workdir]
         check_mount_args(self.mounts_in(cmd), spec.mounts)  # engine options only: the command is the tool's
         cmd.append(spec.image.run_ref)
         cmd += list(spec.command)

@@ -35,6 +35,7 @@ class ImageRef:
     digest: str
     run_ref: str
     source: str  # "registry", "local-id", "pinned", "sif-file"
+    workdir: str | None = None  # the image's working directory, where the engine does not apply it itself
 
 
 @dataclasses.dataclass(frozen=True)
