@@ -595,3 +595,35 @@ def test_each_file_of_a_directory_output_is_recorded_as_a_member(make_tracker, t
     copies = {m["link_key"]: m for m in t._index.links_of(hit.run_id, "member")}
     assert copies["trips.csv"]["uri"] == str((tmp_path / "b" / "tables" / "trips.csv").resolve())
     assert copies["trips.csv"]["hash"] == trips["hash"] and copies["trips.csv"]["run_id"] == r.run_id
+
+
+def test_members_of_an_output_outside_every_root_keep_absolute_locations(make_tracker, tmp_path: Path) -> None:
+    t = make_tracker(run_dir="p/runs", project_root=tmp_path / "p", allow_external_paths=True)
+    out = tmp_path / "outside"
+
+    def step() -> None:
+        write(out / "a.csv", "a")
+
+    r = t.run(step, name="ext", outputs={"out": str(out)})
+    member = t._index.links_of(r.run_id, "member")[0]
+    assert member["location"] == str(out.resolve() / "a.csv")
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="recording._member_rows strips every '/' from the end of the directory's location: for a directory "
+    "output that is a root itself (location 'scratch://') its files are recorded as 'scratch:/a.csv', "
+    "a location that cannot be resolved",
+)
+def test_members_of_a_directory_output_at_a_root_have_valid_locations(make_tracker, tmp_path: Path) -> None:
+    (tmp_path / "scratch").mkdir()
+    t = make_tracker(mounts={"scratch": tmp_path / "scratch"})
+
+    def step() -> None:
+        write(tmp_path / "scratch" / "a.csv", "a")
+
+    r = t.run(step, name="root_out", outputs={"out": str(tmp_path / "scratch")})
+    assert links(t, r.run_id, "output")["out"]["location"] == "scratch://"
+    member = t._index.links_of(r.run_id, "member")[0]
+    assert member["location"] == "scratch://a.csv"
+    assert t.roots.resolve(member["location"]) == tmp_path / "scratch" / "a.csv"
