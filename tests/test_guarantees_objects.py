@@ -560,3 +560,51 @@ def test_pipes_in_an_output_directory_are_left_out_with_a_warning(store: ObjectS
         f"{d / 'feed'} is a named pipe (FIFO), not a regular file: the object store keeps regular files, "
         "directories and symbolic links only, so it is left out of the stored directory"
     )
+
+
+def test_damage_found_while_restoring_leaves_the_destination_and_drops_the_object(store: ObjectStore, tmp_path: Path):
+    digest = store.put_bytes(b"0123456789")
+    checked = store.check("file", digest, 10)  # present and of its size: its bytes are hashed as they are copied
+    obj = store.path_of(digest)
+    os.chmod(obj, 0o644)
+    obj.write_bytes(b"0123456780")
+    dest = tmp_path / "dest.txt"
+    dest.write_bytes(b"old content")
+    with pytest.raises(consist.IntegrityError) as err:
+        store.write(checked, dest)
+    assert str(err.value) == (
+        f"Stored object {obj} hashes to {sha(b'0123456780')}, not {digest}. Likely cause: the file was modified "
+        "after it was stored, or the disk damaged it. Fix: nothing to do: the step runs again and stores its "
+        "outputs anew."
+    )
+    assert dest.read_bytes() == b"old content" and leftovers(tmp_path) == []
+    assert not obj.exists()
+
+
+def test_an_object_cut_short_while_restoring_is_reported(store: ObjectStore, tmp_path: Path) -> None:
+    d = tmp_path / "d"
+    d.mkdir()
+    (d / "f").write_bytes(b"0123456789")
+    digest = store.put_dir(d, H.FileHasher(H.NullMemo()))[0]
+    checked = store.check("dir", digest, None)
+    obj = store.path_of(sha(b"0123456789"))
+    os.chmod(obj, 0o644)
+    obj.write_bytes(b"01234")
+    with pytest.raises(consist.IntegrityError) as err:
+        store.write(checked, tmp_path / "restored")
+    assert str(err.value).startswith(f"Stored object {obj} has 5 bytes, expected 10. Likely cause:")
+    assert not (tmp_path / "restored").exists() and leftovers(tmp_path) == []
+
+
+def test_a_pipe_at_an_objects_place_is_damage(store: ObjectStore, tmp_path: Path) -> None:
+    digest = store.put_bytes(b"abc")
+    obj = store.path_of(digest)
+    checked = store.check("file", digest, 3)
+    obj.unlink()
+    os.mkfifo(obj)  # swapped in after the check: the restore itself refuses it, without blocking
+    with pytest.raises(consist.IntegrityError) as err:
+        store.write(checked, tmp_path / "dest")
+    assert str(err.value).startswith(f"Stored object {obj} is a named pipe (FIFO), not a regular file. Likely cause:")
+    with pytest.raises(consist.IntegrityError) as err:
+        store.check("file", digest, 3)
+    assert str(err.value).startswith(f"Stored object {obj} is a named pipe (FIFO), not a regular file. Likely cause:")
