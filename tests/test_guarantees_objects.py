@@ -608,3 +608,48 @@ def test_a_pipe_at_an_objects_place_is_damage(store: ObjectStore, tmp_path: Path
     with pytest.raises(consist.IntegrityError) as err:
         store.check("file", digest, 3)
     assert str(err.value).startswith(f"Stored object {obj} is a named pipe (FIFO), not a regular file. Likely cause:")
+
+
+@pytest.mark.parametrize(
+    ("entry", "words"),
+    [
+        ("just a string", "holds a malformed entry"),
+        (["a", "sha256:x", 1, {}, "fifth"], "holds a malformed entry"),
+        ([5, "sha256:x", 1], "holds a malformed entry"),
+        (["a//b", None, 1], "twice or not as a plain relative path"),
+        (["./a", None, 1], "twice or not as a plain relative path"),
+        (["a/.", None, 1], "twice or not as a plain relative path"),
+        (["a\x00b", None, 1], "twice or not as a plain relative path"),
+        (["ok", None, 1], "twice or not as a plain relative path"),  # listed twice
+    ],
+)
+def test_malformed_manifest_entries_are_damage(store: ObjectStore, entry: object, words: str) -> None:
+    inner = store.put_bytes(b"x")
+    fixed = [*entry[:1], inner, *entry[2:]] if isinstance(entry, list) and len(entry) == 3 else entry
+    digest = store.put_bytes(H.manifest_bytes([["ok", inner, 1], fixed]))
+    with pytest.raises(consist.IntegrityError) as err:
+        store.check("dir", digest, None)
+    assert f"Directory manifest {digest} " in str(err.value) and words in str(err.value)
+    assert str(err.value).endswith(
+        "Likely cause: the object store was edited by hand, or its files were damaged. Fix: nothing to do: the "
+        "step runs again; run tracker.prune_store(verify=True) to drop damaged objects."
+    )
+
+
+def test_a_manifest_entry_outside_its_directory_reads_in_full(store: ObjectStore) -> None:
+    inner = store.put_bytes(b"x")
+    digest = store.put_bytes(H.manifest_bytes([["../up", inner, 1]]))
+    with pytest.raises(consist.IntegrityError) as err:
+        store.check("dir", digest, None)
+    assert str(err.value) == (
+        f"Directory manifest {digest} lists '../up', which points outside its directory. Likely cause: the object "
+        "store was edited by hand. Fix: nothing to do: the step runs again; run tracker.prune_store() to drop "
+        "the entry."
+    )
+
+
+def test_check_compares_the_recorded_size(store: ObjectStore) -> None:
+    digest = store.put_bytes(b"four")
+    assert store.check("file", digest, 4) == str(store.path_of(digest))
+    with pytest.raises(consist.IntegrityError, match="has 4 bytes, expected 5"):
+        store.check("file", digest, 5)
