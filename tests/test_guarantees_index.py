@@ -371,31 +371,40 @@ def test_a_full_disk_is_named_as_such(tmp_path: Path) -> None:
 
 
 @pytest.fixture
-def tiny_fs(tmp_path: Path):
-    """A 256 KiB tmpfs: less than 1 MiB free from the start (needs root)."""
+def small_fs(tmp_path: Path):
+    """Mounts tmpfs file systems of a given size (needs root); unmounts them afterwards."""
     import shutil
     import subprocess
 
-    mnt = tmp_path / "tiny"
-    mnt.mkdir()
     if os.geteuid() != 0 or not shutil.which("mount"):
         pytest.skip("needs root to mount a small tmpfs")
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mnt)], capture_output=True)
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode().strip()}")
-    try:
-        yield mnt
-    finally:
+    mounted: list[Path] = []
+
+    def mount(size: str) -> Path:
+        mnt = tmp_path / f"fs-{size}"
+        mnt.mkdir()
+        done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mnt)], capture_output=True)
+        if done.returncode != 0:
+            pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode().strip()}")
+        mounted.append(mnt)
+        return mnt
+
+    yield mount
+    for mnt in mounted:
         subprocess.run(["umount", str(mnt)], check=True)
 
 
-def test_an_io_error_on_a_nearly_full_disk_counts_as_full(tiny_fs: Path, tmp_path: Path) -> None:
-    from consist.index import _disk_full, _nearly_full
+def test_an_io_error_on_a_nearly_full_disk_counts_as_full(small_fs, tmp_path: Path) -> None:
+    from consist.index import _disk_full, _nearly_full, _storage_problem
 
+    tiny_fs = small_fs("256k")
     assert _nearly_full(tiny_fs) and not _nearly_full(tmp_path) and not _nearly_full(tmp_path / "missing")
+    assert not _nearly_full(small_fs("1m"))  # exactly 1 MiB free is enough
+    assert not _nearly_full(small_fs("1536k"))
     io_error = sqlite3.OperationalError("disk I/O error")
     io_error.sqlite_errorcode = sqlite3.SQLITE_IOERR_WRITE
     assert _disk_full(io_error, tiny_fs / "index.sqlite")
+    assert "No space left on device for the run index" in str(_storage_problem(io_error, tiny_fs / "index.sqlite"))
     other = sqlite3.OperationalError("constraint failed")
     other.sqlite_errorcode = sqlite3.SQLITE_CONSTRAINT
     assert not _disk_full(other, tiny_fs / "index.sqlite")
@@ -454,6 +463,8 @@ def test_members_of_a_directory_output(ix: Index) -> None:
     ix.link("r", "e1", "member", "other/c.csv")
     ix.link("r", "bare", "member", "tables/x.csv")
     ix.link("r2", "m1", "member", "tables/a.csv")
+    ix.add_artifact(art_row("copy", meta=json.dumps({"restored_from": "D"})))
+    ix.link("r", "copy", "output", "tables-copy")  # names D in its meta, but is no member
     members = ix.members_of("r", "D")
     assert [(m["link_key"], m["id"]) for m in members] == [("tables/a.csv", "m1"), ("tables/b.csv", "m2")]
     assert ix.members_of("r", "none") == []
