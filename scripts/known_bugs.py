@@ -33,8 +33,8 @@ BUGS = {
     ),
     "secret on the command line (apptainer)": (
         "src/consist/containers/apptainer.py",
-        '        if spec.working_dir:\n            cmd += ["--pwd", spec.working_dir]\n',
-        '        if spec.working_dir:\n            cmd += ["--pwd", spec.working_dir]\n'
+        '            cmd += ["--pwd", workdir]\n',
+        '            cmd += ["--pwd", workdir]\n'
         '        for k, v in spec.environment.items():\n            cmd += ["--env", f"{k}={v}"]\n',
         ["tests/test_containers.py"],
     ),
@@ -72,6 +72,7 @@ BUGS = {
 only = sys.argv[1:]
 results = {}
 scratch = Path(tempfile.mkdtemp(prefix="consist-known-bugs-"))
+scratch.chmod(0o755)  # a test runs the copy as another user (uid 65534)
 for name, (rel, old, new, tests) in BUGS.items():
     if only and not any(o in name for o in only):
         continue
