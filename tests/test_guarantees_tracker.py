@@ -627,3 +627,71 @@ def test_members_of_a_directory_output_at_a_root_have_valid_locations(make_track
     member = t._index.links_of(r.run_id, "member")[0]
     assert member["location"] == "scratch://a.csv"
     assert t.roots.resolve(member["location"]) == tmp_path / "scratch" / "a.csv"
+
+
+# --------------------------------------------------------------------- _store_output in detail
+
+
+def test_a_missing_output_message_reads_in_full(tracker: Tracker) -> None:
+    with pytest.raises(consist.OutputError) as err:
+        tracker.run(lambda: None, name="liar", outputs={"o": "nowhere.csv"})
+    assert str(err.value) == (
+        f"Output 'o' does not exist at {Path('nowhere.csv').absolute()}. Likely cause: the step did not write it, "
+        "or wrote it somewhere else. Fix: make the function write the file before returning its path."
+    )
+
+
+def test_outputs_outside_every_root_need_permission(tracker: Tracker, tmp_path: Path) -> None:
+    outside = write(tmp_path.parent / f"{tmp_path.name}-outside.csv", "x")
+    try:
+        tracker.begin_run("ext", "m")
+        active = tracker._stack[-1]
+        row = tracker._store_output(active, "k", outside, allow_external=True)
+        assert row["location"] == str(outside.resolve()) and row["created_at"] <= time.time()
+        with pytest.raises(consist.OutputError, match=f"Output 'other' at {outside.resolve()} lies outside"):
+            tracker._store_output(active, "other", outside)
+        tracker.end_run()
+    finally:
+        outside.unlink()
+
+
+def test_stored_outputs_are_memoised_as_content_hashes(make_tracker) -> None:
+    t = make_tracker(hashing_strategy="fast")
+    old = aged(write("old_table.csv", "kept from before"))
+    r = t.run(lambda: old, name="reuse_old", outputs=["t"])
+    st = old.stat()
+    key = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+    assert t._index.memo_get(key, "sha256/file-v1") == sha(b"kept from before") == r.outputs["t"].hash
+    assert t._index.memo_get(key, "sha256/consist-fast-v1") is None
+
+
+def test_a_link_output_is_stored_as_a_link_and_leased_to_its_run(tracker: Tracker) -> None:
+    write("target.csv", "t")
+    os.symlink("target.csv", "link.csv")
+    tracker.begin_run("linker", "m")
+    art = tracker.log_output("link.csv", key="l")
+    digest = sha(b"consist-link-v1\x00target.csv")
+    assert (art.kind, art.hash, art.size) == ("link", digest, len("target.csv"))
+    lease = tracker._index.query_one("SELECT hash, kind, run_id FROM lease WHERE hash = ?", (digest,))
+    assert lease == {"hash": digest, "kind": "link", "run_id": "linker"}
+    assert tracker._index.query_one("SELECT store, size FROM object WHERE hash = ?", (digest,)) == {
+        "store": str(tracker._objects.root),
+        "size": len("target.csv"),
+    }
+    tracker.end_run()
+    assert tracker._index.query("SELECT * FROM lease") == []  # the run's record references it now
+
+
+def test_readonly_runs_describe_links_and_linked_folders_without_storing(tracker: Tracker) -> None:
+    def step() -> dict[str, Path]:
+        write("ro/d/real.csv", "r")
+        if not Path("ro/d/alias.csv").is_symlink():
+            os.symlink("real.csv", "ro/d/alias.csv")
+            os.symlink("ro/d/real.csv", "ro/top-link.csv")
+        return {"d": Path("ro/d"), "l": Path("ro/top-link.csv")}
+
+    ro = tracker.run(step, name="ro_links", outputs=["d", "l"], cache_mode="readonly")
+    assert tracker._index.query("SELECT * FROM object") == [] and not (tracker._objects.root / "sha256").exists()
+    stored = tracker.run(step, name="ro_links", outputs=["d", "l"], cache_mode="overwrite")
+    assert ro.outputs["d"].hash == stored.outputs["d"].hash  # the link inside is hashed as a link either way
+    assert ro.outputs["l"].hash == stored.outputs["l"].hash == sha(b"consist-link-v1\x00ro/d/real.csv")
