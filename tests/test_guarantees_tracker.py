@@ -609,12 +609,6 @@ def test_members_of_an_output_outside_every_root_keep_absolute_locations(make_tr
     assert member["location"] == str(out.resolve() / "a.csv")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="recording._member_rows strips every '/' from the end of the directory's location: for a directory "
-    "output that is a root itself (location 'scratch://') its files are recorded as 'scratch:/a.csv', "
-    "a location that cannot be resolved",
-)
 def test_members_of_a_directory_output_at_a_root_have_valid_locations(make_tracker, tmp_path: Path) -> None:
     (tmp_path / "scratch").mkdir()
     t = make_tracker(mounts={"scratch": tmp_path / "scratch"})

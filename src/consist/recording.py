@@ -240,6 +240,11 @@ def _plain_row(row: Mapping[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in row.items() if k not in _LINK_ONLY}
 
 
+def _join_location(base: str, rel: str) -> str:
+    """``scratch://`` + ``a.csv`` -> ``scratch://a.csv``; ``project://out`` + ``a.csv`` -> ``project://out/a.csv``."""
+    return base + rel if base.endswith("://") else f"{base.rstrip('/')}/{rel}"
+
+
 def _member_rows(dir_row: Mapping[str, Any], manifest: Sequence[Sequence[Any]]) -> list[dict[str, Any]]:
     """One artifact per file of a directory output, keyed by its path relative to the directory.
 
@@ -251,7 +256,7 @@ def _member_rows(dir_row: Mapping[str, Any], manifest: Sequence[Sequence[Any]]) 
     for rel, digest, size in manifest:
         rows.append({
             "id": uuid.uuid4().hex, "key": rel, "uri": f"{base_uri}/{rel}",
-            "location": f"{base_loc.rstrip('/')}/{rel}" if base_loc else None, "hash": digest, "size": size,
+            "location": _join_location(base_loc, rel) if base_loc else None, "hash": digest, "size": size,
             "kind": "file", "driver": driver_for(Path(rel)), "run_id": dir_row.get("run_id"),
             "created_at": dir_row.get("created_at"), "meta": dumps({"member_of": dir_row["id"]}), "_new": True,
         })  # fmt: skip
