@@ -653,3 +653,74 @@ def test_check_compares_the_recorded_size(store: ObjectStore) -> None:
     assert store.check("file", digest, 4) == str(store.path_of(digest))
     with pytest.raises(consist.IntegrityError, match="has 4 bytes, expected 5"):
         store.check("file", digest, 5)
+
+
+# --------------------------------------------------------------------- what already holds an artifact
+
+
+def test_holds_compares_kind_content_and_modes(tmp_path: Path) -> None:
+    from consist.objects import holds, mode_meta, modes_meta
+
+    hasher = H.FileHasher(H.NullMemo())
+    umask = process_umask()
+    f = tmp_path / "f.txt"
+    f.write_bytes(b"abc")
+    os.chmod(f, 0o644 & ~umask)
+    d = sha(b"abc")
+    assert holds("file", d, 3, None, f, hasher)
+    assert not holds("file", d, 4, None, f, hasher)
+    assert not holds("file", sha(b"abd"), 3, None, f, hasher)
+    assert not holds("file", d, 3, None, tmp_path / "absent", hasher)
+    assert not holds("file", d, 3, None, f / "below-a-file", hasher)
+    os.chmod(f, 0o600 & ~umask)
+    assert not holds("file", d, 3, None, f, hasher)  # a restore would give it 0644
+    assert holds("file", d, 3, mode_meta(0o100600), f, hasher)
+    assert holds("file", d, 3, json.dumps(mode_meta(0o100600)), f, hasher)  # meta as stored (JSON text)
+    link = tmp_path / "l.txt"
+    link.symlink_to(f)
+    assert not holds("file", d, 3, mode_meta(0o100600), link, hasher)  # never read through a link
+    link_digest_ = sha(b"consist-link-v1\x00" + os.fsencode(str(f)))
+    assert holds("link", link_digest_, None, None, link, hasher)
+    assert not holds("link", sha(b"consist-link-v1\x00elsewhere"), None, None, link, hasher)
+    assert not holds("link", link_digest_, None, None, f, hasher)
+
+    tree = tmp_path / "tree"
+    (tree / "sub").mkdir(parents=True)
+    (tree / "sub" / "a.csv").write_bytes(b"a")
+    (tree / "run.sh").write_bytes(b"#!/bin/sh\n")
+    (tree / "alias").symlink_to("sub/a.csv")
+    os.chmod(tree / "sub" / "a.csv", 0o644 & ~umask)
+    os.chmod(tree / "run.sh", 0o755 & ~umask)
+    digest, manifest = hasher.hash_dir(tree, follow_links=False)
+    meta = modes_meta({"sub/a.csv": 0o100644, "run.sh": 0o100755})
+    assert holds("dir", digest, None, meta, tree, hasher)
+    assert not holds("dir", digest, None, None, tree, hasher)  # run.sh would lose its execute bits
+    assert not holds("dir", digest, None, meta, f, hasher)
+    (tree / "alias").unlink()
+    (tree / "alias").symlink_to("run.sh")  # same names, the link now points elsewhere
+    assert not holds("dir", digest, None, meta, tree, hasher)
+    os.mkfifo(tree / "pipe")
+    assert not holds("dir", digest, None, meta, tree, hasher)
+
+
+def test_manifest_entries_are_checked_one_by_one(store: ObjectStore) -> None:
+    inner = store.put_bytes(b"x")
+    good_link = H.link_entry("l", "x.csv")
+    cases = {
+        "lists a malformed link 'l'": [["l", good_link[1], 5, {"symlink": "other"}]],
+        "lists a malformed link 'm'": [["m", inner, 1, {"symlink": "a\x00b"}]],
+        "holds a malformed entry for 'n'": [["n", inner, -1]],
+        "holds a malformed entry for 'o'": [["o", inner, True]],
+        "holds a malformed entry for 'p'": [["p", 7, 1]],
+        "lists 'a/b/c' inside the file or link 'a'": [["a", inner, 1], ["a/b/c", inner, 1]],
+    }
+    for words, entries in cases.items():
+        digest = store.put_bytes(H.manifest_bytes(entries))
+        with pytest.raises(consist.IntegrityError) as err:
+            store.check("dir", digest, None)
+        assert str(err.value).startswith(f"Directory manifest {digest} {words}."), words
+    empty = store.put_bytes(H.manifest_bytes([["e", sha(b""), 0]]))
+    store.put_bytes(b"")
+    assert [rel for rel, _src, size in store.check("dir", empty, None)] == ["e"]
+    ok = store.put_bytes(H.manifest_bytes([good_link, ["x.csv", inner, 1]]))
+    assert [(rel, size) for rel, _src, size in store.check("dir", ok, None)] == [("l", 0), ("x.csv", 1)]
