@@ -691,7 +691,7 @@ def test_holds_compares_kind_content_and_modes(tmp_path: Path) -> None:
     (tree / "alias").symlink_to("sub/a.csv")
     os.chmod(tree / "sub" / "a.csv", 0o644 & ~umask)
     os.chmod(tree / "run.sh", 0o755 & ~umask)
-    digest, manifest = hasher.hash_dir(tree, follow_links=False)
+    digest = hasher.hash_dir(tree, follow_links=False)[0]
     meta = modes_meta({"sub/a.csv": 0o100644, "run.sh": 0o100755})
     assert holds("dir", digest, None, meta, tree, hasher)
     assert not holds("dir", digest, None, None, tree, hasher)  # run.sh would lose its execute bits
