@@ -724,3 +724,27 @@ def test_manifest_entries_are_checked_one_by_one(store: ObjectStore) -> None:
     assert [rel for rel, _src, size in store.check("dir", empty, None)] == ["e"]
     ok = store.put_bytes(H.manifest_bytes([good_link, ["x.csv", inner, 1]]))
     assert [(rel, size) for rel, _src, size in store.check("dir", ok, None)] == [("l", 0), ("x.csv", 1)]
+
+
+def test_storing_content_again_repairs_a_truncated_object(store: ObjectStore, tmp_path: Path) -> None:
+    src = tmp_path / "src.bin"
+    src.write_bytes(b"0123456789")
+    digest, _ = store.put_file(src, H.FileHasher(H.NullMemo()))
+    obj = store.path_of(digest)
+    os.chmod(obj, 0o644)
+    obj.write_bytes(b"01234")
+    assert store.has(digest) and not store.has(digest, 10)
+    assert store.put_file(src, H.FileHasher(H.NullMemo())) == (digest, 10)
+    assert obj.read_bytes() == b"0123456789" and mode(obj) == 0o444
+
+
+def test_storing_shows_a_copy_bar_with_the_size(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capfd) -> None:
+    import re
+
+    monkeypatch.setenv("CONSIST_PROGRESS", "1")
+    monkeypatch.setenv("CONSIST_PROGRESS_DELAY", "0")
+    src = tmp_path / "sized.bin"
+    src.write_bytes(b"s" * (3 << 20))
+    ObjectStore(tmp_path / "objects").put_file(src, H.FileHasher(H.NullMemo()))
+    err = capfd.readouterr().err
+    assert re.search(r"copying sized\.bin[^\r\n]*3\.1/3\.1 MB", err), err[-500:]
