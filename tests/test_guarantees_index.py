@@ -537,3 +537,27 @@ def test_a_failed_upgrade_changes_nothing(tmp_path: Path) -> None:
         assert not con.in_transaction
     finally:
         con.close()
+
+
+def test_an_older_index_is_upgraded_in_place_keeping_its_rows(tmp_path: Path) -> None:
+    path = tmp_path / "index.sqlite"
+    first = Index(path)
+    first.upsert_run(run_row("old"))
+    first.close()
+    con = sqlite3.connect(path)  # make it a schema 1 index: what versions 2 and 3 add is not there yet
+    for stmt in ("DROP TABLE index_meta", "DROP TABLE lease", "DROP INDEX run_producers_by_model",
+                 "ALTER TABLE artifact DROP COLUMN location", "PRAGMA user_version = 1"):  # fmt: skip
+        con.execute(stmt)
+    con.commit()
+    con.close()
+    again = Index(path)
+    try:
+        assert again.query_one("PRAGMA user_version")["user_version"] == SCHEMA_VERSION
+        assert again.run("old") is not None and len(again.generation) == 32
+        names = {r["name"] for r in again.query("SELECT name FROM sqlite_master")}
+        assert {"index_meta", "lease", "lease_by_run", "run_producers_by_model"} <= names
+        assert "location" in {r["name"] for r in again.query("PRAGMA table_info(artifact)")}
+        again.lease_restoring([("sha256:x", "file")])
+        assert len(again.leases()[0]) == 1
+    finally:
+        again.close()
