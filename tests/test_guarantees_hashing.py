@@ -475,3 +475,92 @@ def test_manifests_with_links_have_their_own_format_and_names_must_be_utf8() -> 
     )
     with pytest.raises(consist.ConsistError, match="link target"):
         H.manifest_bytes([["ok", sha(b"x"), 1], ["l", sha(b"y"), 3, {"symlink": bad_name}]])
+
+
+# --------------------------------------------------------------------- opening and reading files
+
+
+def test_open_regular_refuses_what_is_not_a_regular_file(tmp_path: Path) -> None:
+    f = tmp_path / "f.txt"
+    f.write_bytes(b"data")
+    link = tmp_path / "link.txt"
+    link.symlink_to(f)
+    fd = H.open_regular(link)  # following the link is the default
+    try:
+        assert os.read(fd, 10) == b"data"
+    finally:
+        os.close(fd)
+    with pytest.raises(consist.ConsistError) as err:
+        H.open_regular(link, follow=False)
+    assert str(err.value).startswith(f"{link} is a symbolic link, not a regular file. Likely cause:")
+    loop = tmp_path / "loop"
+    loop.symlink_to(loop)
+    with pytest.raises(consist.ConsistError) as err:
+        H.open_regular(loop)
+    assert str(err.value).startswith(f"{loop} is a symbolic link loop")
+    with pytest.raises(consist.ConsistError) as err:
+        H.open_regular(tmp_path)
+    assert str(err.value).startswith(f"{tmp_path} is a directory, not a regular file.")
+    with pytest.raises(FileNotFoundError):
+        H.open_regular(tmp_path / "absent")
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    with pytest.raises(consist.ConsistError, match="is a named pipe"):
+        H.open_regular(fifo)  # without blocking: nobody writes to it
+
+
+def test_hash_stream_follows_links_unless_told_and_closes_what_it_opens(tmp_path: Path) -> None:
+    f = tmp_path / "f.txt"
+    f.write_bytes(b"content")
+    link = tmp_path / "link.txt"
+    link.symlink_to(f)
+    before = len(os.listdir("/proc/self/fd"))
+    assert H.hash_stream(link, 7) == sha(b"content")
+    assert len(os.listdir("/proc/self/fd")) == before
+    with pytest.raises(consist.ConsistError, match="is a symbolic link, not a regular file"):
+        H.hash_stream(link, 7, follow=False)
+    fd = os.open(f, os.O_RDONLY)
+    try:
+        assert H.hash_stream(tmp_path / "ignored-name", 7, fd=fd) == sha(b"content")  # reads the descriptor
+        assert os.fstat(fd)  # still open: the caller's to close
+    finally:
+        os.close(fd)
+
+
+def test_hash_file_reads_the_descriptor_it_is_given(tmp_path: Path) -> None:
+    path = tmp_path / "swapped.bin"
+    path.write_bytes(b"first")
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        (tmp_path / "other.bin").write_bytes(b"second!")
+        os.replace(tmp_path / "other.bin", path)  # the name now names other bytes
+        assert H.FileHasher(H.NullMemo()).hash_file(path, fd=fd) == sha(b"first")
+    finally:
+        os.close(fd)
+    link = tmp_path / "link.bin"
+    link.symlink_to(path)
+    assert H.FileHasher(H.NullMemo()).hash_file(link) == sha(b"second!")  # follows by default
+    with pytest.raises(consist.ConsistError, match="is a symbolic link"):
+        H.FileHasher(H.NullMemo()).hash_file(link, follow=False)
+
+
+def test_a_hasher_reads_each_file_once(tmp_path: Path) -> None:
+    f = tmp_path / "once.bin"
+    f.write_bytes(b"x" * 1000)
+    hasher = H.FileHasher(H.NullMemo())
+    assert hasher.hash_path(f) == hasher.hash_path(f) == hasher.hash_file(f)
+    assert hasher.bytes_hashed == 1000
+
+
+def test_inputs_holding_loops_or_pipes_are_named(tmp_path: Path) -> None:
+    d = tmp_path / "in"
+    d.mkdir()
+    (d / "self").symlink_to(d / "self")
+    with pytest.raises(consist.ConsistError) as err:
+        list(H.walk_files(d))
+    assert str(err.value).startswith(f"{d / 'self'} is a symbolic link loop")
+    (d / "self").unlink()
+    os.mkfifo(d / "feed")
+    with pytest.raises(consist.ConsistError) as err:
+        list(H.walk_files(d))
+    assert str(err.value).startswith(f"{d / 'feed'} is a named pipe (FIFO), not a regular file.")
