@@ -748,3 +748,29 @@ def test_storing_shows_a_copy_bar_with_the_size(tmp_path: Path, monkeypatch: pyt
     ObjectStore(tmp_path / "objects").put_file(src, H.FileHasher(H.NullMemo()))
     err = capfd.readouterr().err
     assert re.search(r"copying sized\.bin[^\r\n]*3\.1/3\.1 MB", err), err[-500:]
+
+
+def test_links_files_and_sizes_of_a_manifest(store: ObjectStore, tmp_path: Path) -> None:
+    from consist.objects import file_entries, manifest_size
+
+    link = tmp_path / "l"
+    link.symlink_to("some/where.csv")
+    digest, size = store.put_link(link)
+    assert (digest, size) == (sha(b"consist-link-v1\x00some/where.csv"), 14)
+    assert store.path_of(digest).read_bytes() == b"consist-link-v1\x00some/where.csv"
+    manifest = [["a", sha(b"a"), 1], H.link_entry("l", "x"), ["b", sha(b"bb"), 2]]
+    assert file_entries(manifest) == [["a", sha(b"a"), 1], ["b", sha(b"bb"), 2]]
+    assert manifest_size(manifest) == 3 and manifest_size([]) == 0
+
+
+def test_checking_a_missing_object_names_it(store: ObjectStore) -> None:
+    absent = sha(b"gone")
+    with pytest.raises(consist.IntegrityError) as err:
+        store.check("file", absent, 4)
+    assert err.value.missing_digest == absent
+    assert str(err.value) == (
+        f"Stored object {absent} is missing from {store.root}. Likely cause: the object store was pruned or "
+        "files were deleted by hand. Fix: nothing to do: the step runs again and stores its outputs anew."
+    )
+    with pytest.raises(consist.IntegrityError, match="is not the name of a stored object"):
+        store.check("file", "md5:abc", 4)

@@ -357,3 +357,39 @@ def test_rebuild_index_needs_the_duckdb_file(tmp_path: Path) -> None:
         "the DuckDB file was deleted. Fix: pass the db_path the trackers use; without the DuckDB file there is "
         "nothing to rebuild from."
     )
+
+
+# --------------------------------------------------------------------- rows between the two files
+
+
+def test_rows_are_converted_for_duckdb_and_read_back_for_the_index(ix: Index) -> None:
+    from consist.store import _art_tuple, _index_select, _run_tuple
+
+    run = _run_tuple(run_row("r", cache_hit=1, ended_at=None))
+    assert run[RUN_COLUMNS.index("started_at")] == _ts(T0) and run[RUN_COLUMNS.index("ended_at")] is None
+    assert run[RUN_COLUMNS.index("cache_hit")] is True and run[RUN_COLUMNS.index("id")] == "r"
+    assert _run_tuple(run_row("z", cache_hit=0))[RUN_COLUMNS.index("cache_hit")] is False
+    art = _art_tuple(art_row("a"))
+    assert art[ARTIFACT_COLUMNS.index("created_at")] == _ts(T0) and art[ARTIFACT_COLUMNS.index("id")] == "a"
+    select = _index_select(("id", "started_at", "cache_hit", "config", "created_at"))
+    assert select == (
+        "id, epoch_us(started_at) / 1000000.0 AS started_at, CAST(cache_hit AS INTEGER) AS cache_hit, "
+        "CAST(config AS VARCHAR) AS config, epoch_us(created_at) / 1000000.0 AS created_at"
+    )
+
+
+def test_the_index_adopts_duckdb_rows_without_replacing_its_own(ix: Index) -> None:
+    ix.upsert_run(run_row("mine", status="completed"))
+    counts = ix.adopt(
+        [run_row("mine", status="failed"), run_row("theirs")],
+        [art_row("a1")],
+        [{"run_id": "theirs", "artifact_id": "a1", "direction": "output", "key": "k"}],
+    )
+    assert counts == {"run": 1, "artifact": 1, "run_artifact": 1}
+    assert ix.run("mine")["status"] == "completed"  # written by this index: never replaced
+    assert ix.run("theirs")["seq"] == 0 and ix.max_seq() == 1
+    again = ix.adopt([run_row("theirs", status="archived")], [], [])
+    assert again == {"run": 1, "artifact": 0, "run_artifact": 0} and ix.run("theirs")["status"] == "archived"
+    assert ix.meta("merged_seq") is None and ix.merged_seq() is None
+    ix.set_meta("merged_seq", "7")
+    assert ix.meta("merged_seq") == "7" and ix.merged_seq() == 7 and ix.max_seq() == 1
