@@ -817,3 +817,36 @@ def test_modes_of_a_directory_are_recorded_as_the_usual_one_and_exceptions() -> 
     assert modes_meta({"a": 0o100600, "b": 0o100600, "c": 0o100644}) == {"mode": "0600", "modes": {"c": "0644"}}
     assert modes_meta({"a": 0o100644, "x": 0o100755}) == {"modes": {"x": "0755"}}  # a tie goes to 0644
     assert modes_meta({"a": 0o104755}) == {"mode": "0755"}  # set-id bits are never kept
+
+
+def test_links_are_restored_as_links(store: ObjectStore, tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    (src / "sub").mkdir(parents=True)
+    (src / "sub" / "b.csv").write_bytes(b"b")
+    (src / "a-link").symlink_to("sub/b.csv")
+    (src / "z.csv").write_bytes(b"z")
+    digest = store.put_dir(src, H.FileHasher(H.NullMemo()))[0]
+    dest = tmp_path / "dest"
+    store.write(store.check("dir", digest, None), dest)
+    assert (dest / "a-link").is_symlink() and os.readlink(dest / "a-link") == "sub/b.csv"
+    assert (dest / "z.csv").read_bytes() == b"z" and (dest / "sub" / "b.csv").read_bytes() == b"b"
+    link_digest = store.put_bytes(H.link_bytes("../elsewhere.txt"))
+    single = tmp_path / "single-link"
+    store.write(store.check("link", link_digest, 16), single)
+    assert single.is_symlink() and os.readlink(single) == "../elsewhere.txt"
+
+
+def test_a_staged_restore_is_invisible_until_published_and_leaves_nothing_when_discarded(
+    store: ObjectStore, tmp_path: Path
+) -> None:
+    digest = store.put_bytes(b"staged")
+    dest = tmp_path / "out.txt"
+    dest.write_bytes(b"current")
+    staged = store.stage(store.check("file", digest, 6), dest)
+    assert dest.read_bytes() == b"current" and len(leftovers(tmp_path)) == 1
+    staged.discard()
+    assert dest.read_bytes() == b"current" and leftovers(tmp_path) == []
+    staged = store.stage(store.check("file", digest, 6), dest)
+    staged.publish()
+    staged.discard()
+    assert dest.read_bytes() == b"staged" and leftovers(tmp_path) == []
