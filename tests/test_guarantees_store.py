@@ -67,7 +67,14 @@ def rows(path: Path, sql: str) -> list[tuple]:
         con.close()
 
 
-def test_timestamps_become_naive_utc() -> None:
+def test_timestamps_become_naive_utc(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TZ", "America/New_York")  # the local time zone never leaks into the database
+    time.tzset()
+    try:
+        assert _ts(T0) == dt.datetime(2023, 11, 14, 22, 13, 20, 250000)
+    finally:
+        monkeypatch.undo()
+        time.tzset()
     assert _ts(None) is None
     assert _ts(T0) == dt.datetime(2023, 11, 14, 22, 13, 20, 250000)
     assert _ts("0") == dt.datetime(1970, 1, 1)
@@ -234,8 +241,11 @@ def test_a_duckdb_file_held_by_another_program_is_a_clear_error(ix: Index, duck:
             duck.sync(timeout=0.5)
         waited = time.monotonic() - started
         assert 0.4 < waited < 5, waited  # it retried until the deadline, then gave up
-        assert f"Cannot open the provenance database {duck.db_path}" in str(err.value)
-        assert "runs stay safe in the run index" in str(err.value)
+        assert str(err.value).startswith(f"Cannot open the provenance database {duck.db_path}: ")
+        assert str(err.value).endswith(
+            "Likely cause: another program (a DuckDB shell, a notebook) keeps the file open for writing. "
+            "Fix: close that program's connection; runs stay safe in the run index meanwhile."
+        )
     finally:
         holder.kill()
         holder.wait()
