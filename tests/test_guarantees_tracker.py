@@ -12,6 +12,7 @@ import hashlib
 import json
 import os
 import socket
+import stat
 import time
 import warnings
 from pathlib import Path
@@ -689,3 +690,28 @@ def test_readonly_runs_describe_links_and_linked_folders_without_storing(tracker
     stored = tracker.run(step, name="ro_links", outputs=["d", "l"], cache_mode="overwrite")
     assert ro.outputs["d"].hash == stored.outputs["d"].hash  # the link inside is hashed as a link either way
     assert ro.outputs["l"].hash == stored.outputs["l"].hash == sha(b"consist-link-v1\x00ro/d/real.csv")
+
+
+def test_restore_paths_follow_the_recorded_location(tracker: Tracker, tmp_path: Path) -> None:
+    from consist.locations import UnresolvableLocation
+
+    row = {"location": "run_dir://tables/t.csv", "uri": "/another/checkout/runs/tables/t.csv"}
+    assert tracker._restore_path(row) == tracker.run_dir / "tables" / "t.csv"
+    inside = tracker.run_dir / "legacy.csv"
+    assert tracker._restore_path({"location": None, "uri": str(inside)}) == inside
+    with pytest.raises(UnresolvableLocation):
+        tracker._restore_path({"uri": "/another/checkout/runs/tables/t.csv"})
+    assert driver_for(Path("plain.csv")) == "csv"  # a file unless told otherwise
+
+
+def test_a_file_in_place_with_its_recorded_mode_is_not_rewritten(tracker: Tracker) -> None:
+    def step() -> Path:
+        p = write("private.csv", "secret")
+        os.chmod(p, 0o600)
+        return p
+
+    tracker.run(step, name="priv", outputs=["p"])
+    inode = Path("private.csv").stat().st_ino
+    hit = tracker.run(step, name="priv", outputs=["p"])
+    assert hit.cache_hit and Path("private.csv").stat().st_ino == inode
+    assert stat.S_IMODE(Path("private.csv").stat().st_mode) == 0o600
