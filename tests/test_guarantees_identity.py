@@ -494,3 +494,30 @@ def test_a_git_folder_that_is_no_repository(tmp_path: Path) -> None:
     assert probe.version() is None and probe.version() is None
     mod = load_module(tmp_path / "broken" / "step.py", "def step():\n    return 1\n")
     assert I.code_identity(mod.step, tmp_path / "broken").startswith("module:")
+
+
+def test_a_git_dir_whose_path_holds_a_colon(tmp_path: Path) -> None:
+    real = tmp_path / "store:1" / "repo.git"
+    real.mkdir(parents=True)
+    tree = tmp_path / "tree"
+    tree.mkdir()
+    (tree / ".git").write_text(f"gitdir: {real}\n")
+    assert I._GitProbe._find_git_dir(tree) == real.resolve()
+
+
+def test_a_source_given_wins_over_the_functions_own_file(tmp_path: Path) -> None:
+    mod = load_module(tmp_path / "steps_c.py", "def step():\n    return 1\n")
+    other = tmp_path / "pipeline.py"
+    other.write_text("print('the script that called begin_run')\n")
+    assert I.code_identity(mod.step, tmp_path, source=other) == "module:" + sha_hex(other.read_bytes())[:32]
+
+
+def test_the_git_probe_of_a_project_is_kept(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    repo = tmp_path / "repo"
+    make_repo(repo)
+    mod = load_module(repo / "step.py", "def step():\n    return 1\n")
+    commit_all(repo, "step")
+    head = git(repo, "rev-parse", "HEAD").strip()
+    assert I.code_identity(mod.step, repo) == f"git:{head}"
+    monkeypatch.setenv("PATH", str(tmp_path / "no-git-here"))
+    assert I.code_identity(mod.step, repo) == f"git:{head}"  # nothing changed: git is not asked again
