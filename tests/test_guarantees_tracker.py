@@ -715,3 +715,42 @@ def test_a_file_in_place_with_its_recorded_mode_is_not_rewritten(tracker: Tracke
     hit = tracker.run(step, name="priv", outputs=["p"])
     assert hit.cache_hit and Path("private.csv").stat().st_ino == inode
     assert stat.S_IMODE(Path("private.csv").stat().st_mode) == 0o600
+
+
+def test_explanations_name_config_keys_and_unrecorded_outputs(tracker: Tracker) -> None:
+    def step(k: int, j: int) -> None:
+        consist.log_output(write("a.txt", "a"), key="a")
+
+    tracker.run(step, name="ex", config={"k": 1, "j": 1})
+    changed = tracker.run(step, name="ex", config={"k": 2, "j": 1})
+    assert changed.run.cache_miss_explanation["details"]["config_keys_changed"] == ["k"]
+    write("b.txt", "b")
+    wants_more = tracker.run(step, name="ex", config={"k": 2, "j": 1}, outputs={"a": "a.txt", "b": "b.txt"})
+    assert not wants_more.cache_hit  # the producer recorded no output "b"
+    assert wants_more.run.cache_miss_explanation["reason"] == "outputs_not_recorded"
+
+
+def test_a_missing_config_file_is_named(tracker: Tracker) -> None:
+    with pytest.raises(consist.InputNotFoundError, match="The input 'config' path does not exist"):
+        tracker.run(lambda: None, name="c", config=Path("missing.yaml"))
+
+
+def test_input_artifacts_record_when_and_where(tracker: Tracker) -> None:
+    write("data/in.csv", "i")
+    before = time.time()
+    r = tracker.run(lambda src: None, name="inp", inputs={"src": "data/in.csv"})
+    art = links(tracker, r.run_id, "input")["src"]
+    assert before <= art["created_at"] <= time.time()
+    assert art["location"] == "project://data/in.csv" and art["meta"] is None and art["run_id"] is None
+
+
+def test_a_hit_updates_the_scenario_coupler(tracker: Tracker) -> None:
+    def step() -> Path:
+        return write("trips.csv", "t")
+
+    with tracker.scenario("first") as sc:
+        sc.run(step, name="trips_step", outputs=["trips"])
+    with tracker.scenario("second") as sc:
+        hit = sc.run(step, name="trips_step", outputs=["trips"])
+        assert hit.cache_hit and "trips" in sc.coupler
+        assert Path(sc.coupler.path("trips")) == Path("trips.csv").resolve()
