@@ -1,4 +1,4 @@
-"""Guarantees of consist.index: the SQLite run index that every tracker writes first.
+"""Guarantees of consist.store.sqlite: the SQLite run index that every tracker writes first.
 
 Sequence numbers order every write, a failed transaction leaves nothing behind,
 run ids are never reused, and the lookups that decide cache hits only return
@@ -16,12 +16,13 @@ from pathlib import Path
 import pytest
 
 import consist
-from consist.index import ARTIFACT_COLUMNS, RUN_COLUMNS, SCHEMA_VERSION, Index, index_path_for, pid_alive
+from consist.store.columns import ARTIFACT_COLUMNS, RUN_COLUMNS, pid_alive
+from consist.store.sqlite import SCHEMA_VERSION, SQLiteIndex, index_path_for
 
 
 @pytest.fixture
 def ix(tmp_path: Path):
-    index = Index(tmp_path / "deep" / "dir" / "index.sqlite")
+    index = SQLiteIndex(tmp_path / "deep" / "dir" / "index.sqlite")
     yield index
     index.close()
 
@@ -43,7 +44,7 @@ def art_row(art_id: str, **kw: object) -> dict:
 # --------------------------------------------------------------------- opening
 
 
-def test_a_new_index_is_a_wal_database_with_the_current_schema(tmp_path: Path, ix: Index) -> None:
+def test_a_new_index_is_a_wal_database_with_the_current_schema(tmp_path: Path, ix: SQLiteIndex) -> None:
     assert ix.path.exists()
     assert ix.query_one("PRAGMA journal_mode")["journal_mode"] == "wal"
     assert ix.query_one("PRAGMA user_version")["user_version"] == SCHEMA_VERSION
@@ -56,10 +57,10 @@ def test_a_new_index_is_a_wal_database_with_the_current_schema(tmp_path: Path, i
 
 def test_reopening_keeps_the_rows(tmp_path: Path) -> None:
     path = tmp_path / "index.sqlite"
-    first = Index(path)
+    first = SQLiteIndex(path)
     first.upsert_run(run_row("kept"))
     first.close()
-    again = Index(path)
+    again = SQLiteIndex(path)
     try:
         assert again.run("kept")["model"] == "m" and again.max_seq() == 1
     finally:
@@ -72,7 +73,7 @@ def test_an_index_from_a_newer_version_is_refused(tmp_path: Path) -> None:
     con.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
     con.close()
     with pytest.raises(consist.StoreError) as err:
-        Index(path)
+        SQLiteIndex(path)
     assert f"has schema version {SCHEMA_VERSION + 1}; this consist understands up to {SCHEMA_VERSION}" in str(err.value)
     assert "upgrade consist" in str(err.value)
 
@@ -81,11 +82,11 @@ def test_a_file_that_is_not_a_database_is_a_clear_error(tmp_path: Path) -> None:
     path = tmp_path / "index.sqlite"
     path.write_bytes(b"this is not sqlite" * 100)
     with pytest.raises(consist.StoreError, match=r"Cannot open the run index .*damaged or is not a consist index"):
-        Index(path)
+        SQLiteIndex(path)
 
 
 def test_a_closed_index_raises_run_state_errors(tmp_path: Path) -> None:
-    index = Index(tmp_path / "index.sqlite")
+    index = SQLiteIndex(tmp_path / "index.sqlite")
     index.close()
     index.close()  # twice is fine
     with pytest.raises(consist.RunStateError, match="This Tracker is closed"):
@@ -100,7 +101,7 @@ def test_index_path_sits_beside_the_duckdb_file(tmp_path: Path) -> None:
 # --------------------------------------------------------------------- writes
 
 
-def test_each_write_gets_the_next_sequence_number(ix: Index) -> None:
+def test_each_write_gets_the_next_sequence_number(ix: SQLiteIndex) -> None:
     ix.upsert_run(run_row("a"))
     ix.add_artifact(art_row("x"))
     ix.link("a", "x", "output", "x")
@@ -110,7 +111,7 @@ def test_each_write_gets_the_next_sequence_number(ix: Index) -> None:
     assert ix.query_one("SELECT seq FROM run_artifact")["seq"] == 3
 
 
-def test_nested_writes_share_one_transaction_and_sequence_number(ix: Index) -> None:
+def test_nested_writes_share_one_transaction_and_sequence_number(ix: SQLiteIndex) -> None:
     with ix.write() as outer:
         ix.upsert_run(run_row("a"))
         with ix.write() as inner:
@@ -121,7 +122,7 @@ def test_nested_writes_share_one_transaction_and_sequence_number(ix: Index) -> N
     assert {r["seq"] for r in ix.query("SELECT seq FROM run UNION SELECT seq FROM artifact")} == {1}
 
 
-def test_a_failed_transaction_leaves_nothing(ix: Index) -> None:
+def test_a_failed_transaction_leaves_nothing(ix: SQLiteIndex) -> None:
     ix.upsert_run(run_row("before"))
     with pytest.raises(RuntimeError, match="midway"):
         with ix.write():
@@ -134,10 +135,10 @@ def test_a_failed_transaction_leaves_nothing(ix: Index) -> None:
     assert ix.run("after")["seq"] == 2
 
 
-def test_writes_are_visible_to_another_connection_at_once(tmp_path: Path, ix: Index) -> None:
+def test_writes_are_visible_to_another_connection_at_once(tmp_path: Path, ix: SQLiteIndex) -> None:
     ix.upsert_run(run_row("shared"))
     ix.memo_put((9, 9, 9, 9), "a", "sha256:m")
-    other = Index(ix.path)
+    other = SQLiteIndex(ix.path)
     try:
         assert other.run("shared") is not None
         assert other.memo_get((9, 9, 9, 9), "a") == "sha256:m"
@@ -145,14 +146,14 @@ def test_writes_are_visible_to_another_connection_at_once(tmp_path: Path, ix: In
         other.close()
 
 
-def test_upsert_replaces_a_run(ix: Index) -> None:
+def test_upsert_replaces_a_run(ix: SQLiteIndex) -> None:
     ix.upsert_run(run_row("r", status="running"))
     ix.upsert_run(run_row("r", status="completed", error="none"))
     rows = ix.query("SELECT status, error, seq FROM run")
     assert rows == [{"status": "completed", "error": "none", "seq": 2}]
 
 
-def test_run_ids_are_never_reused(ix: Index) -> None:
+def test_run_ids_are_never_reused(ix: SQLiteIndex) -> None:
     assert ix.claim_run_id("base", run_row("ignored", model="one")) == "base"
     assert ix.claim_run_id("base", run_row("ignored", model="two")) == "base~2"
     assert ix.claim_run_id("base", run_row("ignored", model="three")) == "base~3"
@@ -160,7 +161,7 @@ def test_run_ids_are_never_reused(ix: Index) -> None:
     assert models == {"base": "one", "base~2": "two", "base~3": "three"}
 
 
-def test_artifacts_are_kept_unless_replaced(ix: Index) -> None:
+def test_artifacts_are_kept_unless_replaced(ix: SQLiteIndex) -> None:
     ix.add_artifact(art_row("a", uri="/first"))
     ix.add_artifact(art_row("a", uri="/second"))
     assert ix.query_one("SELECT uri FROM artifact WHERE id = 'a'")["uri"] == "/first"
@@ -168,7 +169,7 @@ def test_artifacts_are_kept_unless_replaced(ix: Index) -> None:
     assert ix.query_one("SELECT uri FROM artifact WHERE id = 'a'")["uri"] == "/third"
 
 
-def test_objects_are_tracked_per_store(ix: Index) -> None:
+def test_objects_are_tracked_per_store(ix: SQLiteIndex) -> None:
     ix.add_object("sha256:o", "/store/one", 5)
     ix.add_object("sha256:o", "/store/one", 5)
     ix.add_object("sha256:o", "/store/two", 5)
@@ -178,7 +179,7 @@ def test_objects_are_tracked_per_store(ix: Index) -> None:
     assert ix.object_stores("sha256:unknown") == []
 
 
-def test_memo_is_keyed_by_stat_and_algorithm(ix: Index) -> None:
+def test_memo_is_keyed_by_stat_and_algorithm(ix: SQLiteIndex) -> None:
     key = (1, 2, 3, 4)
     assert ix.memo_get(key, "sha256/file-v1") is None
     ix.memo_put(key, "sha256/file-v1", "sha256:a")
@@ -194,7 +195,7 @@ def test_memo_is_keyed_by_stat_and_algorithm(ix: Index) -> None:
     assert ix.memo_get((5, 6, 7, 8), "sha256/file-v1") == "sha256:d"
 
 
-def test_execute_runs_a_statement(ix: Index) -> None:
+def test_execute_runs_a_statement(ix: SQLiteIndex) -> None:
     ix.upsert_run(run_row("gone"))
     ix.execute("DELETE FROM run WHERE id = ?", ("gone",))
     assert ix.run("gone") is None
@@ -203,7 +204,7 @@ def test_execute_runs_a_statement(ix: Index) -> None:
 # --------------------------------------------------------------------- reads that decide hits
 
 
-def test_producers_are_completed_executed_runs_newest_first(ix: Index) -> None:
+def test_producers_are_completed_executed_runs_newest_first(ix: SQLiteIndex) -> None:
     ix.upsert_run(run_row("old", ended_at=1.0))
     ix.upsert_run(run_row("new", ended_at=3.0))
     ix.upsert_run(run_row("mid", ended_at=2.0))
@@ -219,7 +220,7 @@ def test_producers_are_completed_executed_runs_newest_first(ix: Index) -> None:
     assert len(ix.producers("sig")) == 5  # five candidates by default
 
 
-def test_recent_runs_of_a_model(ix: Index) -> None:
+def test_recent_runs_of_a_model(ix: SQLiteIndex) -> None:
     ix.upsert_run(run_row("a", model="m", ended_at=1.0))
     ix.upsert_run(run_row("b", model="m", ended_at=2.0))
     ix.upsert_run(run_row("c", model="m", ended_at=3.0, cache_hit=1))
@@ -232,7 +233,7 @@ def test_recent_runs_of_a_model(ix: Index) -> None:
     assert len(ix.recent_runs_of_model("busy")) == 50
 
 
-def test_links_in_recording_order_and_by_direction(ix: Index) -> None:
+def test_links_in_recording_order_and_by_direction(ix: SQLiteIndex) -> None:
     ix.upsert_run(run_row("r"))
     for art in ("in1", "out2", "out1", "log"):
         ix.add_artifact(art_row(art))
@@ -255,7 +256,7 @@ def test_links_in_recording_order_and_by_direction(ix: Index) -> None:
     assert [o["link_key"] for o in ix.outputs_of("r2")] == ["y", "z"]  # same sequence number: by key
 
 
-def test_output_artifact_with_hash_is_the_newest_of_a_completed_run(ix: Index) -> None:
+def test_output_artifact_with_hash_is_the_newest_of_a_completed_run(ix: SQLiteIndex) -> None:
     ix.upsert_run(run_row("done"))
     ix.upsert_run(run_row("broken", status="failed"))
     ix.add_artifact(art_row("old", hash="sha256:h", run_id="done", created_at=1.0))
@@ -266,7 +267,7 @@ def test_output_artifact_with_hash_is_the_newest_of_a_completed_run(ix: Index) -
     assert ix.output_artifact_with_hash("sha256:other") is None
 
 
-def test_changes_since_returns_rows_after_a_sequence_number(ix: Index) -> None:
+def test_changes_since_returns_rows_after_a_sequence_number(ix: SQLiteIndex) -> None:
     ix.upsert_run(run_row("a"))
     ix.add_artifact(art_row("x"))
     ix.link("a", "x", "output", "x")
@@ -295,7 +296,7 @@ def test_pid_alive() -> None:
 
 
 def test_the_duckdb_file_of_an_index() -> None:
-    from consist.index import _db_path_of
+    from consist.store.sqlite import _db_path_of
 
     db = Path("/data/runs/prov.duckdb")
     assert _db_path_of(index_path_for(db)) == db
@@ -309,7 +310,7 @@ def test_a_damaged_index_names_the_rebuild_command(tmp_path: Path) -> None:
     path.parent.mkdir()
     path.write_bytes(b"not a database at all" * 200)
     with pytest.raises(consist.StoreError) as err:
-        Index(path)
+        SQLiteIndex(path)
     assert str(err.value).startswith(f"Cannot open the run index {path}: file is not a database.")
     assert f"run consist.store.rebuild_index({str(tmp_path / 'prov.duckdb')!r})" in str(err.value)
 
@@ -329,7 +330,7 @@ def _real_error(sql: str, path: Path) -> sqlite3.Error:
 
 
 def test_damaged_files_are_told_apart_from_other_errors(tmp_path: Path) -> None:
-    from consist.index import _storage_problem
+    from consist.store.sqlite import _storage_problem
 
     garbage = tmp_path / "garbage.sqlite"
     garbage.write_bytes(b"x" * 4096)
@@ -351,7 +352,7 @@ def test_damaged_files_are_told_apart_from_other_errors(tmp_path: Path) -> None:
 
 
 def test_a_full_disk_is_named_as_such(tmp_path: Path) -> None:
-    from consist.index import _disk_full, _storage_problem
+    from consist.store.sqlite import _disk_full, _storage_problem
 
     index = tmp_path / "index.sqlite"
     full = sqlite3.OperationalError("database or disk is full")
@@ -395,7 +396,7 @@ def small_fs(tmp_path: Path):
 
 
 def test_an_io_error_on_a_nearly_full_disk_counts_as_full(small_fs, tmp_path: Path) -> None:
-    from consist.index import _disk_full, _nearly_full, _storage_problem
+    from consist.store.sqlite import _disk_full, _nearly_full, _storage_problem
 
     tiny_fs = small_fs("256k")
     assert _nearly_full(tiny_fs) and not _nearly_full(tmp_path) and not _nearly_full(tmp_path / "missing")
@@ -413,8 +414,8 @@ def test_an_io_error_on_a_nearly_full_disk_counts_as_full(small_fs, tmp_path: Pa
 # --------------------------------------------------------------------- leases and members
 
 
-def test_leases_hold_while_their_run_runs_or_their_restore_is_recent(ix: Index) -> None:
-    from consist.index import HOST, RESTORE_LEASE_S
+def test_leases_hold_while_their_run_runs_or_their_restore_is_recent(ix: SQLiteIndex) -> None:
+    from consist.store.columns import HOST, RESTORE_LEASE_S
 
     ix.upsert_run(run_row("running", status="running", host=HOST, pid=os.getpid()))
     ix.upsert_run(run_row("done"))
@@ -434,11 +435,11 @@ def test_leases_hold_while_their_run_runs_or_their_restore_is_recent(ix: Index) 
     assert sorted(r["hash"] for r in live) == ["sha256:r", "sha256:u", "sha256:x", "sha256:y"]
 
 
-def test_leases_of_dead_processes_end_but_other_hosts_are_trusted(ix: Index) -> None:
+def test_leases_of_dead_processes_end_but_other_hosts_are_trusted(ix: SQLiteIndex) -> None:
     import subprocess
     import sys
 
-    from consist.index import HOST
+    from consist.store.columns import HOST
 
     proc = subprocess.Popen([sys.executable, "-c", "pass"])
     proc.wait()
@@ -450,7 +451,7 @@ def test_leases_of_dead_processes_end_but_other_hosts_are_trusted(ix: Index) -> 
     assert sorted(r["hash"] for r in live) == ["sha256:far", "sha256:me"] and len(ended) == 1
 
 
-def test_members_of_a_directory_output(ix: Index) -> None:
+def test_members_of_a_directory_output(ix: SQLiteIndex) -> None:
     import json
 
     ix.upsert_run(run_row("r"))
@@ -501,7 +502,7 @@ def test_a_process_of_another_user_counts_as_alive() -> None:
 
 
 def test_a_closed_index_says_what_to_do(tmp_path: Path) -> None:
-    index = Index(tmp_path / "index.sqlite")
+    index = SQLiteIndex(tmp_path / "index.sqlite")
     index.close()
     with pytest.raises(consist.RunStateError) as err:
         index.run("x")
@@ -511,7 +512,7 @@ def test_a_closed_index_says_what_to_do(tmp_path: Path) -> None:
     )
 
 
-def test_registering_objects_counts_new_rows_and_takes_no_sequence_number(ix: Index) -> None:
+def test_registering_objects_counts_new_rows_and_takes_no_sequence_number(ix: SQLiteIndex) -> None:
     assert ix.register_objects([("sha256:a", "/s", 1), ("sha256:b", "/s", 2)]) == 2
     assert ix.register_objects([("sha256:a", "/s", 1), ("sha256:a", "/t", 1)]) == 1
     assert ix.max_seq() == 0
@@ -520,14 +521,14 @@ def test_registering_objects_counts_new_rows_and_takes_no_sequence_number(ix: In
 
 def test_a_failed_upgrade_changes_nothing(tmp_path: Path) -> None:
     path = tmp_path / "index.sqlite"
-    Index(path).close()
+    SQLiteIndex(path).close()
     con = sqlite3.connect(path)
     tables_before = {r[0] for r in con.execute("SELECT name FROM sqlite_master")}
     con.execute("PRAGMA user_version = 1")  # claims the first schema, but already has the newer columns
     con.commit()
     con.close()
     with pytest.raises(consist.StoreError, match="Cannot open the run index"):
-        Index(path)
+        SQLiteIndex(path)
     con = sqlite3.connect(path, timeout=0.5, isolation_level=None)
     try:
         con.execute("BEGIN IMMEDIATE")  # the failed upgrade holds no write lock
@@ -541,7 +542,7 @@ def test_a_failed_upgrade_changes_nothing(tmp_path: Path) -> None:
 
 def test_an_older_index_is_upgraded_in_place_keeping_its_rows(tmp_path: Path) -> None:
     path = tmp_path / "index.sqlite"
-    first = Index(path)
+    first = SQLiteIndex(path)
     first.upsert_run(run_row("old"))
     first.close()
     con = sqlite3.connect(path)  # make it a schema 1 index: what versions 2 and 3 add is not there yet
@@ -550,7 +551,7 @@ def test_an_older_index_is_upgraded_in_place_keeping_its_rows(tmp_path: Path) ->
         con.execute(stmt)
     con.commit()
     con.close()
-    again = Index(path)
+    again = SQLiteIndex(path)
     try:
         assert again.query_one("PRAGMA user_version")["user_version"] == SCHEMA_VERSION
         assert again.run("old") is not None and len(again.generation) == 32

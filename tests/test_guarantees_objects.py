@@ -18,8 +18,8 @@ import pytest
 
 import consist
 from consist import hashing as H
-from consist.index import Index
 from consist.objects import ObjectStore, copy_bytes
+from consist.store.sqlite import SQLiteIndex
 
 
 def sha(data: bytes) -> str:
@@ -28,17 +28,17 @@ def sha(data: bytes) -> str:
 
 @pytest.fixture
 def index(tmp_path: Path):
-    ix = Index(tmp_path / "ix" / "index.sqlite")
+    ix = SQLiteIndex(tmp_path / "ix" / "index.sqlite")
     yield ix
     ix.close()
 
 
 @pytest.fixture
-def store(tmp_path: Path, index: Index) -> ObjectStore:
+def store(tmp_path: Path, index: SQLiteIndex) -> ObjectStore:
     return ObjectStore(tmp_path / "objects", memo=index)
 
 
-def hasher(index: Index) -> H.FileHasher:
+def hasher(index: SQLiteIndex) -> H.FileHasher:
     return H.FileHasher(index)
 
 
@@ -59,7 +59,9 @@ def test_object_path_layout(tmp_path: Path) -> None:
     assert s.path_of(digest) == tmp_path / "objects" / "sha256" / "ab" / ("c" * 62)
 
 
-def test_put_file_stores_read_only_bytes_under_their_hash(tmp_path: Path, store: ObjectStore, index: Index) -> None:
+def test_put_file_stores_read_only_bytes_under_their_hash(
+    tmp_path: Path, store: ObjectStore, index: SQLiteIndex
+) -> None:
     src = tmp_path / "out.csv"
     src.write_bytes(b"a,b\n1,2\n")
     digest, size = store.put_file(src, hasher(index))
@@ -72,7 +74,7 @@ def test_put_file_stores_read_only_bytes_under_their_hash(tmp_path: Path, store:
     assert index.memo_get(H.stat_key(obj.stat()), "sha256/object-v1") == digest
 
 
-def test_storing_known_content_again_copies_nothing(tmp_path: Path, store: ObjectStore, index: Index) -> None:
+def test_storing_known_content_again_copies_nothing(tmp_path: Path, store: ObjectStore, index: SQLiteIndex) -> None:
     (tmp_path / "a").write_bytes(b"same")
     (tmp_path / "b").write_bytes(b"same")
     digest, _ = store.put_file(tmp_path / "a", hasher(index))
@@ -113,7 +115,7 @@ def test_a_file_that_grows_while_stored_is_not_stored_truncated(tmp_path: Path, 
     assert store.verify(digest, size).read_bytes() in (b"first version", b"second, longer version")
 
 
-def test_put_bytes_and_directories(tmp_path: Path, store: ObjectStore, index: Index) -> None:
+def test_put_bytes_and_directories(tmp_path: Path, store: ObjectStore, index: SQLiteIndex) -> None:
     d = tmp_path / "d"
     (d / "sub").mkdir(parents=True)
     (d / "x.csv").write_bytes(b"xx")
@@ -165,7 +167,9 @@ def test_verify_reports_missing_short_and_damaged_objects(store: ObjectStore, tm
     )
 
 
-def test_a_verified_object_is_not_read_again_while_its_stat_is_unchanged(store: ObjectStore, index: Index) -> None:
+def test_a_verified_object_is_not_read_again_while_its_stat_is_unchanged(
+    store: ObjectStore, index: SQLiteIndex
+) -> None:
     digest = store.put_bytes(b"original")
     obj = store.path_of(digest)
     other = store.put_bytes(b"verified")
@@ -181,7 +185,7 @@ def test_a_verified_object_is_not_read_again_while_its_stat_is_unchanged(store: 
         store.verify(digest)
 
 
-def test_a_successful_check_is_memoised(tmp_path: Path, index: Index) -> None:
+def test_a_successful_check_is_memoised(tmp_path: Path, index: SQLiteIndex) -> None:
     (tmp_path / "objs").mkdir()
     writer = ObjectStore(tmp_path / "objs")  # no memo: nothing recorded when written
     digest = writer.put_bytes(b"checked once")
@@ -192,7 +196,7 @@ def test_a_successful_check_is_memoised(tmp_path: Path, index: Index) -> None:
     assert index.memo_get(key, "sha256/object-v1") == digest
 
 
-def test_check_of_a_file_and_of_a_directory(tmp_path: Path, store: ObjectStore, index: Index) -> None:
+def test_check_of_a_file_and_of_a_directory(tmp_path: Path, store: ObjectStore, index: SQLiteIndex) -> None:
     f = store.put_bytes(b"file")
     assert store.check("file", f, 4) == str(store.path_of(f))
     d = tmp_path / "d"
@@ -255,7 +259,7 @@ def test_restoring_through_a_symlink_replaces_the_link_not_its_target(tmp_path: 
     assert target.read_bytes() == b"do not touch"
 
 
-def _stored_dir(tmp_path: Path, store: ObjectStore, index: Index) -> str:
+def _stored_dir(tmp_path: Path, store: ObjectStore, index: SQLiteIndex) -> str:
     src = tmp_path / "src_dir"
     (src / "deep" / "er").mkdir(parents=True)
     (src / "deep" / "er" / "f.csv").write_bytes(b"deep")
@@ -272,7 +276,7 @@ EXPECTED_TREE = {"deep/er/f.csv": b"deep", "deep/g.csv": b"g", "top.csv": b"top"
 
 
 def test_directory_restore_into_nothing_an_old_directory_a_file_or_a_link(
-    tmp_path: Path, store: ObjectStore, index: Index
+    tmp_path: Path, store: ObjectStore, index: SQLiteIndex
 ) -> None:
     digest = _stored_dir(tmp_path, store, index)
     out = tmp_path / "outs"
@@ -304,7 +308,7 @@ def test_directory_restore_into_nothing_an_old_directory_a_file_or_a_link(
 
 
 def test_directory_restore_over_a_symlink_leaves_nothing_behind(
-    tmp_path: Path, store: ObjectStore, index: Index
+    tmp_path: Path, store: ObjectStore, index: SQLiteIndex
 ) -> None:
     digest = _stored_dir(tmp_path, store, index)
     elsewhere = tmp_path / "elsewhere"
@@ -317,7 +321,7 @@ def test_directory_restore_over_a_symlink_leaves_nothing_behind(
     assert sorted(p.name for p in out.iterdir()) == ["link"]
 
 
-def test_restored_directory_files_get_the_umask_mode(tmp_path: Path, store: ObjectStore, index: Index) -> None:
+def test_restored_directory_files_get_the_umask_mode(tmp_path: Path, store: ObjectStore, index: SQLiteIndex) -> None:
     from consist import objects
 
     digest = _stored_dir(tmp_path, store, index)
@@ -328,7 +332,7 @@ def test_restored_directory_files_get_the_umask_mode(tmp_path: Path, store: Obje
 
 
 def test_a_failed_directory_restore_leaves_the_destination_and_no_build_dir(
-    tmp_path: Path, store: ObjectStore, index: Index
+    tmp_path: Path, store: ObjectStore, index: SQLiteIndex
 ) -> None:
     digest = _stored_dir(tmp_path, store, index)
     checked = store.check("dir", digest, None)

@@ -21,19 +21,20 @@ from filelock import FileLock
 from sqlalchemy import text
 
 import consist
-from consist.index import ARTIFACT_COLUMNS, RUN_COLUMNS, Index
-from consist.store import DUCK_SCHEMA_VERSION, DuckStore, _ts
+from consist.store.columns import ARTIFACT_COLUMNS, RUN_COLUMNS
+from consist.store.duck import DUCK_SCHEMA_VERSION, DuckStore, _ts
+from consist.store.sqlite import SQLiteIndex
 
 
 @pytest.fixture
 def ix(tmp_path: Path):
-    index = Index(tmp_path / ".prov.duckdb.consist" / "index.sqlite")
+    index = SQLiteIndex(tmp_path / ".prov.duckdb.consist" / "index.sqlite")
     yield index
     index.close()
 
 
 @pytest.fixture
-def duck(tmp_path: Path, ix: Index):
+def duck(tmp_path: Path, ix: SQLiteIndex):
     store = DuckStore(tmp_path / "prov.duckdb", ix, lock_timeout=5.0)
     yield store
     store.dispose()
@@ -80,7 +81,7 @@ def test_timestamps_become_naive_utc(monkeypatch: pytest.MonkeyPatch) -> None:
     assert _ts("0") == dt.datetime(1970, 1, 1)
 
 
-def test_merge_copies_every_row_with_sql_types(tmp_path: Path, ix: Index, duck: DuckStore) -> None:
+def test_merge_copies_every_row_with_sql_types(tmp_path: Path, ix: SQLiteIndex, duck: DuckStore) -> None:
     ix.upsert_run(run_row("r1"))
     ix.upsert_run(run_row("r0", cache_hit=0, ended_at=None))
     ix.add_artifact(art_row("a1", run_id="r1"))
@@ -99,7 +100,7 @@ def test_merge_copies_every_row_with_sql_types(tmp_path: Path, ix: Index, duck: 
     assert meta == {"synced_seq": 4, "schema_version": DUCK_SCHEMA_VERSION}
 
 
-def test_later_merges_bring_only_new_rows_and_replace_changed_ones(ix: Index, duck: DuckStore) -> None:
+def test_later_merges_bring_only_new_rows_and_replace_changed_ones(ix: SQLiteIndex, duck: DuckStore) -> None:
     ix.upsert_run(run_row("r", status="running"))
     assert duck.sync() == 1
     ix.upsert_run(run_row("r", status="completed"))
@@ -108,10 +109,10 @@ def test_later_merges_bring_only_new_rows_and_replace_changed_ones(ix: Index, du
     assert rows(duck.db_path, "SELECT id, status FROM run ORDER BY id") == [("r", "completed"), ("s", "completed")]
 
 
-def test_another_process_index_writes_are_merged(tmp_path: Path, ix: Index, duck: DuckStore) -> None:
+def test_another_process_index_writes_are_merged(tmp_path: Path, ix: SQLiteIndex, duck: DuckStore) -> None:
     ix.upsert_run(run_row("mine"))
     duck.sync()
-    other = Index(ix.path)  # a second tracker on the same database
+    other = SQLiteIndex(ix.path)  # a second tracker on the same database
     other.upsert_run(run_row("theirs"))
     other.close()
     assert duck.pending()
@@ -119,7 +120,9 @@ def test_another_process_index_writes_are_merged(tmp_path: Path, ix: Index, duck
     assert rows(duck.db_path, "SELECT id FROM run ORDER BY id") == [("mine",), ("theirs",)]
 
 
-def test_a_fresh_store_object_resumes_from_the_recorded_sequence(tmp_path: Path, ix: Index, duck: DuckStore) -> None:
+def test_a_fresh_store_object_resumes_from_the_recorded_sequence(
+    tmp_path: Path, ix: SQLiteIndex, duck: DuckStore
+) -> None:
     ix.upsert_run(run_row("a"))
     duck.sync()
     again = DuckStore(duck.db_path, ix)
@@ -128,7 +131,7 @@ def test_a_fresh_store_object_resumes_from_the_recorded_sequence(tmp_path: Path,
     assert not again.pending()
 
 
-def test_a_deleted_duckdb_file_is_rebuilt_from_the_index(ix: Index, duck: DuckStore) -> None:
+def test_a_deleted_duckdb_file_is_rebuilt_from_the_index(ix: SQLiteIndex, duck: DuckStore) -> None:
     ix.upsert_run(run_row("a"))
     ix.upsert_run(run_row("b"))
     duck.sync()
@@ -138,7 +141,7 @@ def test_a_deleted_duckdb_file_is_rebuilt_from_the_index(ix: Index, duck: DuckSt
     assert rows(duck.db_path, "SELECT count(*) FROM run") == [(2,)]
 
 
-def test_large_batches_go_through_arrow_with_the_same_result(ix: Index, duck: DuckStore) -> None:
+def test_large_batches_go_through_arrow_with_the_same_result(ix: SQLiteIndex, duck: DuckStore) -> None:
     with ix.write():
         for i in range(250):
             ix.upsert_run(run_row(f"r{i:03}", cache_hit=i % 2, started_at=T0 + i))
@@ -165,7 +168,7 @@ def test_large_batches_go_through_arrow_with_the_same_result(ix: Index, duck: Du
         con.close()
 
 
-def test_a_failed_merge_changes_nothing_and_says_what_to_do(ix: Index, duck: DuckStore) -> None:
+def test_a_failed_merge_changes_nothing_and_says_what_to_do(ix: SQLiteIndex, duck: DuckStore) -> None:
     con = duckdb.connect(str(duck.db_path))
     con.execute("CREATE TABLE run (id INTEGER, note VARCHAR)")  # written by some other program
     con.close()
@@ -179,7 +182,7 @@ def test_a_failed_merge_changes_nothing_and_says_what_to_do(ix: Index, duck: Duc
     assert duck.pending()
 
 
-def test_read_gives_a_merged_connection_and_releases_the_file(ix: Index, duck: DuckStore) -> None:
+def test_read_gives_a_merged_connection_and_releases_the_file(ix: SQLiteIndex, duck: DuckStore) -> None:
     with duck.read() as con:
         assert con.execute("SELECT count(*) FROM run").fetchone() == (0,)
     ix.upsert_run(run_row("r"))
@@ -190,7 +193,7 @@ def test_read_gives_a_merged_connection_and_releases_the_file(ix: Index, duck: D
     duckdb.connect(str(duck.db_path)).close()  # not held open
 
 
-def test_engine_connections_see_every_recorded_run(ix: Index, duck: DuckStore) -> None:
+def test_engine_connections_see_every_recorded_run(ix: SQLiteIndex, duck: DuckStore) -> None:
     ix.upsert_run(run_row("first"))
     engine = duck.engine
     assert duck.engine is engine
@@ -204,7 +207,7 @@ def test_engine_connections_see_every_recorded_run(ix: Index, duck: DuckStore) -
     assert duck._engine is None and duck.engine is not engine
 
 
-def test_a_held_sync_lock_times_out_with_a_clear_error(ix: Index, duck: DuckStore) -> None:
+def test_a_held_sync_lock_times_out_with_a_clear_error(ix: SQLiteIndex, duck: DuckStore) -> None:
     ix.upsert_run(run_row("r"))
     held = FileLock(str(duck.lock_path))
     held.acquire()
@@ -230,7 +233,7 @@ _HOLDER = textwrap.dedent(
 )
 
 
-def test_a_duckdb_file_held_by_another_program_is_a_clear_error(ix: Index, duck: DuckStore) -> None:
+def test_a_duckdb_file_held_by_another_program_is_a_clear_error(ix: SQLiteIndex, duck: DuckStore) -> None:
     duckdb.connect(str(duck.db_path)).close()
     holder = subprocess.Popen([sys.executable, "-c", _HOLDER, str(duck.db_path)], stdout=subprocess.PIPE, text=True)
     try:
@@ -252,7 +255,7 @@ def test_a_duckdb_file_held_by_another_program_is_a_clear_error(ix: Index, duck:
     assert duck.sync() == 1  # merged once the other program let go
 
 
-def test_a_damaged_duckdb_file_fails_at_once(tmp_path: Path, ix: Index) -> None:
+def test_a_damaged_duckdb_file_fails_at_once(tmp_path: Path, ix: SQLiteIndex) -> None:
     bad = tmp_path / "bad.duckdb"
     bad.write_bytes(b"not a database" * 1000)
     store = DuckStore(bad, ix, lock_timeout=30.0)
@@ -262,7 +265,7 @@ def test_a_damaged_duckdb_file_fails_at_once(tmp_path: Path, ix: Index) -> None:
     assert time.monotonic() - started < 10  # no retrying for 30 s
 
 
-def test_a_damaged_duckdb_file_is_not_reported_as_locked(tmp_path: Path, ix: Index) -> None:
+def test_a_damaged_duckdb_file_is_not_reported_as_locked(tmp_path: Path, ix: SQLiteIndex) -> None:
     bad = tmp_path / "bad.duckdb"
     bad.write_bytes(b"not a database" * 1000)
     with pytest.raises(consist.StoreError) as err:
@@ -275,7 +278,7 @@ def test_a_damaged_duckdb_file_is_not_reported_as_locked(tmp_path: Path, ix: Ind
 
 
 def test_lock_damage_and_space_are_told_apart_by_duckdbs_words() -> None:
-    from consist.store import _is_lock_conflict, _looks_damaged, _no_space
+    from consist.store.duck import _is_lock_conflict, _looks_damaged, _no_space
 
     assert _is_lock_conflict(duckdb.IOException('Could not set lock on file "x.duckdb"'))
     assert _is_lock_conflict(duckdb.IOException("Conflicting lock is held in /usr/bin/python (PID 1)"))
@@ -289,7 +292,7 @@ def test_lock_damage_and_space_are_told_apart_by_duckdbs_words() -> None:
     assert not _looks_damaged(duckdb.IOException("Catalog Error: Table with name x does not exist"))
 
 
-def test_open_errors_read_in_full(ix: Index, duck: DuckStore) -> None:
+def test_open_errors_read_in_full(ix: SQLiteIndex, duck: DuckStore) -> None:
     db = duck.db_path
     assert str(duck._open_error(OSError("No space left on device"))) == (
         f"No space left on device for the provenance database {db}: No space left on device. Likely cause: the "
@@ -312,8 +315,8 @@ def test_open_errors_read_in_full(ix: Index, duck: DuckStore) -> None:
 # --------------------------------------------------------------------- rebuilding the index
 
 
-def test_index_damage_is_seen_by_a_read_only_check(tmp_path: Path, ix: Index) -> None:
-    from consist.store import _index_damaged
+def test_index_damage_is_seen_by_a_read_only_check(tmp_path: Path, ix: SQLiteIndex) -> None:
+    from consist.store.duck import _index_damaged
 
     os.chdir(tmp_path)
     assert not _index_damaged(tmp_path / "missing.sqlite")
@@ -325,7 +328,9 @@ def test_index_damage_is_seen_by_a_read_only_check(tmp_path: Path, ix: Index) ->
     assert not any(p.name.startswith("file:") for p in tmp_path.iterdir())  # opened by URI, read-only
 
 
-def test_rebuild_index_moves_a_damaged_index_aside_and_refills_it(tmp_path: Path, ix: Index, duck: DuckStore) -> None:
+def test_rebuild_index_moves_a_damaged_index_aside_and_refills_it(
+    tmp_path: Path, ix: SQLiteIndex, duck: DuckStore
+) -> None:
     import re
 
     from consist.store import rebuild_index
@@ -348,7 +353,7 @@ def test_rebuild_index_moves_a_damaged_index_aside_and_refills_it(tmp_path: Path
     assert Path(moved).read_bytes() == b"damaged" * 100
     assert Path(f"{moved}-wal").exists() and Path(f"{moved}-shm").exists()  # moved with it, never deleted
     assert (report["runs"], report["objects"]) == (1, 2)
-    again = Index(ix.path)
+    again = SQLiteIndex(ix.path)
     try:
         assert again.run("kept") is not None
         assert again.object_stores(a) == [str(store)] and again.object_stores(b) == [str(extra)]
@@ -372,8 +377,8 @@ def test_rebuild_index_needs_the_duckdb_file(tmp_path: Path) -> None:
 # --------------------------------------------------------------------- rows between the two files
 
 
-def test_rows_are_converted_for_duckdb_and_read_back_for_the_index(ix: Index) -> None:
-    from consist.store import _art_tuple, _index_select, _run_tuple
+def test_rows_are_converted_for_duckdb_and_read_back_for_the_index(ix: SQLiteIndex) -> None:
+    from consist.store.duck import _art_tuple, _index_select, _run_tuple
 
     run = _run_tuple(run_row("r", cache_hit=1, ended_at=None))
     assert run[RUN_COLUMNS.index("started_at")] == _ts(T0) and run[RUN_COLUMNS.index("ended_at")] is None
@@ -388,7 +393,7 @@ def test_rows_are_converted_for_duckdb_and_read_back_for_the_index(ix: Index) ->
     )
 
 
-def test_the_index_adopts_duckdb_rows_without_replacing_its_own(ix: Index) -> None:
+def test_the_index_adopts_duckdb_rows_without_replacing_its_own(ix: SQLiteIndex) -> None:
     ix.upsert_run(run_row("mine", status="completed"))
     counts = ix.adopt(
         [run_row("mine", status="failed"), run_row("theirs")],

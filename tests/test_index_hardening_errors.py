@@ -24,8 +24,8 @@ import pytest
 
 import consist
 from consist import Tracker
-from consist.index import Index, index_path_for
-from consist.store import DuckStore
+from consist.store.duck import DuckStore
+from consist.store.sqlite import SQLiteIndex, index_path_for
 
 TOO_LATE = "cannot rollback - no transaction is active"
 
@@ -49,7 +49,7 @@ def test_a_damaged_duckdb_file_is_reported_as_damaged_with_the_rebuild(tmp_path:
     folder = tmp_path / "locks"  # a path that mentions locks must not make it look locked
     folder.mkdir()
     db = folder / "prov.duckdb"
-    index = Index(index_path_for(db))
+    index = SQLiteIndex(index_path_for(db))
     try:
         index.upsert_run({"id": "r1", "status": "completed", "cache_hit": 0})
         DuckStore(db, index).sync()

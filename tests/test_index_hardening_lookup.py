@@ -15,7 +15,8 @@ from pathlib import Path
 
 import duckdb
 
-from consist.index import RUN_COLUMNS, SCHEMA_VERSION, Index, index_path_for
+from consist.store.columns import RUN_COLUMNS
+from consist.store.sqlite import SCHEMA_VERSION, SQLiteIndex, index_path_for
 
 # The schema-2 index, as consist wrote it before schema 3.
 _V2_DDL = """
@@ -59,13 +60,13 @@ def run_row(run_id: str, **kw: object) -> dict:
     return row
 
 
-def add_runs(ix: Index, rows: list[dict]) -> None:
+def add_runs(ix: SQLiteIndex, rows: list[dict]) -> None:
     with ix.write():
         for row in rows:
             ix.upsert_run(row)
 
 
-def lookup_sql(ix: Index, model: str) -> str:
+def lookup_sql(ix: SQLiteIndex, model: str) -> str:
     """The statement recent_runs_of_model() executes, with its parameters bound."""
     seen: list[str] = []
     ix._db.set_trace_callback(seen.append)
@@ -77,7 +78,7 @@ def lookup_sql(ix: Index, model: str) -> str:
     return sql
 
 
-def lookup_steps(ix: Index, model: str) -> int:
+def lookup_steps(ix: SQLiteIndex, model: str) -> int:
     """How many SQLite virtual-machine steps (in hundreds) the lookup takes."""
     count = [0]
 
@@ -94,7 +95,7 @@ def lookup_steps(ix: Index, model: str) -> int:
 
 
 def test_the_lookup_uses_the_index_of_executed_runs(tmp_path: Path) -> None:
-    ix = Index(tmp_path / "index.sqlite")
+    ix = SQLiteIndex(tmp_path / "index.sqlite")
     try:
         add_runs(ix, [run_row(f"p{i}", ended_at=float(i)) for i in range(10)])
         plan = [r["detail"] for r in ix.query("EXPLAIN QUERY PLAN " + lookup_sql(ix, "m"))]
@@ -106,7 +107,7 @@ def test_the_lookup_uses_the_index_of_executed_runs(tmp_path: Path) -> None:
 
 
 def test_the_lookup_reads_as_much_with_40000_hits_as_with_none(tmp_path: Path) -> None:
-    ix = Index(tmp_path / "index.sqlite")
+    ix = SQLiteIndex(tmp_path / "index.sqlite")
     try:
         add_runs(ix, [run_row(f"p{i}", ended_at=float(i)) for i in range(60)])  # more than the 50 it returns
         add_runs(ix, [run_row(f"x{i}", model="other", ended_at=1e6 + i) for i in range(500)])
@@ -135,9 +136,9 @@ def test_a_schema_2_index_is_upgraded_in_place(tmp_path: Path) -> None:
     con.commit()
     con.close()
 
-    ix = Index(path)
+    ix = SQLiteIndex(path)
     try:
-        assert ix.query_one("PRAGMA user_version")["user_version"] == SCHEMA_VERSION == 3
+        assert ix.query_one("PRAGMA user_version")["user_version"] == SCHEMA_VERSION == 4
         names = {r["name"] for r in ix.query("SELECT name FROM sqlite_master")}
         assert {"index_meta", "lease", "lease_by_run", "run_producers_by_model"} <= names
         assert len(ix.generation) == 32 and int(ix.generation, 16) >= 0
@@ -146,7 +147,7 @@ def test_a_schema_2_index_is_upgraded_in_place(tmp_path: Path) -> None:
         assert "run_producers_by_model" in ix.query("EXPLAIN QUERY PLAN " + lookup_sql(ix, "m"))[0]["detail"]
     finally:
         ix.close()
-    again = Index(path)
+    again = SQLiteIndex(path)
     try:
         assert again.generation == ix.generation  # upgraded once; the id stays
     finally:

@@ -23,7 +23,7 @@ import pytest
 
 import consist
 from consist import Tracker
-from consist.index import index_path_for
+from consist.store.sqlite import index_path_for
 
 
 def step(n: int) -> Path:

@@ -74,8 +74,15 @@ def isolate(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv("CONSIST_CACHE_DIR", str(tmp_path / "consist-cache"))
     monkeypatch.setenv("APPTAINER_NOHTTPS", "1")  # the loopback registries speak plain HTTP
     monkeypatch.setenv("CONSIST_REGISTRY_CLIENT", "auto")  # restored after the test, whatever it sets
-    for var in ("REGISTRY_AUTH_FILE", "XDG_RUNTIME_DIR", "APPTAINER_DOCKER_USERNAME", "APPTAINER_DOCKER_PASSWORD",
-                "SINGULARITY_DOCKER_USERNAME", "SINGULARITY_DOCKER_PASSWORD", "CONTAINERS_REGISTRIES_CONF"):
+    for var in (
+        "REGISTRY_AUTH_FILE",
+        "XDG_RUNTIME_DIR",
+        "APPTAINER_DOCKER_USERNAME",
+        "APPTAINER_DOCKER_PASSWORD",
+        "SINGULARITY_DOCKER_USERNAME",
+        "SINGULARITY_DOCKER_PASSWORD",
+        "CONTAINERS_REGISTRIES_CONF",
+    ):
         monkeypatch.delenv(var, raising=False)  # fmt: skip
     registry.clear_cache()
     return home
@@ -424,8 +431,19 @@ def test_apptainer_registry_login_is_found(client: str, isolated: Path) -> None:
     need("apptainer")
     host = fact("CI_REGISTRY_BASIC")
     proc = subprocess.run(
-        ["apptainer", "registry", "login", "--username", fact("CI_REGISTRY_USER"), "--password-stdin", f"docker://{host}"],
-        input=fact("CI_REGISTRY_PASSWORD") + "\n", capture_output=True, text=True, timeout=120,
+        [
+            "apptainer",
+            "registry",
+            "login",
+            "--username",
+            fact("CI_REGISTRY_USER"),
+            "--password-stdin",
+            f"docker://{host}",
+        ],
+        input=fact("CI_REGISTRY_PASSWORD") + "\n",
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert proc.returncode == 0, proc.stderr
     assert list((isolated / "apptainer").glob("*config.json")), "apptainer wrote its login elsewhere"

@@ -27,8 +27,8 @@ import pytest
 import consist
 from consist import Tracker
 from consist import hashing as H
-from consist.index import Index
 from consist.objects import ObjectStore
+from consist.store.sqlite import SQLiteIndex
 
 SECRET = b"host-only secret 7f3a9c0e: never in the store\n"
 
@@ -102,8 +102,8 @@ def outside(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture
-def index(tmp_path: Path) -> Iterator[Index]:
-    ix = Index(tmp_path / "ix" / "index.sqlite")
+def index(tmp_path: Path) -> Iterator[SQLiteIndex]:
+    ix = SQLiteIndex(tmp_path / "ix" / "index.sqlite")
     yield ix
     ix.close()
 
@@ -159,7 +159,9 @@ def test_links_in_an_output_directory_are_stored_as_links(tracker: Tracker, outs
     assert key.read_bytes() == SECRET
 
 
-def test_a_directory_with_links_hashes_alike_for_the_store_and_the_restore_check(tmp_path: Path, index: Index) -> None:
+def test_a_directory_with_links_hashes_alike_for_the_store_and_the_restore_check(
+    tmp_path: Path, index: SQLiteIndex
+) -> None:
     d = tmp_path / "d"
     write(d / "f.txt", "f")
     os.symlink("/nonexistent/target", d / "dangling")
@@ -375,7 +377,7 @@ def test_no_output_is_published_until_every_copy_is_verified(tracker: Tracker, c
 
 
 @pytest.mark.parametrize("size", [5, 3 << 20], ids=["small", "large"])
-def test_a_damaged_object_never_reaches_its_destination(tmp_path: Path, index: Index, size: int) -> None:
+def test_a_damaged_object_never_reaches_its_destination(tmp_path: Path, index: SQLiteIndex, size: int) -> None:
     store = ObjectStore(tmp_path / "objects", memo=index)
     data = os.urandom(size)
     digest = store.put_bytes(data)
@@ -390,7 +392,7 @@ def test_a_damaged_object_never_reaches_its_destination(tmp_path: Path, index: I
     assert store.put_bytes(data) == digest and store.verify(digest).read_bytes() == data
 
 
-def test_a_damaged_file_of_a_directory_leaves_the_old_directory_in_place(tmp_path: Path, index: Index) -> None:
+def test_a_damaged_file_of_a_directory_leaves_the_old_directory_in_place(tmp_path: Path, index: SQLiteIndex) -> None:
     store = ObjectStore(tmp_path / "objects", memo=index)
     src = tmp_path / "src"
     for i in range(5):

@@ -17,9 +17,9 @@ from .errors import (
 )
 from .hashing import FileHasher, NullMemo
 from .identity import make_signature
-from .index import Index
 from .paths import as_path
 from .results import RunResult
+from .store.index import RunIndex
 
 log = logging.getLogger("consist")
 
@@ -81,7 +81,7 @@ class _Active:
 class _ReadOnlyMemo(NullMemo):
     """Reads the memo but never writes it (readonly runs persist nothing)."""
 
-    def __init__(self, index: Index) -> None:
+    def __init__(self, index: RunIndex) -> None:
         self._index = index
 
     def memo_get(self, key: tuple[int, int, int, int], algo: str) -> str | None:

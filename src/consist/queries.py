@@ -21,18 +21,17 @@ if TYPE_CHECKING:
     import pandas as pd
 
     from .hashing import FileHasher
-    from .index import Index
     from .models import Run
     from .objects import ObjectStore
-    from .store import DuckStore
+    from .store.index import RunIndex
 
 
 class QueryMixin:
     """Read access to the provenance database."""
 
     db_path: Any
-    _store: DuckStore
-    _index: Index
+    _store: Any
+    _index: RunIndex
 
     def _fetch(self, con: Any, sql: str, params: Sequence[Any] = ()) -> list[dict[str, Any]]:
         cur = con.execute(sql, list(params))
@@ -69,7 +68,7 @@ class QueryMixin:
                 where.append(f"{col} = ?")
                 params.append(val)
         for tag in tags or ():
-            where.append("list_contains(CAST(tags AS VARCHAR[]), ?)")
+            where.append(self._store.TAG_CONTAINS)
             params.append(tag)
         sql = "SELECT * FROM run" + (" WHERE " + " AND ".join(where) if where else "")
         sql += " ORDER BY started_at DESC"
@@ -184,9 +183,9 @@ class MaintenanceMixin:
     leases it (and the run then stores it again, see :meth:`_store_leased`).
     """
 
-    _index: Index
+    _index: RunIndex
     _objects: ObjectStore
-    _store: DuckStore
+    _store: Any
 
     def _store_leased(self, run_id: str, path: Path, hasher: FileHasher) -> tuple[str, int, list[list[Any]]]:
         """Store an output of the running run ``run_id`` and lease it; returns (hash, size, manifest).

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import os
-import socket
 import time
 import uuid
 from collections.abc import Mapping, Sequence
@@ -26,9 +25,9 @@ from .objects import (
 )
 from .planning import _Active, _as_path, _Plan, driver_for
 from .results import RunResult
+from .store.columns import HOST
 
 log = logging.getLogger("consist")
-HOST = socket.gethostname()
 
 
 class RecordingMixin:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import atexit
 import logging
 import os
-import time
 import warnings
 import weakref
 from collections.abc import Callable, Mapping, Sequence
@@ -21,7 +20,6 @@ from .errors import (
 )
 from .hashing import FileHasher, canonical, hash_canonical, loads
 from .identity import code_identity, explain_miss
-from .index import Index, index_path_for, pid_alive
 from .locations import Roots
 from .manual import ManualRunMixin
 from .names import check_run_id, fit
@@ -30,10 +28,10 @@ from .objects import (
 )
 from .planning import _Active, _bind, _Plan, _ReadOnlyMemo, normalize_inputs
 from .queries import MaintenanceMixin, QueryMixin
-from .recording import HOST, RecordingMixin
+from .recording import RecordingMixin
 from .restoring import RestoreMixin
 from .results import RunResult
-from .store import DuckStore
+from .store import export_duckdb, open_backend
 
 if TYPE_CHECKING:
     from .models import Artifact, Run
@@ -63,7 +61,15 @@ class Tracker(QueryMixin, MaintenanceMixin, RestoreMixin, RecordingMixin, Manual
         ``run_dir/.consist/objects``.
     db_path:
         The DuckDB file; defaults to ``run_dir/provenance.duckdb``. Several
-        processes may share it.
+        processes of one machine may share it.
+    db_url:
+        A PostgreSQL database (``postgresql://user:password@host:port/db``) to record
+        in instead of the DuckDB file, shared by every node of a cluster. None reads
+        ``CONSIST_DB_URL``. Needs ``pip install 'consist[cluster]'``.
+    store_dir:
+        The content-addressed object store of outputs; defaults to
+        ``run_dir/.consist/objects``. Put it on a file system every node mounts
+        (with ``db_url``) so that a hit on one node restores what another produced.
     mounts:
         Named host roots (``{"data": "/scratch/data"}``) that containers may mount.
     project_root:
@@ -85,6 +91,8 @@ class Tracker(QueryMixin, MaintenanceMixin, RestoreMixin, RecordingMixin, Manual
         run_dir: str | os.PathLike[str],
         db_path: str | os.PathLike[str] | None = None,
         *,
+        db_url: str | None = None,
+        store_dir: str | os.PathLike[str] | None = None,
         mounts: Mapping[str, str | os.PathLike[str]] | None = None,
         project_root: str | os.PathLike[str] = ".",
         hashing_strategy: str = "full",
@@ -110,9 +118,10 @@ class Tracker(QueryMixin, MaintenanceMixin, RestoreMixin, RecordingMixin, Manual
         self.cache_epoch = cache_epoch
         self.code_version = code_version
         self.roots = Roots(self.run_dir, self.project_root, self.mounts, allow_external=self.allow_external_paths)
-        self._index = Index(index_path_for(self.db_path))
-        self._objects = ObjectStore(self.run_dir / ".consist" / "objects", memo=self._index)
-        self._store = DuckStore(self.db_path, self._index)
+        self.db_url = db_url if db_url is not None else os.environ.get("CONSIST_DB_URL") or None
+        self.store_dir = Path(store_dir).resolve() if store_dir is not None else self.run_dir / ".consist" / "objects"
+        self._index, self._store = open_backend(self.db_path, self.db_url)
+        self._objects = ObjectStore(self.store_dir, memo=self._index)
         self._store.reconcile()  # a new index beside an existing DuckDB file takes over its past runs
         self._stack: list[_Active] = []
         self._hooks: dict[str, list[Callable[..., Any]]] = {"start": [], "complete": [], "failed": []}
@@ -134,7 +143,7 @@ class Tracker(QueryMixin, MaintenanceMixin, RestoreMixin, RecordingMixin, Manual
         self.close()
 
     def close(self) -> None:
-        """Merge pending runs into the DuckDB file and release it. Safe to call twice."""
+        """Merge pending runs into the DuckDB file (if any) and release it. Safe to call twice."""
         if self._closed:
             return
         self._closed = True
@@ -154,22 +163,22 @@ class Tracker(QueryMixin, MaintenanceMixin, RestoreMixin, RecordingMixin, Manual
 
     @property
     def engine(self) -> Any:
-        """An SQLAlchemy engine on the DuckDB file, up to date with every recorded run."""
+        """An SQLAlchemy engine on the provenance tables (DuckDB or PostgreSQL), up to date with every run."""
         return self._store.engine
 
     def _reap_interrupted(self) -> None:
-        """Mark runs whose process died on this host as ``interrupted``."""
-        rows = self._index.query("SELECT id, pid FROM run WHERE status = 'running' AND host = ?", (HOST,))
-        for row in rows:
-            if row["pid"] and row["pid"] != os.getpid() and not pid_alive(int(row["pid"])):
-                full = self._index.run(row["id"])
-                if full and full["status"] == "running":
-                    full.update(
-                        status="interrupted",
-                        ended_at=time.time(),
-                        error=f"process {row['pid']} ended before the run finished",
-                    )
-                    self._index.upsert_run(full)
+        """Mark runs whose process died (on this host) or went silent (on another) as ``interrupted``."""
+        self._index.reap_interrupted()
+
+    def export_duckdb(self, path: str | os.PathLike[str]) -> dict[str, int]:
+        """Write the whole recorded history into a new DuckDB file at ``path``.
+
+        For offline analysis of a PostgreSQL-backed history (the file has the same
+        ``run``, ``artifact`` and ``run_artifact`` tables as the embedded store). An
+        existing file is never overwritten; a failed export leaves nothing behind.
+        Returns how many runs, artifacts and links were written.
+        """
+        return export_duckdb(self._index, path)
 
     # ------------------------------------------------------------------ scenarios
 

@@ -19,7 +19,7 @@ recorded in the index. When they agree, a merge reads only the rows after that
 position. When they do not (the index was moved away and recreated, restored
 from a copy, or the DuckDB file was replaced), the merge reconciles the two by
 primary key: the DuckDB file's rows that the index lacks are copied into the
-index (sequence number 0, see :meth:`Index.adopt`), so they are cache hits and
+index (sequence number 0, see :meth:`RunIndex.adopt`), so they are cache hits and
 their run ids are never reused, and every row of the index is written into
 DuckDB. :func:`rebuild_index` does the same on purpose, for an index that is
 damaged.
@@ -37,8 +37,10 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from .errors import ConsistWarning, StoreError, StoreLockedError
-from .index import ARTIFACT_COLUMNS, LINK_COLUMNS, RUN_COLUMNS, Index, index_path_for
+from ..errors import ConsistWarning, StoreError, StoreLockedError
+from .columns import ARTIFACT_COLUMNS, JSON_COLUMNS, LINK_COLUMNS, RUN_COLUMNS, TIMESTAMP_COLUMNS
+from .index import RunIndex
+from .sqlite import SQLiteIndex, index_path_for
 
 DUCK_SCHEMA_VERSION = 3
 
@@ -63,8 +65,6 @@ CREATE TABLE IF NOT EXISTS run_artifact (
 _TS_RUN = (RUN_COLUMNS.index("started_at"), RUN_COLUMNS.index("ended_at"))
 _BOOL_RUN = RUN_COLUMNS.index("cache_hit")
 _TS_ART = ARTIFACT_COLUMNS.index("created_at")
-_JSON_COLUMNS = {"tags", "config", "identity", "meta"}
-_TS_COLUMNS = {"started_at", "ended_at", "created_at"}
 
 
 def _ts(value: Any) -> dt.datetime | None:
@@ -91,11 +91,11 @@ def _index_select(cols: tuple[str, ...]) -> str:
     """DuckDB columns as the index stores them: epoch seconds, 0/1, JSON text."""
 
     def one(c: str) -> str:
-        if c in _TS_COLUMNS:
+        if c in TIMESTAMP_COLUMNS:
             return f"epoch_us({c}) / 1000000.0 AS {c}"
         if c == "cache_hit":
             return f"CAST({c} AS INTEGER) AS {c}"
-        if c in _JSON_COLUMNS:
+        if c in JSON_COLUMNS:
             return f"CAST({c} AS VARCHAR) AS {c}"
         return c
 
@@ -123,7 +123,10 @@ def _no_space(exc: BaseException) -> bool:
 class DuckStore:
     """The DuckDB file of a tracker, merged from its run index on demand."""
 
-    def __init__(self, db_path: Path, index: Index, lock_timeout: float = 120.0) -> None:
+    #: SQL that is true when the run's ``tags`` hold the parameter.
+    TAG_CONTAINS = "list_contains(CAST(tags AS VARCHAR[]), ?)"
+
+    def __init__(self, db_path: Path, index: SQLiteIndex, lock_timeout: float = 120.0) -> None:
         self.db_path = db_path
         self.index = index
         self.lock_path = index.path.parent / "duckdb.lock"
@@ -342,7 +345,7 @@ class DuckStore:
         return int(row["n"]) if row else 0
 
     def _register_objects(self, roots: Iterable[Path]) -> int:
-        from .objects import ObjectStore
+        from ..objects import ObjectStore
 
         added = 0
         for root in dict.fromkeys(roots):  # once each, in order
@@ -476,7 +479,7 @@ def rebuild_index(
             part = Path(f"{path}{suffix}")
             if part.exists():
                 os.replace(part, f"{moved}{suffix}")
-    index = Index(path)
+    index = SQLiteIndex(path)
     try:
         report: dict[str, Any] = DuckStore(db, index, lock_timeout=timeout).rebuild(timeout, object_stores) or {}
     finally:
@@ -485,4 +488,48 @@ def rebuild_index(
     return report
 
 
-__all__ = ["DUCK_SCHEMA_VERSION", "DuckStore", "rebuild_index"]
+def export_duckdb(index: RunIndex, path: str | os.PathLike[str]) -> dict[str, int]:
+    """Write every run, artifact and link of ``index`` into a new DuckDB file at ``path``.
+
+    For offline analysis of a history kept elsewhere (a PostgreSQL server): the file
+    has the same tables as a tracker's own DuckDB file. It is written under a
+    temporary name and renamed when complete, so a failed export leaves nothing.
+    An existing file is never overwritten. Returns how many rows of each table.
+    """
+    import duckdb
+
+    target = Path(path).resolve()
+    if target.exists():
+        raise StoreError(
+            f"Cannot export the run history to {target}: the file exists",
+            None,
+            "choose a new path, or delete the old export first",
+        )
+    target.parent.mkdir(parents=True, exist_ok=True)
+    _top, runs, arts, links = index.changes_since(-1)
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.{time.monotonic_ns()}.tmp")
+    try:
+        con = duckdb.connect(str(tmp))
+        try:
+            con.execute(_DUCK_DDL)
+            con.execute("BEGIN TRANSACTION")
+            if runs:
+                DuckStore._upsert(con, "run", RUN_COLUMNS, [_run_tuple(r) for r in runs])
+            if arts:
+                DuckStore._upsert(con, "artifact", ARTIFACT_COLUMNS, [_art_tuple(a) for a in arts])
+            if links:
+                DuckStore._upsert(
+                    con, "run_artifact", LINK_COLUMNS, [tuple(lk[c] for c in LINK_COLUMNS) for lk in links]
+                )
+            con.execute("INSERT OR REPLACE INTO consist_meta VALUES ('schema_version', ?)", [DUCK_SCHEMA_VERSION])
+            con.execute("COMMIT")
+        finally:
+            con.close()
+        os.replace(tmp, target)
+    finally:
+        for leftover in (tmp, Path(f"{tmp}.wal")):
+            leftover.unlink(missing_ok=True)
+    return {"runs": len(runs), "artifacts": len(arts), "links": len(links)}
+
+
+__all__ = ["DUCK_SCHEMA_VERSION", "DuckStore", "export_duckdb", "rebuild_index"]
