@@ -69,6 +69,7 @@ class RecordingMixin:
         tags: Sequence[str] | None,
         meta: dict[str, Any] | None = None,
         status: str = "running",
+        claim: str | None = None,
     ) -> _Active:
         wanted = check_run_id(run_id) if run_id else f"{fit(plan.name)[:190]}_{uuid.uuid4().hex[:8]}"
         row = self._new_row(plan, wanted, parent, tags)
@@ -77,7 +78,7 @@ class RecordingMixin:
             row["meta"] = dumps(meta)
         if plan.cache_mode != "readonly":
             with self._index.write():
-                row["id"] = self._index.claim_run_id(wanted, row)
+                row["id"] = self._index.claim_run_id(wanted, row, claim=(plan.signature, claim) if claim else None)
                 self._link_inputs(row["id"], plan)
         active = _Active(row=row, plan=plan)
         return active
@@ -178,9 +179,11 @@ class RecordingMixin:
         run_id: str | None,
         parent: str | None,
         tags: Sequence[str] | None,
+        waited_for: str | None = None,
     ) -> RunResult:
         producer, outs = found
-        active = self._open(plan, run_id, parent, tags, status="completed")
+        meta = {"waited_for": waited_for} if waited_for else None
+        active = self._open(plan, run_id, parent, tags, meta=meta, status="completed")
         row = active.row
         row.update(cache_hit=1, cache_source=producer["id"], ended_at=time.time())
         if active.persist:
@@ -196,7 +199,7 @@ class RecordingMixin:
         self._fire("start", row)
         self._fire("complete", row, clean)
         self._step_done(None, clean)
-        return RunResult(row["id"], True, producer["id"], row, clean)
+        return RunResult(row["id"], True, producer["id"], row, clean, waited_for=waited_for)
 
     def _collect_outputs(
         self,

@@ -26,6 +26,9 @@ class RunResult:
         True when the function did not execute and the outputs were restored.
     cache_source:
         On a hit, the id of the run that really produced the outputs.
+    waited_for:
+        The run this one waited for because it was executing the same step at the
+        same time (its outputs were then a hit), or None.
     """
 
     run_id: str
@@ -35,6 +38,7 @@ class RunResult:
     _output_rows: dict[str, dict[str, Any]] = dataclasses.field(repr=False)
     _run: Any = dataclasses.field(default=None, repr=False)
     _outputs: Any = dataclasses.field(default=None, repr=False)
+    waited_for: str | None = None
 
     @property
     def run(self) -> Run:

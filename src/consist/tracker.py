@@ -20,6 +20,7 @@ from .errors import (
 )
 from .hashing import FileHasher, canonical, hash_canonical, loads
 from .identity import code_identity, explain_miss
+from .inflight import InflightMixin
 from .locations import Roots
 from .manual import ManualRunMixin
 from .names import check_run_id, fit
@@ -51,7 +52,7 @@ def _close_at_exit(ref: weakref.ref[Tracker]) -> None:
         tracker.close()
 
 
-class Tracker(QueryMixin, MaintenanceMixin, RestoreMixin, RecordingMixin, ManualRunMixin):
+class Tracker(QueryMixin, MaintenanceMixin, RestoreMixin, InflightMixin, RecordingMixin, ManualRunMixin):
     """Records provenance in a DuckDB database and reuses the outputs of identical runs.
 
     Parameters
@@ -377,14 +378,16 @@ class Tracker(QueryMixin, MaintenanceMixin, RestoreMixin, RecordingMixin, Manual
         parent = parent_run_id or (self._stack[-1].id if self._stack else None)
         dests = {k: Path(v) for k, v in declared_paths.items()} if declared_paths else None
 
-        reason = "no_match"
-        if cache_mode != "overwrite":
-            found = self._try_reuse(plan, dests, declared_keys)
-            if not isinstance(found, str):
-                return self._record_hit(plan, found, run_id, parent, tags)
-            reason = found
-
-        active = self._open(plan, run_id, parent, tags, meta={"cache_miss_explanation": self._explain(plan, reason)})
+        found, claim, waited = self._reuse_or_claim(plan, dests, declared_keys)
+        if not isinstance(found, str):
+            return self._record_hit(plan, found, run_id, parent, tags, waited_for=waited)
+        try:
+            meta = {"cache_miss_explanation": self._explain(plan, found)}
+            active = self._open(plan, run_id, parent, tags, meta=meta, claim=claim)
+        except BaseException:
+            if claim:
+                self._index.release_claim(plan.signature, claim)
+            raise
         self._fire("start", active.row)
         self._stack.append(active)
         token = context.set_current(self)

@@ -74,6 +74,9 @@ class ContainerResult:
         backend), and its SHA-256.
     image_digest:
         The content digest the image resolved to.
+    waited_for:
+        The run this one waited for because it was executing the same container
+        step at the same time (see :attr:`RunResult.waited_for`), or None.
     """
 
     run_id: str | None
@@ -86,6 +89,10 @@ class ContainerResult:
     log_path: Path | None = None
     missing_outputs: list[str] = dataclasses.field(default_factory=list)
     run_result: RunResult | None = dataclasses.field(default=None, repr=False)
+
+    @property
+    def waited_for(self) -> str | None:
+        return self.run_result.waited_for if self.run_result is not None else None
 
     @property
     def output(self) -> Artifact | None:
@@ -377,22 +384,24 @@ def run_container(
     )
     parent_id = parent.id if parent else None
 
-    reason = "no_match"
-    if cache_mode != "overwrite":
-        found = tracker._try_reuse(plan, out_paths, list(out_paths))
-        if not isinstance(found, str):
-            rr = tracker._record_hit(plan, found, run_id, parent_id, tags)  # also updates a scenario coupler
-            _attach_to_parent(tracker, parent, rr._output_rows)
-            hit_log = None
-            if plan.cache_mode != "readonly":
-                hit_log = _write_run_folder(tracker, rr._run_row, manifest, rr._output_rows, hit=True)
-            return ContainerResult(
-                rr.run_id, True, rr.cache_source, rr.outputs, manifest, manifest_hash, ref.digest, hit_log, [], rr
-            )
-        reason = found
+    found, claim, waited = tracker._reuse_or_claim(plan, out_paths, list(out_paths))
+    if not isinstance(found, str):
+        rr = tracker._record_hit(plan, found, run_id, parent_id, tags, waited_for=waited)  # updates a coupler
+        _attach_to_parent(tracker, parent, rr._output_rows)
+        hit_log = None
+        if plan.cache_mode != "readonly":
+            hit_log = _write_run_folder(tracker, rr._run_row, manifest, rr._output_rows, hit=True)
+        return ContainerResult(
+            rr.run_id, True, rr.cache_source, rr.outputs, manifest, manifest_hash, ref.digest, hit_log, [], rr
+        )
 
-    meta = {"cache_miss_explanation": tracker._explain(plan, reason), "container": manifest}
-    active = tracker._open(plan, run_id, parent_id, tags, meta=meta)
+    try:
+        meta = {"cache_miss_explanation": tracker._explain(plan, found), "container": manifest}
+        active = tracker._open(plan, run_id, parent_id, tags, meta=meta, claim=claim)
+    except BaseException:
+        if claim:
+            tracker._index.release_claim(plan.signature, claim)
+        raise
     tracker._fire("start", active.row)
     log_path = tracker.run_dir / active.id / "container.log"
     try:

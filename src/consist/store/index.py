@@ -225,10 +225,11 @@ class RunIndex:
         if row.get("status") != "running":
             self._stop_beating(row.get("id"))
 
-    def claim_run_id(self, wanted: str, row: dict[str, Any]) -> str:
+    def claim_run_id(self, wanted: str, row: dict[str, Any], claim: tuple[str, str] | None = None) -> str:
         """Insert a new run under ``wanted`` or, if taken, ``wanted~2``, ``wanted~3``, ...
 
-        Earlier runs with the same id are never touched. A running run gets a heartbeat.
+        Earlier runs with the same id are never touched. A running run gets a heartbeat;
+        ``claim`` (signature, token), held under a token until now, passes to the run.
         """
 
         def write() -> str:
@@ -244,6 +245,8 @@ class RunIndex:
                     _upsert("heartbeat", ["run_id", "host", "pid", "beat_at"], "run_id"),
                     (run_id, HOST, os.getpid(), time.time()),
                 )
+            if claim is not None:
+                self._run("UPDATE claim SET run_id = ? WHERE signature = ? AND run_id = ?", (run_id, *claim))
             return run_id
 
         run_id = self.atomic(write)
