@@ -54,7 +54,9 @@ class InflightMixin:
             holder = self._index.try_claim(plan.signature, token)
             if holder is None:
                 if waited_for is not None:
-                    # The holder ended without recording outputs we can use (it failed, or died).
+                    # The holder ended without recording outputs we can use: it failed, or died (then its
+                    # run is marked interrupted now, not only when the next tracker opens).
+                    self._index.reap_interrupted()
                     found = self._try_reuse(plan, dests, required)
                     if not isinstance(found, str):
                         self._index.release_claim(plan.signature, token)

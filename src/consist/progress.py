@@ -94,3 +94,53 @@ class ByteProgress:
         if self._bar is not None:
             self._bar.stop()
             self._bar = None
+
+
+class SweepProgress:
+    """Counts the rows of a sweep as they end (executed, cached, failed); a rich bar after ``DELAY_S``."""
+
+    def __init__(self, description: str, total: int) -> None:
+        self.description = description
+        self.total = total
+        self.counts = {"executed": 0, "cached": 0, "failed": 0}
+        self._start = time.monotonic()
+        self._bar: Any = None
+        self._task: Any = None
+        self._mode = _mode()
+        self._delay = _delay() if self._mode != "off" else DELAY_S
+        self.shown = False
+
+    def __enter__(self) -> SweepProgress:
+        return self
+
+    def _text(self) -> str:
+        c = self.counts
+        return f"{self.description}: {c['executed']} executed, {c['cached']} cached, {c['failed']} failed"
+
+    def advance(self, outcome: str, n: int = 1) -> None:
+        self.counts[outcome] += n
+        if self._bar is None:
+            if self._mode == "off" or time.monotonic() - self._start < self._delay:
+                return
+            from rich.console import Console
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+            self._bar = Progress(
+                TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                console=Console(stderr=True, force_terminal=True if self._mode == "forced" else None),
+                transient=True,
+            )  # fmt: skip
+            self._bar.start()
+            self._task = self._bar.add_task(self._text(), total=self.total)
+            self.shown = True
+        self._bar.update(self._task, completed=sum(self.counts.values()), description=self._text())
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self._bar is not None:
+            self._bar.stop()
+            self._bar = None

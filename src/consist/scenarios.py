@@ -19,7 +19,7 @@ analysis. Re-running a scenario under the same name records a new header
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from types import TracebackType
@@ -33,6 +33,7 @@ from .names import check_run_id
 if TYPE_CHECKING:
     from .models import Artifact
     from .results import RunResult
+    from .sweeps import BatchResult
     from .tracker import Tracker
 
 
@@ -243,6 +244,18 @@ class ScenarioContext:
     def run(self, fn: Callable[..., Any], **kwargs: Any) -> RunResult:
         """:meth:`Tracker.run` as a step of this scenario (same arguments)."""
         return self.tracker.run(fn, **kwargs)
+
+    def map_runs(self, fn: Callable[..., Any] | str, rows: Iterable[Any], **options: Any) -> BatchResult:
+        """:meth:`Tracker.map_runs` as steps of this scenario: every row's run has the scenario as parent.
+
+        A failed row is reported in the result (``failed``, ``retry_rows()``) and marks
+        the scenario failed, as a failed step does.
+        """
+        options.setdefault("parent_run_id", self.run_id)
+        batch = self.tracker.map_runs(fn, rows, **options)
+        for f in batch.failed:
+            self._step_failed(f"row {f.index}")
+        return batch
 
     @contextmanager
     def trace(

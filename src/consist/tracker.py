@@ -7,7 +7,7 @@ import logging
 import os
 import warnings
 import weakref
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
@@ -36,6 +36,7 @@ from .store import export_duckdb, open_backend
 
 if TYPE_CHECKING:
     from .models import Artifact, Run
+    from .sweeps import BatchResult, TrackerSpec
 
 log = logging.getLogger("consist")
 
@@ -44,6 +45,10 @@ CACHE_MODES = ("reuse", "overwrite", "readonly")
 
 def _truthy(value: str | None) -> bool:
     return (value or "").strip().lower() in {"1", "true", "yes", "on"}
+
+
+def _freeze(value: Any) -> Any:
+    return tuple(sorted(value.items())) if isinstance(value, dict) else value
 
 
 def _close_at_exit(ref: weakref.ref[Tracker]) -> None:
@@ -122,6 +127,13 @@ class Tracker(QueryMixin, MaintenanceMixin, RestoreMixin, InflightMixin, Recordi
         self.db_url = db_url if db_url is not None else os.environ.get("CONSIST_DB_URL") or None
         self.store_dir = Path(store_dir).resolve() if store_dir is not None else self.run_dir / ".consist" / "objects"
         self._index, self._store = open_backend(self.db_path, self.db_url)
+        # How a worker process opens this same tracker (see spec()).
+        self._spec = {
+            "run_dir": str(self.run_dir), "db_path": str(self.db_path), "db_url": self.db_url,
+            "store_dir": str(self.store_dir), "mounts": {k: str(v) for k, v in self.mounts.items()},
+            "project_root": str(self.project_root), "hashing_strategy": hashing_strategy,
+            "allow_external_paths": self.allow_external_paths, "cache_epoch": cache_epoch, "code_version": code_version,
+        }  # fmt: skip
         self._objects = ObjectStore(self.store_dir, memo=self._index)
         self._store.reconcile()  # a new index beside an existing DuckDB file takes over its past runs
         self._stack: list[_Active] = []
@@ -170,6 +182,24 @@ class Tracker(QueryMixin, MaintenanceMixin, RestoreMixin, InflightMixin, Recordi
     def _reap_interrupted(self) -> None:
         """Mark runs whose process died (on this host) or went silent (on another) as ``interrupted``."""
         self._index.reap_interrupted()
+
+    def spec(self) -> TrackerSpec:
+        """A picklable description from which another process opens this same tracker.
+
+        Live connections never cross process boundaries: a worker calls
+        ``spec.open()``, which opens (once per process) a tracker on the same
+        run_dir, database and object store. With a PostgreSQL ``db_url`` the spec
+        holds the URL, password included: hand it only to your own workers.
+        """
+        from .sweeps import TrackerSpec
+
+        return TrackerSpec(tuple(sorted((k, _freeze(v)) for k, v in self._spec.items())))
+
+    def map_runs(self, fn: Callable[..., Any] | str, rows: Iterable[Any], **options: Any) -> BatchResult:
+        """Run one cached step per row, on ``executor`` if given; see :func:`consist.sweeps.map_runs`."""
+        from .sweeps import map_runs
+
+        return map_runs(self, fn, rows, **options)
 
     def export_duckdb(self, path: str | os.PathLike[str]) -> dict[str, int]:
         """Write the whole recorded history into a new DuckDB file at ``path``.
@@ -363,6 +393,33 @@ class Tracker(QueryMixin, MaintenanceMixin, RestoreMixin, InflightMixin, Recordi
         parent_run_id:
             Recorded as the parent; defaults to the active run, if any.
         """
+        result = self._run_step(
+            fn, name=name, run_id=run_id, model=model, config=config, inputs=inputs, outputs=outputs,
+            cache_mode=cache_mode, year=year, iteration=iteration, tags=tags, code_version=code_version,
+            parent_run_id=parent_run_id,
+        )  # fmt: skip
+        assert result is not None
+        return result
+
+    def _run_step(
+        self,
+        fn: Callable[..., Any],
+        *,
+        name: str | None,
+        run_id: str | None,
+        model: str | None,
+        config: Any,
+        inputs: Any,
+        outputs: Sequence[str] | Mapping[str, str | os.PathLike[str]] | None,
+        cache_mode: str,
+        year: int | None,
+        iteration: int | None,
+        tags: Sequence[str] | None,
+        code_version: str | None,
+        parent_run_id: str | None,
+        hit_only: bool = False,
+    ) -> RunResult | None:
+        """:meth:`run`; with ``hit_only``, record and return a cache hit, or return None (nothing recorded)."""
         if run_id is not None:
             check_run_id(run_id)
         name = check_run_id(name, "name") if name is not None else fit(getattr(fn, "__name__", "step"))
@@ -378,6 +435,9 @@ class Tracker(QueryMixin, MaintenanceMixin, RestoreMixin, InflightMixin, Recordi
         parent = parent_run_id or (self._stack[-1].id if self._stack else None)
         dests = {k: Path(v) for k, v in declared_paths.items()} if declared_paths else None
 
+        if hit_only:
+            found = self._try_reuse(plan, dests, declared_keys) if cache_mode != "overwrite" else "no_match"
+            return None if isinstance(found, str) else self._record_hit(plan, found, run_id, parent, tags)
         found, claim, waited = self._reuse_or_claim(plan, dests, declared_keys)
         if not isinstance(found, str):
             return self._record_hit(plan, found, run_id, parent, tags, waited_for=waited)
@@ -405,6 +465,6 @@ class Tracker(QueryMixin, MaintenanceMixin, RestoreMixin, InflightMixin, Recordi
         self._finish(active, "completed")
         self._fire("complete", active.row, active.outputs)
         self._step_done(None, active.outputs)
-        return RunResult(active.id, False, None, active.row, dict(active.outputs))
+        return RunResult(active.id, False, None, active.row, dict(active.outputs), waited_for=waited)
 
     # ------------------------------------------------------------------ manual lifecycle
