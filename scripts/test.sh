@@ -3,6 +3,7 @@
 # Usage: bash scripts/test.sh [pytest args]
 #   CONSIST_SKIP_ENGINES=1  do not install or start Docker, Podman, Apptainer and the registry
 #                           (their tests then skip, and the run says so at the end)
+#   CONSIST_SKIP_CLUSTER=1  do not install or start PostgreSQL and Slurm (scripts/setup-scaleout.sh)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/_python.sh
@@ -26,6 +27,7 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 
 # Exact versions of every Python dependency and dev tool (constraints.txt).
+# The test extra includes the cluster extra (psycopg, dask, distributed, dask-jobqueue).
 "$VENV/bin/python" -m pip install -q -c constraints.txt -e '.[test]'
 
 pytest_opts=()
@@ -38,6 +40,22 @@ if [ "${CONSIST_SKIP_ENGINES:-0}" != 1 ]; then
   else
     echo "[consist] not root: container engines are not installed; their tests skip if absent" >&2
   fi
+fi
+if [ "${CONSIST_SKIP_CLUSTER:-0}" != 1 ]; then
+  scaleout_env=${CONSIST_SCALEOUT_DIR:-/tmp/ci-scaleout}/scaleout.env
+  if [ "$(id -u)" = 0 ]; then
+    # A private PostgreSQL 15 and a one-node Slurm (munge, slurmctld, slurmd) on 127.0.0.1.
+    # Idempotent, about a second when they are up; its log is shown only when it fails.
+    scaleout_log=$(mktemp)
+    if ! bash scripts/setup-scaleout.sh setup >"$scaleout_log" 2>&1; then
+      cat "$scaleout_log" >&2; rm -f "$scaleout_log"; exit 1
+    fi
+    rm -f "$scaleout_log"
+  else
+    echo "[consist] not root: PostgreSQL and Slurm are not started; their tests use them only if already up" >&2
+  fi
+  # CONSIST_TEST_PG_URL, CONSIST_TEST_SLURM_PARTITION, ... for the tests (tests/scaleout.py)
+  if [ -s "$scaleout_env" ]; then set -a; . "$scaleout_env"; set +a; fi
 fi
 "$VENV/bin/python" -m ruff check src tests benchmarks examples scripts
 exec "$VENV/bin/python" -m pytest "${pytest_opts[@]}" "$@"
