@@ -1,4 +1,5 @@
-"""Which real container engines the tests can use (set up by scripts/setup-containers.sh).
+"""Which real engines the tests can use: container engines (set up by scripts/setup-containers.sh),
+PostgreSQL and Slurm (set up by scripts/setup-scaleout.sh).
 
 ``pytest --require-engines=all`` (what ``scripts/test.sh`` passes as root) makes
 the engines mandatory: the run stops before any test if one is missing, naming
@@ -17,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-ENGINES = ("docker", "podman", "apptainer")
+ENGINES = ("docker", "podman", "apptainer", "postgres", "slurm")
 ENV_FILE = Path(os.environ.get("CI_CONTAINERS_DIR", "/tmp/ci-containers")) / "containers.env"
 
 # Filled in by conftest.pytest_configure from --require-engines.
@@ -50,6 +51,10 @@ def facts() -> dict[str, str]:
 @functools.cache
 def problem(engine: str) -> str | None:
     """Why ``engine`` cannot be used by the tests, or None when it can."""
+    if engine in ("postgres", "slurm"):  # set up by scripts/setup-scaleout.sh
+        import scaleout
+
+        return scaleout.pg_available() if engine == "postgres" else scaleout.slurm_available()
     exe = {"docker": "docker", "podman": "podman", "apptainer": "apptainer"}[engine]
     if shutil.which(exe) is None:
         return f"{engine}: the `{exe}` command is not on PATH"
@@ -78,7 +83,8 @@ def need(engine: str) -> None:
     why = problem(engine)
     if why is None:
         return
-    msg = f"{why} (run scripts/setup-containers.sh)"
+    script = "setup-scaleout.sh" if engine in ("postgres", "slurm") else "setup-containers.sh"
+    msg = f"{why} (run scripts/{script})"
     if engine in REQUIRED:
         pytest.fail(f"required engine missing: {msg}", pytrace=False)
     pytest.skip(msg)

@@ -17,6 +17,7 @@ from typing import IO
 
 from ..errors import ContainerError
 from .mounts import Mount
+from .watchdog import Watchdog
 
 # Bound on the short engine commands (inspect, info, kill): a daemon that does not
 # answer must turn into an error, never into a process that waits forever.
@@ -102,6 +103,7 @@ class Backend(abc.ABC):
         the container.
         """
         launch = self.launch(spec)
+        watchdog = self.watchdog(spec)
         try:
             return run_process(
                 launch.argv,
@@ -114,6 +116,12 @@ class Backend(abc.ABC):
             )
         finally:
             launch.close()
+            if watchdog is not None:
+                watchdog.release()
+
+    def watchdog(self, spec: ContainerSpec) -> Watchdog | None:
+        """For a daemon-run container: what removes it if this process dies mid-run (None: not needed)."""
+        return None
 
 
 ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")

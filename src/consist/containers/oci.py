@@ -18,6 +18,7 @@ from ..errors import BackendUnavailableError, ImageNotFoundError
 from .base import ENGINE_CALL_TIMEOUT_S, Backend, ContainerSpec, ImageRef, Launch, check_environment
 from .mounts import check_mount_args
 from .registry import split_reference
+from .watchdog import Watchdog
 
 # Pulling a multi-gigabyte model image can take a while; it still must end.
 PULL_TIMEOUT_S = 3600.0
@@ -99,6 +100,10 @@ class _OCIBackend(Backend):
                 continue
             found.append((fields.get("source", "?"), fields.get("target", "?"), "readonly" in fields))
         return found
+
+    def watchdog(self, spec: ContainerSpec) -> Watchdog | None:
+        """A cancelled job or killed worker must not leave its container running (see :mod:`.watchdog`)."""
+        return Watchdog(self._binary(), spec.name) if spec.name else None
 
     def stop(self, spec: ContainerSpec) -> None:
         """Remove the named container: it outlives a killed ``run`` client."""
