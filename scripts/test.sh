@@ -30,13 +30,12 @@ fi
 # The test extra includes the cluster extra (psycopg, dask, distributed, dask-jobqueue).
 "$VENV/bin/python" -m pip install -q -c constraints.txt -e '.[test]'
 
-pytest_opts=()
+required=()
 if [ "${CONSIST_SKIP_ENGINES:-0}" != 1 ]; then
   if [ "$(id -u)" = 0 ]; then
     # Real engines for the container tests: dockerd, podman, apptainer and a loopback registry.
     bash scripts/setup-containers.sh all
-    # A missing engine stops the suite, naming it; a skipped test fails the run.
-    pytest_opts+=(--require-engines=all --no-skips)
+    required+=(docker podman apptainer)
   else
     echo "[consist] not root: container engines are not installed; their tests skip if absent" >&2
   fi
@@ -51,11 +50,17 @@ if [ "${CONSIST_SKIP_CLUSTER:-0}" != 1 ]; then
       cat "$scaleout_log" >&2; rm -f "$scaleout_log"; exit 1
     fi
     rm -f "$scaleout_log"
+    required+=(postgres slurm)
   else
     echo "[consist] not root: PostgreSQL and Slurm are not started; their tests use them only if already up" >&2
   fi
   # CONSIST_TEST_PG_URL, CONSIST_TEST_SLURM_PARTITION, ... for the tests (tests/scaleout.py)
   if [ -s "$scaleout_env" ]; then set -a; . "$scaleout_env"; set +a; fi
+fi
+pytest_opts=()
+if [ ${#required[@]} -gt 0 ]; then
+  # A missing engine or server stops the suite, naming it; a skipped test fails the run.
+  pytest_opts+=("--require-engines=$(IFS=,; echo "${required[*]}")" --no-skips)
 fi
 "$VENV/bin/python" -m ruff check src tests benchmarks examples scripts
 exec "$VENV/bin/python" -m pytest "${pytest_opts[@]}" "$@"

@@ -43,10 +43,10 @@ def pytest_sessionstart(session: pytest.Session) -> None:
     missing = [why for name in sorted(engines.REQUIRED) if (why := engines.problem(name))]
     if missing:
         pytest.exit(
-            "required container engine(s) missing:\n  "
+            "required engine(s) missing:\n  "
             + "\n  ".join(missing)
-            + "\nInstall and start them with `bash scripts/setup-containers.sh` (as root), "
-            "or run without --require-engines.",
+            + "\nInstall and start them with `bash scripts/setup-containers.sh` (container engines) and "
+            "`bash scripts/setup-scaleout.sh` (PostgreSQL, Slurm) as root, or run without --require-engines.",
             returncode=3,
         )
 

@@ -27,9 +27,8 @@ def container_step(zone: int, out_dir: str, engine: str, image: str) -> Path:
     out = Path(out_dir) / f"zone_{zone}.txt"
     out.parent.mkdir(parents=True, exist_ok=True)
     result = run_container(
-        tracker, f"zone_{zone}", image, ["sh", "-c", f"echo zone {zone} on $SLURM_JOB_ID > /out/zone_{zone}.txt"],
-        {str(out.parent): "/out"}, None, {"zone": str(out)}, backend_type=engine,
-        environment={"SLURM_JOB_ID": os.environ.get("SLURM_JOB_ID", "none")},
+        tracker, f"zone_{zone}", image, ["sh", "-c", f"echo zone {zone} > /out/zone_{zone}.txt"],
+        {str(out.parent): "/out"}, None, {"zone": str(out)}, backend_type=engine, model=f"zone_{zone}",
     )  # fmt: skip
     with open(Path(out_dir) / "executions.log", "a") as log:
         log.write(f"{zone} {os.environ.get('SLURM_JOB_ID', '-')} hit={result.cache_hit}\n")
