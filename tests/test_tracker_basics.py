@@ -114,3 +114,20 @@ def test_error_messages_say_cause_and_fix(tracker: Tracker) -> None:
         tracker.run(lambda src: None, inputs={"src": "nope.csv"})
     msg = str(info.value)
     assert "nope.csv" in msg and "Likely cause" in msg and "Fix" in msg
+
+
+def test_a_tracker_left_open_merges_hundreds_of_runs_at_exit_without_a_warning(tmp_path: Path) -> None:
+    """More than 200 rows take the bulk path into DuckDB; at interpreter exit it must not need new imports."""
+    script = tmp_path / "open.py"
+    script.write_text(
+        "from consist import Tracker\n"
+        f"t = Tracker({str(tmp_path / 'rd')!r}, code_version='v')\n"
+        "for i in range(250):\n"
+        "    t.run(lambda i: None, name='x', config={'i': i})\n"
+    )
+    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert "Warning" not in proc.stderr, proc.stderr
+    con = duckdb.connect(str(tmp_path / "rd" / "provenance.duckdb"), read_only=True)
+    assert con.execute("SELECT count(*) FROM run").fetchall() == [(250,)]
+    con.close()

@@ -133,6 +133,9 @@ class DuckStore:
         self.lock_timeout = lock_timeout
         self._engine: Any = None
         self._synced_seq = -1
+        #: Set while the interpreter exits: no bulk path through Arrow, whose first import then
+        #: fails (pandas starts a thread pool, and no new at-exit handler may be registered).
+        self.exiting = False
 
     # ---------------------------------------------------------------- errors
 
@@ -252,11 +255,12 @@ class DuckStore:
                 # A new or replaced index, or a replaced DuckDB file: reconcile by primary key.
                 self._adopt(con)
             if runs:
-                self._upsert(con, "run", RUN_COLUMNS, [_run_tuple(r) for r in runs])
+                self._upsert(con, "run", RUN_COLUMNS, [_run_tuple(r) for r in runs], arrow=not self.exiting)
             if arts:
-                self._upsert(con, "artifact", ARTIFACT_COLUMNS, [_art_tuple(a) for a in arts])
+                self._upsert(con, "artifact", ARTIFACT_COLUMNS, [_art_tuple(a) for a in arts], arrow=not self.exiting)
             if links:
-                self._upsert(con, "run_artifact", LINK_COLUMNS, [tuple(lk[c] for c in LINK_COLUMNS) for lk in links])
+                rows = [tuple(lk[c] for c in LINK_COLUMNS) for lk in links]
+                self._upsert(con, "run_artifact", LINK_COLUMNS, rows, arrow=not self.exiting)
             con.execute(
                 "INSERT OR REPLACE INTO consist_meta VALUES ('synced_seq', ?), ('schema_version', ?)",
                 [top, DUCK_SCHEMA_VERSION],
@@ -291,10 +295,10 @@ class DuckStore:
         )
 
     @staticmethod
-    def _upsert(con: Any, table: str, cols: tuple[str, ...], rows: list[tuple[Any, ...]]) -> None:
+    def _upsert(con: Any, table: str, cols: tuple[str, ...], rows: list[tuple[Any, ...]], arrow: bool = True) -> None:
         placeholders = ",".join("?" * len(cols))
         sql = f"INSERT OR REPLACE INTO {table} ({','.join(cols)}) VALUES ({placeholders})"
-        if len(rows) < 200:
+        if len(rows) < 200 or not arrow:
             con.executemany(sql, rows)
             return
         # Large batches go through Arrow: executemany costs ~0.1 ms a row, Arrow ~1 µs.
