@@ -1,6 +1,6 @@
 """Content-addressed storage of run outputs.
 
-Every output of a completed run is kept under ``<run_dir>/.consist/objects``,
+Every output of a completed run is kept under ``<run_dir>/.consist/objects`` (or ``store_dir``),
 named by its SHA-256, so a later cache hit can put back exactly the bytes that
 run produced, even after the original file was overwritten or deleted.
 
@@ -9,10 +9,14 @@ run produced, even after the original file was overwritten or deleted.
   nobody else can reach an object, whatever mode the output had. Objects are
   read-only (0444) inside it.
 - An object is copied into a temporary file in the store, hashed as copied (a
-  large copy is read back), and renamed into place under the hash of exactly
-  those bytes: a reader never sees half an object, and a file that changes
-  while it is stored is stored as the bytes that were copied, never as a mix or
-  a truncated copy under an older hash.
+  large copy is read back), flushed to disk (fsync) and renamed into place under
+  the hash of exactly those bytes: a reader never sees half an object, and a
+  file that changes while it is stored is stored as the bytes that were copied,
+  never as a mix or a truncated copy under an older hash. The temporary file is
+  on the store's own file system, so the rename is atomic on NFS too, and no
+  lock is needed: processes on several nodes storing the same content at once
+  each rename a complete copy of the same bytes into place (the store may live
+  on a shared file system, ``Tracker(store_dir=...)``).
 - Copies use ``copy_file_range``, which clones (reflinks) on file systems that
   support it (XFS, btrfs) and copies in the kernel elsewhere.
 - A directory is stored as its files plus a manifest object (relative path,
@@ -426,6 +430,9 @@ class ObjectStore:
                 try:
                     with ByteProgress(f"copying {src.name}", st.st_size) as bar:
                         hexd, size = _copy_hashed(fd, outfd, None, bar, expect=st.st_size, readback=True)
+                    # On disk before the rename makes it visible: after a crash (or on a network file
+                    # system whose server restarts) an object is whole or absent, never a stub.
+                    os.fsync(outfd)
                 finally:
                     os.close(outfd)
                 digest = f"sha256:{hexd}"
@@ -442,7 +449,10 @@ class ObjectStore:
         if not self.has(digest):
             tmp = self._tmp()
             try:
-                tmp.write_bytes(data)
+                with open(tmp, "wb") as f:
+                    f.write(data)
+                    f.flush()
+                    os.fsync(f.fileno())
                 self._install(tmp, digest)
             finally:
                 tmp.unlink(missing_ok=True)
