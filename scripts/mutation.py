@@ -8,8 +8,8 @@ Usage (from the repository root, with the test dependencies and mutmut installed
 
 mutmut is configured under ``[tool.mutmut]`` in pyproject.toml (which files it
 mutates, which tests it runs). This script picks the mutants in scope: every
-function of hashing, identity, objects, index, store, locations, restoring and
-containers/mounts, and the functions of tracker.py, planning.py, recording.py and
+function of hashing, identity, objects, store/index, store/sqlite, store/duck,
+inflight, locations, restoring and containers/mounts, and the functions of tracker.py, planning.py, recording.py and
 integrations/containers.py that decide identity, hits, restores, storage and
 mounts. It prints one table row per module and every mutant that was not killed.
 See docs/testing.md.
@@ -34,10 +34,15 @@ SCOPE: dict[str, list[str] | None] = {
     "consist.hashing": None,
     "consist.identity": None,
     "consist.objects": None,
-    "consist.index": None,
-    "consist.store": None,
+    # The run index (its shared logic and the embedded backend) and the DuckDB mirror.
+    "consist.store.index": None,
+    "consist.store.sqlite": None,
+    "consist.store.duck": None,
+    "consist.inflight": None,
     # The tracker's cache decisions and restores, split over four modules.
-    "consist.tracker": ["Tracker._plan", "Tracker._canonical_config", "Tracker._hasher", "Tracker._explain"],
+    "consist.tracker": [
+        "Tracker._plan", "Tracker._canonical_config", "Tracker._hasher", "Tracker._explain", "Tracker._run_step",
+    ],
     "consist.planning": ["driver_for", "_ReadOnlyMemo.memo_get", "normalize_inputs", "_input_path"],
     "consist.restoring": None,
     "consist.recording": [

@@ -51,17 +51,23 @@ class InflightMixin:
         waited_for: str | None = None
         delay = 0.02
         while True:
-            holder = self._index.try_claim(plan.signature, token)
-            if holder is None:
-                if waited_for is not None:
-                    # The holder ended without recording outputs we can use: it failed, or died (then its
-                    # run is marked interrupted now, not only when the next tracker opens).
+            claimed, holder = self._index.try_claim(plan.signature, token)
+            if claimed:
+                if holder is not None:
+                    log.warning(
+                        "consist: %s (on %s, process %s) stopped before finishing %s; executing it here",
+                        holder["run_id"], holder["host"], holder["pid"], plan.name,
+                    )  # fmt: skip
+                    # Its run is marked interrupted now, not only when the next tracker opens.
                     self._index.reap_interrupted()
+                if waited_for is not None:
+                    # The holder ended while we waited: it may have recorded its outputs just now.
                     found = self._try_reuse(plan, dests, required)
                     if not isinstance(found, str):
                         self._index.release_claim(plan.signature, token)
                         return found, None, waited_for
                 return found, token, waited_for
+            assert holder is not None
             if waited_for is None:
                 log.info(
                     "consist: %s is executing on %s (process %s); waiting for its outputs",

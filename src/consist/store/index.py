@@ -422,33 +422,36 @@ class RunIndex:
 
     # ---------------------------------------------------------------- claims (one execution per signature)
 
-    def try_claim(self, signature: str, run_id: str) -> dict[str, Any] | None:
-        """Claim the execution of ``signature`` for ``run_id``.
+    def try_claim(self, signature: str, run_id: str) -> tuple[bool, dict[str, Any] | None]:
+        """Claim the execution of ``signature`` for ``run_id``: ``(claimed, previous holder)``.
 
-        Returns None when the claim is now this run's (it was free, or its holder is
-        gone: its process ended, or its heartbeat stopped for :data:`EXPIRY_S`), else
-        the holder's claim row (``run_id``, ``host``, ``pid``, ``beat_at``).
+        ``(True, None)``: the claim was free and is now this run's. ``(True, row)``: it
+        was taken over from a holder that is gone (its process ended, or its heartbeat
+        stopped for :data:`EXPIRY_S`). ``(False, row)``: ``row`` (``run_id``, ``host``,
+        ``pid``, ``beat_at``) holds it.
         """
         now = time.time()
         me = (signature, run_id, HOST, os.getpid(), now)
 
-        def write() -> dict[str, Any] | None:
+        def write() -> tuple[bool, dict[str, Any] | None]:
             holder = self._run("SELECT * FROM claim WHERE signature = ?", (signature,)).fetchone()
             if holder is None:
                 self._run(_insert_new("claim", ["signature", "run_id", "host", "pid", "beat_at"]), me)
-            elif holder["run_id"] == run_id or self._gone(holder, now):
-                self._run(
-                    "UPDATE claim SET run_id = ?, host = ?, pid = ?, beat_at = ? WHERE signature = ?",
-                    (run_id, HOST, os.getpid(), now, signature),
-                )
-            else:
-                return holder
-            return None
+                return True, None
+            if holder["run_id"] == run_id:
+                return True, None
+            if not self._gone(holder, now):
+                return False, holder
+            self._run(
+                "UPDATE claim SET run_id = ?, host = ?, pid = ?, beat_at = ? WHERE signature = ?",
+                (run_id, HOST, os.getpid(), now, signature),
+            )
+            return True, holder
 
-        holder = self.atomic(write, stamp=False)
-        if holder is None:
+        claimed, holder = self.atomic(write, stamp=False)
+        if claimed:
             self._start_beating(run_id)
-        return holder
+        return claimed, holder
 
     def release_claim(self, signature: str, run_id: str) -> None:
         self.atomic(

@@ -1,0 +1,212 @@
+"""Guarantees of consist.inflight: identical runs started at once execute once, on the embedded store.
+
+Two trackers on one database stand for two processes; threads run them at the same time.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import consist.store.index as index_mod
+from consist import Tracker
+from consist.store.columns import HOST
+
+
+def _pair(tmp_path: Path) -> tuple[Tracker, Tracker]:
+    db = tmp_path / "prov.duckdb"
+    return (
+        Tracker(tmp_path / "a", db_path=db, store_dir=tmp_path / "objects", code_version="v"),
+        Tracker(tmp_path / "b", db_path=db, store_dir=tmp_path / "objects", code_version="v"),
+    )
+
+
+def _claims(t: Tracker) -> list[dict[str, Any]]:
+    return t._index.query("SELECT * FROM claim")
+
+
+def _sig(t: Tracker, fn: Any, config: Any = None) -> str:
+    plan = t._plan(fn=fn, source=None, name="step", model="step", config=config, inputs=None, year=None,
+                   iteration=None, cache_mode="reuse", code_version=None)  # fmt: skip
+    return plan.signature
+
+
+def test_a_run_started_while_an_identical_one_executes_waits_and_takes_its_outputs(tmp_path: Path) -> None:
+    a, b = _pair(tmp_path)
+    started, release = threading.Event(), threading.Event()
+    calls: list[str] = []
+
+    def step(out: str) -> Path:
+        calls.append(out)
+        started.set()
+        assert release.wait(30)
+        p = Path(out)
+        p.write_text("once\n")
+        return p
+
+    out = str(tmp_path / "out.txt")
+    results: dict[str, Any] = {}
+    first = threading.Thread(target=lambda: results.update(a=a.run(step, name="step", config={"out": out},
+                                                                   outputs=["o"])))  # fmt: skip
+    first.start()
+    assert started.wait(30)
+    (claim,) = _claims(b)
+    assert claim["host"] == HOST and claim["run_id"].startswith("step_")  # the claim passed to the run
+    second = threading.Thread(target=lambda: results.update(b=b.run(step, name="step", config={"out": out},
+                                                                    outputs=["o"])))  # fmt: skip
+    second.start()
+    time.sleep(0.5)
+    assert second.is_alive()  # waiting, not executing
+    release.set()
+    first.join(30)
+    second.join(30)
+    assert calls == [out]
+    assert not results["a"].cache_hit and results["a"].waited_for is None
+    assert results["b"].cache_hit and results["b"].cache_source == results["a"].run_id
+    assert results["b"].waited_for == results["a"].run_id
+    assert results["b"].run.meta == {"waited_for": results["a"].run_id}
+    assert _claims(a) == []  # released with the run's final status
+    a.close()
+    b.close()
+
+
+def test_when_the_executing_run_fails_a_waiter_executes(tmp_path: Path) -> None:
+    a, b = _pair(tmp_path)
+    started, release = threading.Event(), threading.Event()
+    calls: list[str] = []
+
+    def step() -> None:
+        calls.append(threading.current_thread().name)
+        if threading.current_thread().name == "first":
+            started.set()
+            assert release.wait(30)
+            raise RuntimeError("the model crashed")
+
+    errors: list[BaseException] = []
+    results: dict[str, Any] = {}
+
+    def first_run() -> None:
+        try:
+            a.run(step, name="step")
+        except RuntimeError as exc:
+            errors.append(exc)
+
+    t1 = threading.Thread(target=first_run, name="first")
+    t1.start()
+    assert started.wait(30)
+    t2 = threading.Thread(target=lambda: results.update(b=b.run(step, name="step")), name="second")
+    t2.start()
+    time.sleep(0.3)
+    assert t2.is_alive()
+    release.set()
+    t1.join(30)
+    t2.join(30)
+    assert [str(e) for e in errors] == ["the model crashed"]
+    assert calls == ["first", "second"]
+    assert not results["b"].cache_hit and results["b"].waited_for is not None
+    assert _claims(a) == []
+    a.close()
+    b.close()
+
+
+def test_a_claim_whose_process_ended_is_taken_over_at_once(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    a, _b = _pair(tmp_path)
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+
+    def step() -> None:
+        return None
+
+    sig = _sig(a, step)
+    a._index.execute("INSERT INTO claim VALUES (?, ?, ?, ?, ?)", (sig, "ghost", HOST, dead.pid, time.time()))
+    started = time.monotonic()
+    r = a.run(step, name="step")
+    assert time.monotonic() - started < 5
+    assert not r.cache_hit and r.waited_for is None  # it never waited
+    assert "ghost (on " in caplog.text and "stopped before finishing step; executing it here" in caplog.text
+    assert _claims(a) == []
+
+
+def test_a_claim_of_another_host_holds_until_its_heartbeat_is_older_than_the_expiry(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(index_mod, "EXPIRY_S", 1.0)
+    a, _b = _pair(tmp_path)
+
+    def step() -> None:
+        return None
+
+    sig = _sig(a, step)
+    beat = time.time()
+    a._index.execute("INSERT INTO claim VALUES (?, ?, ?, ?, ?)", (sig, "far", "node-far", 1, beat))
+    claimed, holder = a._index.try_claim(sig, "mine")
+    assert not claimed and holder is not None and holder["run_id"] == "far"  # fresh: it holds
+    r = a.run(step, name="step")
+    assert time.time() - beat >= 1.0 and not r.cache_hit and r.waited_for == "far"
+
+
+def test_a_claim_of_this_process_is_never_taken_as_dead(tmp_path: Path) -> None:
+    a, _b = _pair(tmp_path)
+    now = time.time()
+    assert not a._index._gone({"host": HOST, "pid": __import__("os").getpid(), "beat_at": now - 10**6}, now)
+    assert a._index._gone({"host": "elsewhere", "pid": 1, "beat_at": now - index_mod.EXPIRY_S - 1}, now)
+    assert not a._index._gone({"host": "elsewhere", "pid": 1, "beat_at": now - index_mod.EXPIRY_S + 5}, now)
+
+
+@pytest.mark.parametrize("mode", ["overwrite", "readonly"])
+def test_overwrite_and_readonly_neither_wait_nor_claim(tmp_path: Path, mode: str) -> None:
+    a, _b = _pair(tmp_path)
+
+    def step() -> None:
+        return None
+
+    sig = _sig(a, step)
+    a._index.execute("INSERT INTO claim VALUES (?, ?, ?, ?, ?)", (sig, "busy", "node-far", 1, time.time()))
+    started = time.monotonic()
+    r = a.run(step, name="step", cache_mode=mode)
+    assert time.monotonic() - started < 5 and not r.cache_hit and r.waited_for is None
+    assert [c["run_id"] for c in _claims(a)] == ["busy"]
+
+
+def test_a_claim_is_released_when_opening_the_run_fails(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    a, _b = _pair(tmp_path)
+
+    def broken(*args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("explain failed")
+
+    monkeypatch.setattr(a, "_explain", broken)
+    with pytest.raises(RuntimeError, match="explain failed"):
+        a.run(lambda: None, name="step")
+    assert _claims(a) == []
+
+
+def test_a_hit_found_while_waiting_leaves_no_claim(tmp_path: Path) -> None:
+    a, b = _pair(tmp_path)
+
+    def step() -> None:
+        return None
+
+    assert not a.run(step, name="step").cache_hit
+    sig = _sig(b, step)
+    assert b._index.claim_of(sig) is None
+    r = b.run(step, name="step")
+    assert r.cache_hit and r.waited_for is None and _claims(b) == []
+
+
+def test_heartbeats_refresh_the_claims_and_runs_of_this_process(tmp_path: Path) -> None:
+    a, _b = _pair(tmp_path)
+    ix = a._index
+    ix.execute("INSERT INTO claim VALUES ('s', 'r1', ?, ?, 0)", (HOST, __import__("os").getpid()))
+    ix.execute("INSERT INTO heartbeat VALUES ('r1', ?, ?, 0)", (HOST, __import__("os").getpid()))
+    ix.execute("INSERT INTO claim VALUES ('t', 'r2', 'node-far', 7, 0)")
+    ix._beating.add("r1")
+    ix.beat()
+    beats = {r["run_id"]: r["beat_at"] for r in ix.query("SELECT run_id, beat_at FROM claim")}
+    assert beats["r1"] > time.time() - 60 and beats["r2"] == 0
+    (hb,) = ix.query("SELECT beat_at FROM heartbeat")
+    assert hb["beat_at"] > time.time() - 60
