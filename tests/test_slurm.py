@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import random
+import re
 import subprocess
 import sys
 import textwrap
@@ -21,12 +22,12 @@ from scaleout import fresh_pg_database, slurm_partition
 pytestmark = pytest.mark.slow
 
 
-def _jobs_ever() -> int:
-    """How many Slurm jobs have ended or are running (the job completion log plus the queue)."""
+def _newest_job_id() -> int:
+    """The highest Slurm job id ever seen: ended jobs (the job completion log) and the queue."""
     log = Path(os.environ.get("CONSIST_TEST_SLURM_JOBCOMP_LOG", "/var/log/slurm/jobcomp.log"))
-    ended = len(log.read_text().splitlines()) if log.exists() else 0
+    ended = re.findall(r"^JobId=(\d+)", log.read_text(), re.M) if log.exists() else []
     queued = subprocess.run(["squeue", "-h", "-o", "%i"], capture_output=True, text=True, check=True).stdout.split()
-    return ended + len(queued)
+    return max([0, *(int(j.split("_")[0]) for j in [*ended, *queued])])
 
 
 def _slurm_cluster(tmp_path: Path):  # type: ignore[no-untyped-def]
@@ -74,11 +75,11 @@ def test_a_container_sweep_runs_on_slurm_workers_and_the_second_sweep_submits_no
 
         for z in range(4):
             (out / f"zone_{z}.txt").unlink()
-        jobs_before = _jobs_ever()
+        newest = _newest_job_id()
         with _slurm_cluster(tmp_path) as idle, Client(idle) as client:  # no worker: a submission would hang
             second = t.map_runs(sweep_steps.container_step, rows, executor=client.get_executor(), outputs=["zone"])
         assert second.submitted == 0 and second.cached_count == 4
-        assert _jobs_ever() == jobs_before
+        assert _newest_job_id() == newest  # no job was submitted
         assert len((out / "executions.log").read_text().splitlines()) == 4
         for z in range(4):  # restored from the shared store
             assert (out / f"zone_{z}.txt").read_text() == f"zone {z}\n"

@@ -123,7 +123,7 @@ def test_a_sweep_on_dask_with_postgresql_then_all_hits(tmp_path: Path) -> None:
     out = tmp_path / "out"
     rows = [{"x": x, "out_dir": str(out)} for x in range(40) if x != 13]
     with (
-        LocalCluster(n_workers=2, threads_per_worker=1, dashboard_address=None, processes=True) as cluster,
+        LocalCluster(n_workers=2, threads_per_worker=1, dashboard_address=":0", processes=True) as cluster,
         Client(cluster) as client,
         Tracker(tmp_path / "rd", db_url=url, store_dir=tmp_path / "objects", code_version="v1") as t,
     ):
