@@ -85,7 +85,8 @@ def consistent(obj: Any, where: str, errors: list[str]) -> None:
         for k, v in expect.items():
             if k in obj and not close(obj[k], v):
                 errors.append(f"{where}.{k} is {obj[k]} but its samples give {v}")
-    pairs = [("consist", "upstream"), ("cp_reflink_auto", "consist_hit")]
+    pairs = [("consist", "upstream"), ("cp_reflink_auto", "consist_hit"), ("embedded", "postgresql"),
+             ("bare_dask", "map_runs")]  # fmt: skip
     for base, other in pairs:
         a, b = obj.get(base), obj.get(other)
         if isinstance(a, dict) and isinstance(b, dict) and "median_ms" in a and "median_ms" in b:

@@ -10,7 +10,7 @@ generated blocks of BENCHMARKS.md, which lie between
     <!-- end generated -->
 
 Each RESULTS_FILE given replaces the block of the same benchmark (core,
-containers, restore, miss) and becomes the file it cites; without RESULTS_FILE every
+containers, restore, miss, cluster) and becomes the file it cites; without RESULTS_FILE every
 block is rendered again from the file it already cites. Every figure in a block
 is a value of its results file, formatted; check_published.py verifies that.
 """
@@ -281,7 +281,72 @@ def miss(r: dict[str, Any]) -> list[str]:
     ]
 
 
-RENDERERS = {"core": core, "containers": containers, "restore": restore, "miss": miss}
+# ---------------------------------------------------------------------------- PostgreSQL, Dask, writers
+
+
+def cluster(r: dict[str, Any]) -> list[str]:
+    m, t, p = r["measurements"], r["targets"], r["parameters"]
+    rows = []
+    for kind, target in (("miss", t["pg_miss"]), ("hit", t["pg_hit"])):
+        d = m["run"][kind]
+        pg, emb = d["postgresql"], d["embedded"]
+        rows += [
+            row(f"trivial `tracker.run` {kind}, PostgreSQL on localhost", pg["n"], ms(pg["median_ms"]),
+                f"≤ {target['max_ms']} ms", met(pg["median_ms"] <= target["max_ms"])),
+            row(f"trivial `tracker.run` {kind}, embedded store (SQLite index, DuckDB file)", emb["n"],
+                ms(emb["median_ms"]), NA, NA),
+            row("… PostgreSQL / embedded (ratio of medians)", f"{d['rounds']} rounds", times(d["ratio_of_medians"]),
+                NA, NA),
+        ]  # fmt: skip
+    sw, n = m["sweep"], f"{p['sweep_rows']:,}"
+    mi, ah = sw["misses"], sw["all_hits"]
+    ts, th = t["sweep"], t["sweep_hits"]
+    cluster_label = f"{p['dask_workers']} Dask worker processes ({p['threads_per_worker']} thread each)"
+    rows += [
+        row(f"bare `client.map` of the trivial function over {n} inputs ({mi['bare_dask_tasks']:,} tasks), gathered, "
+            f"on {cluster_label}",
+            mi["bare_dask"]["n"], ms(mi["bare_dask"]["median_ms"]), NA, NA),
+        row(f"`map_runs` of {n} trivial steps, every row a miss, recording in PostgreSQL, same cluster "
+            f"(at most {mi['map_runs_tasks_max']} tasks)", mi["map_runs"]["n"], ms(mi["map_runs"]["median_ms"]),
+            NA, NA),
+        row("… of which before its first task: every row's hit decided in the calling process",
+            mi["map_runs_until_first_task"]["n"], ms(mi["map_runs_until_first_task"]["median_ms"]), NA, NA),
+        row("… `map_runs` / bare Dask (ratio of medians)", f"{mi['rounds']} rounds", times(mi["ratio_of_medians"]),
+            f"≤ {ts['max_ratio']}{X}", met(mi["ratio_of_medians"] <= ts["max_ratio"])),
+        row("… time `map_runs` adds per row (difference of medians / rows)", f"{mi['rounds']} rounds",
+            ms(mi["overhead_per_row_ms"]), NA, NA),
+        row(f"`map_runs` of the same {n} rows again, every row a hit", ah["map_runs"]["n"],
+            f"{ms(ah['map_runs']['median_ms'])}, {ah['submitted_max']} rows submitted",
+            f"≤ {th['max_ms']} ms, {th['submitted']} submitted",
+            met(ah["map_runs"]["median_ms"] <= th["max_ms"], ah["submitted_max"] == th["submitted"])),
+    ]  # fmt: skip
+    wr, k, per = m["writers"], p["writers"], p["runs_per_writer"]
+    lo, hi, want = wr["completed_runs_min"], wr["completed_runs_max"], wr["expected_runs"]
+    done = f"{lo:,}" if lo == hi else f"{lo:,} to {hi:,}"
+    nr = f"{len(wr['rounds'])} round{'s' if len(wr['rounds']) != 1 else ''}"
+    tw = t["writers"]
+    rows += [
+        row(f"{k} processes started together, {per} distinct trivial runs each, on one PostgreSQL database: "
+            "completed runs in the `consist.run` view", nr,
+            f"{done} of {want:,}, at most {wr['duplicates_max']} recorded twice",
+            f"{tw['lost']} lost, {tw['duplicates']} twice", met(wr["lost_max"] == tw["lost"],
+                                                                 wr["duplicates_max"] == tw["duplicates"])),
+        row(f"… throughput: {want:,} runs / time from the common start to the end of the last writer", nr,
+            f"{wr['runs_per_s_median']:,.0f} runs/s", NA, NA),
+        row(f"… one `tracker.run` in a writer, {k} writing at once", wr["per_run_all"]["n"],
+            ms(wr["per_run_all"]["median_ms"]), NA, NA),
+    ]  # fmt: skip
+    return [
+        "N is the number of samples. The rows of a ratio ran in N rounds, each side once per round, alternating "
+        "which went first.",
+        "",
+        row("measurement (median)", "N", "value", "target", "met"),
+        row(*["---"] * 5),
+        *rows,
+    ]
+
+
+RENDERERS = {"core": core, "containers": containers, "restore": restore, "miss": miss, "cluster": cluster}
 
 
 def render(result: dict[str, Any], path: str) -> str:
