@@ -41,13 +41,13 @@ HEARTBEAT_S = float(os.environ.get("CONSIST_HEARTBEAT_S", "10"))
 EXPIRY_S = float(os.environ.get("CONSIST_LEASE_EXPIRY_S", "60"))
 
 
-def _upsert(table: str, cols: Sequence[str], key: str) -> str:  # pragma: no mutate function
+def _upsert(table: str, cols: Sequence[str], key: str) -> str:  # pragma: no mutate block
     update = ", ".join(f"{c} = excluded.{c}" for c in cols if c not in key.split(", "))
     marks = ",".join("?" * len(cols))
     return f"INSERT INTO {table} ({','.join(cols)}) VALUES ({marks}) ON CONFLICT ({key}) DO UPDATE SET {update}"
 
 
-def _insert_new(table: str, cols: Sequence[str]) -> str:  # pragma: no mutate function
+def _insert_new(table: str, cols: Sequence[str]) -> str:  # pragma: no mutate block
     return f"INSERT INTO {table} ({','.join(cols)}) VALUES ({','.join('?' * len(cols))}) ON CONFLICT DO NOTHING"
 
 
