@@ -139,8 +139,8 @@ class ManualRunMixin:
             entry = (key, p, digest)
             active.plan.inputs.append(entry)
             if active.persist:
-                with self._index.write():
-                    self._link_inputs(active.id, dataclasses.replace(active.plan, inputs=[entry]))
+                one = dataclasses.replace(active.plan, inputs=[entry])
+                self._index.atomic(lambda: self._link_inputs(active.id, one))
             links = {r["link_key"]: r for r in self._index.links_of(active.id, "input")} if active.persist else {}
             row = links.get(key) or {
                 "id": "",

@@ -33,6 +33,9 @@ log = logging.getLogger("consist")
 class RecordingMixin:
     """Writes runs, artifacts and links to the run index. Mixed into :class:`consist.tracker.Tracker`."""
 
+    #: Hits a sweep records later, a batch per transaction: (record, result, announce) each; None: at once.
+    _deferred_hits: list[tuple[Any, RunResult, Any]] | None = None
+
     def _new_row(self, plan: _Plan, run_id: str, parent: str | None, tags: Sequence[str] | None) -> dict[str, Any]:
         return {
             "id": run_id,
@@ -77,9 +80,14 @@ class RecordingMixin:
         if meta:
             row["meta"] = dumps(meta)
         if plan.cache_mode != "readonly":
-            with self._index.write():
-                row["id"] = self._index.claim_run_id(wanted, row, claim=(plan.signature, claim) if claim else None)
-                self._link_inputs(row["id"], plan)
+            held = (plan.signature, claim) if claim else None
+
+            def record() -> str:  # run again as a whole after a lost connection (RunIndex.atomic)
+                run_id = self._index.claim_run_id(wanted, row, claim=held)
+                self._link_inputs(run_id, plan)
+                return run_id
+
+            row["id"] = self._index.atomic(record)
         active = _Active(row=row, plan=plan)
         return active
 
@@ -146,9 +154,12 @@ class RecordingMixin:
         return row
 
     def _link_members(self, run_id: str, out: dict[str, Any]) -> None:
-        """Record the files of a directory output as member artifacts of the run (key = relative path)."""
-        for m in out.pop("_members", None) or ():
-            if m.pop("_new", False):
+        """Record the files of a directory output as member artifacts of the run (key = relative path).
+
+        Changes nothing in ``out``, so a transaction that is tried again records the same.
+        """
+        for m in out.get("_members") or ():
+            if m.get("_new"):
                 self._index.add_artifact(_plain_row(m))
             self._index.link(run_id, m["id"], "member", m["key"])
 
@@ -163,14 +174,22 @@ class RecordingMixin:
         if error is not None:
             row["error"] = error if isinstance(error, str) else f"{type(error).__name__}: {error}"
         if active.persist:
-            with self._index.write():
-                for key, out in active.outputs.items():
-                    # Produced here, or a restored copy at a new place (a row of its own, same producer).
-                    if out.get("run_id") == active.id or out.pop("_new", False):
+            outputs = list(active.outputs.items())
+            # Produced here, or a restored copy at a new place (a row of its own, same producer).
+            new = {key for key, out in outputs if out.get("run_id") == active.id or out.get("_new")}
+
+            def record() -> None:  # run again as a whole after a lost connection (RunIndex.atomic)
+                for key, out in outputs:
+                    if key in new:
                         self._index.add_artifact(_plain_row(out))
                     self._index.link(active.id, out["id"], "output", key)
                     self._link_members(active.id, out)
                 self._index.upsert_run(row)
+
+            self._index.atomic(record)
+            for _key, out in outputs:
+                out.pop("_new", None)
+                out.pop("_members", None)
 
     def _record_hit(
         self,
@@ -182,24 +201,60 @@ class RecordingMixin:
         waited_for: str | None = None,
     ) -> RunResult:
         producer, outs = found
-        meta = {"waited_for": waited_for} if waited_for else None
-        active = self._open(plan, run_id, parent, tags, meta=meta, status="completed")
-        row = active.row
-        row.update(cache_hit=1, cache_source=producer["id"], ended_at=time.time())
-        if active.persist:
-            with self._index.write():
-                self._index.upsert_run(row)
+        wanted = check_run_id(run_id) if run_id else f"{fit(plan.name)[:190]}_{uuid.uuid4().hex[:8]}"
+        row = self._new_row(plan, wanted, parent, tags)
+        row.update(status="completed", cache_hit=1, cache_source=producer["id"], ended_at=time.time())
+        if waited_for:
+            row["meta"] = dumps({"waited_for": waited_for})
+        for o in outs.values():
+            if o.get("_new"):  # a restored copy at a new place: a row of its own, of the same producer
+                o["run_id"] = producer["id"]
+        if plan.cache_mode != "readonly":
+
+            def record() -> str:  # one transaction; run again as a whole after a lost connection
+                hit_id = self._index.claim_run_id(wanted, row)
+                self._link_inputs(hit_id, plan)
                 for key, o in outs.items():
-                    if o.pop("_new", False):
-                        o["run_id"] = producer["id"]
+                    if o.get("_new"):
                         self._index.add_artifact(_plain_row(o))
-                    self._index.link(row["id"], o["id"], "output", key)
-                    self._link_members(row["id"], o)
+                    self._index.link(hit_id, o["id"], "output", key)
+                    self._link_members(hit_id, o)
+                self._index.end_restore_lease()  # the restore this thread leased has ended
+                return hit_id
+
+        else:
+            record = None
         clean = {k: _plain_row(o) for k, o in outs.items()}
-        self._fire("start", row)
-        self._fire("complete", row, clean)
-        self._step_done(None, clean)
-        return RunResult(row["id"], True, producer["id"], row, clean, waited_for=waited_for)
+        result = RunResult(row["id"], True, producer["id"], row, clean, waited_for=waited_for)
+
+        def announce() -> None:
+            self._fire("start", row)
+            self._fire("complete", row, clean)
+            self._step_done(None, clean)
+
+        if record is not None and self._deferred_hits is not None:
+            # A sweep records its hits a batch per transaction (see consist.sweeps); the outputs
+            # are in place already, and the record and hooks follow when the batch is written.
+            self._deferred_hits.append((record, result, announce))
+            return result
+        if record is not None:
+            row["id"] = result.run_id = self._index.atomic(record)
+        announce()
+        return result
+
+    def _flush_hits(self) -> None:
+        """Record the hits a sweep deferred, in one transaction (each on its own if that fails)."""
+        items, self._deferred_hits = self._deferred_hits or [], []
+        if not items:
+            return
+        try:
+            with self._index.write():
+                ids = [record() for record, _result, _announce in items]
+        except Exception:
+            ids = [self._index.atomic(record) for record, _result, _announce in items]
+        for hit_id, (_record, result, announce) in zip(ids, items):
+            result._run_row["id"] = result.run_id = hit_id
+            announce()
 
     def _collect_outputs(
         self,

@@ -16,6 +16,7 @@ from __future__ import annotations
 import concurrent.futures as cf
 import dataclasses
 import importlib
+import time
 import traceback
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
@@ -146,6 +147,41 @@ def _run_rows(spec: TrackerSpec | None, fn: Callable[..., Any] | str, calls: lis
     return out
 
 
+#: Hits recorded in one transaction of the run index: at most this many rows, or this long.
+_HIT_BATCH = 64
+_HIT_BATCH_S = 0.25
+
+
+def _decide_hits(tracker: Tracker, step: Callable[..., Any], calls: list[dict[str, Any]]) -> Iterator[tuple]:
+    """``(index, RunResult | None, error, traceback)`` per row: its hit (recorded, outputs restored) or None.
+
+    The hits' records are written a batch of rows per transaction: on a database
+    server each transaction costs round trips. Outputs are restored outside those
+    transactions, so no restore, however large, holds the run index's write lock.
+    """
+    batch: list[tuple] = []
+    began = time.monotonic()
+    tracker._deferred_hits = []
+    try:
+        for i, kwargs in enumerate(calls):
+            batch.append(_hit_or_error(tracker, step, i, kwargs))
+            if len(batch) >= _HIT_BATCH or time.monotonic() - began > _HIT_BATCH_S:
+                tracker._flush_hits()
+                yield from batch
+                batch, began = [], time.monotonic()
+        tracker._flush_hits()
+        yield from batch
+    finally:
+        tracker._deferred_hits = None
+
+
+def _hit_or_error(tracker: Tracker, step: Callable[..., Any], i: int, kwargs: dict[str, Any]) -> tuple:
+    try:
+        return i, tracker._run_step(step, **kwargs, hit_only=True), None, ""
+    except Exception as exc:
+        return i, None, f"{type(exc).__name__}: {exc}", traceback.format_exc()
+
+
 def _field(row: Any, spec: Any, what: str) -> Any:
     """A per-row value: a callable of the row, a key of the row, or None."""
     if spec is None:
@@ -234,18 +270,16 @@ def map_runs(
     misses: list[tuple[int, dict[str, Any]]] = []
     with SweepProgress(step_name, len(rows)) as bar:
         # Hits are decided here, before anything is submitted.
-        for i, kwargs in enumerate(calls):
-            try:
-                hit = tracker._run_step(step, **kwargs, hit_only=True)
-            except Exception as exc:
-                failed.append(FailedRow(i, rows[i], f"{type(exc).__name__}: {exc}", traceback.format_exc()))
+        for outcome in _decide_hits(tracker, step, calls):
+            i, hit, error, tb = outcome
+            if error is not None:
+                failed.append(FailedRow(i, rows[i], error, tb))
                 bar.advance("failed")
-                continue
-            if hit is not None:
+            elif hit is not None:
                 results[i] = hit
                 bar.advance("cached")
             else:
-                misses.append((i, kwargs))
+                misses.append((i, calls[i]))
 
         def take(done: list) -> None:
             for index, result, error, tb in done:

@@ -571,9 +571,12 @@ def _record_log(tracker: Tracker, active: Any, log_path: Path) -> None:
         "kind": "file", "driver": "text", "run_id": active.id, "created_at": time.time(), "meta": None,
         "location": tracker.roots.locate(log_path.resolve()),
     }  # fmt: skip
-    with tracker._index.write():
+
+    def record() -> None:
         tracker._index.add_artifact(row)
         tracker._index.link(active.id, row["id"], "log", "container.log")
+
+    tracker._index.atomic(record)
 
 
 def _attach_to_parent(tracker: Tracker, parent: Any, outputs: Mapping[str, dict[str, Any]]) -> None:

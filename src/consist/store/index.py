@@ -311,6 +311,14 @@ class RunIndex:
 
         self.atomic(write, stamp=False)
 
+    def end_restore_lease(self) -> None:
+        """End the restore lease of this thread (see :meth:`lease_restoring`)."""
+        me = (HOST, os.getpid(), threading.get_ident())
+        self.atomic(
+            lambda: self._run("DELETE FROM lease WHERE run_id IS NULL AND host = ? AND pid = ? AND thread = ?", me),
+            stamp=False,
+        )
+
     def leases(self, now: float | None = None) -> tuple[list[dict[str, Any]], list[int]]:
         """The leases in force, as ``(hash, kind)`` rows, and the rowids of those that ended.
 
