@@ -293,7 +293,9 @@ def test_a_lost_connection_mid_run_is_retried_and_the_run_recorded_whole(pg: str
         return write_table("out.csv")
 
     with Tracker(tmp_path / "rd", db_url=pg, code_version="v1") as t:
+        before = t._index._conn
         r = t.run(step, outputs=["out"])
+        assert t._index._conn is not before and before.closed  # the write found the connection gone
         run = t.get_run(r.run_id)
         assert run is not None and run.status == "completed"
         assert set(t.get_artifacts_for_run(r.run_id).outputs) == {"out"}
