@@ -345,3 +345,32 @@ def test_consist_db_url_in_the_environment_selects_postgresql(
     with Tracker(tmp_path / "rd", code_version="v1") as t:
         r = t.run(write_table, config={"path": "a.csv"}, outputs=["t"])
     assert _psql(pg, "SELECT id FROM consist.run") == [(r.run_id,)]
+
+
+def test_prune_store_on_postgresql_keeps_what_completed_runs_need(pg: str, tmp_path: Path) -> None:
+    os.chdir(tmp_path)
+    store = tmp_path / "objects"
+
+    def make(text: str, fail: bool) -> Path:
+        p = Path(f"{text}.txt")
+        p.write_text(text * 100)
+        if fail:
+            raise RuntimeError("failed after writing")
+        return p
+
+    with Tracker(tmp_path / "rd", db_url=pg, store_dir=store, code_version="v1") as t:
+        t.run(make, config={"text": "kept", "fail": False}, outputs=["o"])
+        before = {p.name for p in store.rglob("*") if p.is_file()}
+        # An object no completed run references: stored by hand, as a failed run's output would be.
+        orphan = tmp_path / "orphan.bin"
+        orphan.write_bytes(b"orphan" * 100)
+        from consist.hashing import FileHasher
+
+        digest, _size = t._objects.put_file(orphan, FileHasher(t._index))
+        assert t.prune_store(dry_run=True)["removed"] == 1 and t._objects.has(digest)
+        report = t.prune_store()
+        assert report["removed"] == 1 and not t._objects.has(digest)
+        assert {p.name for p in store.rglob("*") if p.is_file()} == before
+        (tmp_path / "kept.txt").unlink()
+        assert t.run(make, config={"text": "kept", "fail": False}, outputs=["o"]).cache_hit
+        assert (tmp_path / "kept.txt").read_text() == "kept" * 100
