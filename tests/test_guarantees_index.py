@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 import consist
+from consist.errors import StoreError
 from consist.store.columns import ARTIFACT_COLUMNS, RUN_COLUMNS, pid_alive
 from consist.store.sqlite import SCHEMA_VERSION, SQLiteIndex, index_path_for
 
@@ -562,3 +563,23 @@ def test_an_older_index_is_upgraded_in_place_keeping_its_rows(tmp_path: Path) ->
         assert len(again.leases()[0]) == 1
     finally:
         again.close()
+
+
+def test_a_read_only_index_sees_every_row_and_writes_nothing(tmp_path: Path) -> None:
+    path = tmp_path / "index.sqlite"
+    with pytest.raises(StoreError, match="There is no run index"):
+        SQLiteIndex(path, read_only=True)
+    assert not path.exists()  # looking never creates one
+    ix = SQLiteIndex(path)
+    ix.upsert_run(run_row("r1"))
+    reader = SQLiteIndex(path, read_only=True)
+    assert reader.run("r1")["id"] == "r1" and reader.generation == ix.generation
+    with pytest.raises(sqlite3.OperationalError, match="readonly"):
+        reader.execute("DELETE FROM run")
+    ix.upsert_run(run_row("r2"))
+    assert {r["id"] for r in reader.query("SELECT id FROM run")} == {"r1", "r2"}  # a live view
+    ix.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+    with pytest.raises(StoreError, match="schema version"):
+        SQLiteIndex(path, read_only=True)
+    reader.close()
+    ix.close()

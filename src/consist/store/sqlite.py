@@ -156,10 +156,13 @@ class SQLiteIndex(RunIndex):
     # The lookup of a model's executed runs reads the partial index, never the model's cache hits.
     _producers_hint = "INDEXED BY run_producers_by_model "
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, read_only: bool = False) -> None:
         super().__init__()
         self.path = path
         self.location = str(path)
+        if read_only:
+            self._open_read_only(path)
+            return
         path.parent.mkdir(parents=True, exist_ok=True)
         try:
             self._db = sqlite3.connect(str(path), timeout=60.0, isolation_level=None, check_same_thread=False)
@@ -188,6 +191,34 @@ class SQLiteIndex(RunIndex):
                 f"run consist.store.rebuild_index({str(_db_path_of(path))!r}): it moves the damaged index aside "
                 "and rebuilds it from the DuckDB file, which keeps every merged run",
             ) from exc
+
+    def _open_read_only(self, path: Path) -> None:
+        """For looking only (the command line): never creates, upgrades or writes anything."""
+        if not path.is_file():
+            raise StoreError(
+                f"There is no run index at {path}",
+                "no tracker has recorded a run with this database yet, or the path is wrong",
+                "pass the DuckDB file the trackers use (its index is the hidden folder beside it)",
+            )
+        try:
+            self._db = sqlite3.connect(
+                f"{path.resolve().as_uri()}?mode=ro", uri=True, timeout=60.0, isolation_level=None,
+                check_same_thread=False,
+            )  # fmt: skip
+            self._db.row_factory = _row_dict
+            self._db.execute("PRAGMA busy_timeout = 60000")
+            version = self._db.execute("PRAGMA user_version").fetchone()["user_version"]
+            if version > SCHEMA_VERSION:
+                raise no_such_schema(str(path), version, SCHEMA_VERSION)
+            row = self._db.execute("SELECT value FROM index_meta WHERE key = 'generation'").fetchone()
+        except sqlite3.DatabaseError as exc:
+            raise StoreError(
+                f"Cannot read the run index {path}: {exc}",
+                "the file is damaged, is not a consist index, or this user may not read it",
+                f"check its permissions; a damaged index is rebuilt by consist.store.rebuild_index"
+                f"({str(_db_path_of(path))!r})",
+            ) from exc
+        self.generation = row["value"] if row else ""
 
     def _upgrade(self, version: int) -> None:
         """Bring an older index to this schema, in one transaction (a second process waits, then skips)."""
