@@ -143,7 +143,7 @@ def _params(params: Sequence[Any]) -> list[Any]:
     return [int(v) if isinstance(v, bool) else v for v in params]
 
 
-def _connect(url: str, schema: str, location: str) -> Any:
+def _connect(url: str, schema: str, location: str, read_only: bool = False) -> Any:
     try:
         import psycopg
         from psycopg.rows import dict_row
@@ -155,7 +155,8 @@ def _connect(url: str, schema: str, location: str) -> Any:
         ) from exc
     try:
         return psycopg.connect(
-            libpq_url(url), autocommit=True, row_factory=dict_row, options=f"-c search_path={schema}",
+            libpq_url(url), autocommit=True, row_factory=dict_row,
+            options=f"-c search_path={schema}" + (" -c default_transaction_read_only=on" if read_only else ""),
             connect_timeout=30, application_name="consist",
         )  # fmt: skip
     except psycopg.Error as exc:
@@ -170,13 +171,30 @@ def _connect(url: str, schema: str, location: str) -> Any:
 class PostgresIndex(RunIndex):
     """The run index in a PostgreSQL database, shared by every node."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, *, read_only: bool = False) -> None:
         super().__init__()
         self.url = url
         self.location = redact(url)
-        self._conn = _connect(url, INDEX_SCHEMA, self.location)
+        self._conn = _connect(url, INDEX_SCHEMA, self.location, read_only=read_only)
+        if read_only:  # for looking only (the command line): no schema is created or upgraded
+            self.generation = self._read_only_generation()
+            return
         self._migrate()
         self.generation = self._generation()
+
+    def _read_only_generation(self) -> str:
+        exists = self._conn.execute("SELECT to_regclass(%s) AS t", (f"{INDEX_SCHEMA}.schema_version",)).fetchone()
+        if exists["t"] is None:
+            raise StoreError(
+                f"There is no consist history in the PostgreSQL database {self.location}",
+                "no tracker has recorded a run there yet, or the URL names another database",
+                "check the URL; a Tracker with this db_url creates the tables on its first use",
+            )
+        row = self._conn.execute(f"SELECT max(version) AS v FROM {INDEX_SCHEMA}.schema_version").fetchone()
+        if int(row["v"] or 0) > SCHEMA_VERSION:
+            raise no_such_schema(self.location, int(row["v"]), SCHEMA_VERSION)
+        meta = self._conn.execute("SELECT value FROM index_meta WHERE key = 'generation'").fetchone()
+        return meta["value"] if meta else ""
 
     def _migrate(self) -> None:
         """Create or upgrade the schema, once, under the write lock (other clients wait)."""

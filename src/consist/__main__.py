@@ -1,0 +1,5 @@
+"""``python -m consist``: the ``consist`` command."""
+
+from .cli import main
+
+main()

@@ -1,0 +1,563 @@
+"""The ``consist`` command: look at recorded runs from a terminal.
+
+Every command reads the run index read-only (see :mod:`consist.cli.data`), except
+``verify --drop`` and ``gc``, which say so. ``--json`` prints stable field names
+for scripts (documented in docs/cli.md). Exit codes: 0 done, 1 not found (a run,
+scenario or artifact), 2 usage (a bad option, no database found, an unreadable
+database).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from . import data
+
+app = typer.Typer(
+    add_completion=False, no_args_is_help=True, rich_markup_mode=None,
+    help="Look at what consist recorded: runs, scenarios, why a step re-ran, lineage, differences.",
+)  # fmt: skip
+
+Db = Annotated[str | None, typer.Option("--db", help="The DuckDB file trackers use (its run index is read).")]
+DbUrl = Annotated[str | None, typer.Option("--db-url", help="A PostgreSQL database: postgresql://user@host/db.")]
+Json = Annotated[bool, typer.Option("--json", help="Print JSON (stable field names) instead of a table.")]
+
+
+def _console() -> Any:
+    from rich.console import Console
+
+    # Piped into a file or another program, lines are not cut at 80 columns.
+    return Console(highlight=False, soft_wrap=False, width=None if sys.stdout.isatty() else 200)
+
+
+def _emit(value: Any) -> None:
+    sys.stdout.write(json.dumps(value, indent=2, default=str) + "\n")
+
+
+def _open(db: str | None, db_url: str | None) -> tuple[Any, Path | None]:
+    from ..errors import ConsistError
+
+    try:
+        return data.open_index(db, db_url)
+    except ConsistError as exc:
+        typer.echo(f"consist: {exc}", err=True)
+        raise typer.Exit(2) from None
+
+
+def _run_or_exit(index: Any, run_id: str) -> dict[str, Any]:
+    try:
+        return data.get_run(index, run_id)
+    except data.NotFound as exc:
+        typer.echo(f"consist: {exc}", err=True)
+        raise typer.Exit(1) from None
+
+
+def _short(h: str | None) -> str:
+    return (h or "")[7:19] if h and h.startswith("sha256:") else (h or "")
+
+
+def _when(iso: str | None) -> str:
+    return (iso or "")[:19].replace("T", " ")
+
+
+@app.command()
+def runs(
+    db: Db = None,
+    db_url: DbUrl = None,
+    model: Annotated[str | None, typer.Option(help="Only runs of this model.")] = None,
+    status: Annotated[str | None, typer.Option(help="running, completed, failed or interrupted.")] = None,
+    scenario: Annotated[str | None, typer.Option(help="Only the steps of this scenario.")] = None,
+    tag: Annotated[list[str] | None, typer.Option(help="Only runs with this tag (repeat for all of several).")] = None,
+    year: Annotated[int | None, typer.Option(help="Only runs of this year.")] = None,
+    since: Annotated[str | None, typer.Option(help="Started within (2d, 12h) or since a date (2026-11-01).")] = None,
+    limit: Annotated[int, typer.Option(help="At most this many, newest first (0: all).")] = 50,
+    as_json: Json = False,
+) -> None:
+    """The newest runs."""
+    index, _ = _open(db, db_url)
+    from ..errors import ConsistError
+
+    try:
+        since_at = data.since_epoch(since) if since else None
+    except ConsistError as exc:
+        typer.echo(f"consist: {exc}", err=True)
+        raise typer.Exit(2) from None
+    rows = data.list_runs(index, model=model, status=status, scenario=scenario, tags=tag or (), year=year,
+                          since=since_at, limit=limit or None)  # fmt: skip
+    records = [data.run_record(r) for r in rows]
+    if as_json:
+        _emit(records)
+        return
+    from rich.table import Table
+
+    table = Table(box=None, header_style="bold")
+    for col in ("run", "model", "status", "cache", "year", "started (UTC)", "duration"):
+        table.add_column(col, no_wrap=True)
+    for r in records:
+        cache = f"hit of {r['cache_source']}" if r["cache_hit"] else "executed"
+        dur = f"{r['duration_s']:.2f} s" if r["duration_s"] is not None else ""
+        table.add_row(r["id"], r["model"] or "", r["status"] or "", cache, str(r["year"] or ""),
+                      _when(r["started_at"]), dur)  # fmt: skip
+    _console().print(table)
+    if not records:
+        typer.echo("no runs match", err=True)
+
+
+@app.command()
+def show(run_id: str, db: Db = None, db_url: DbUrl = None, as_json: Json = False) -> None:
+    """One run: identity, config, inputs, outputs, timings and its log's last lines."""
+    index, _ = _open(db, db_url)
+    row = _run_or_exit(index, run_id)
+    record = data.run_record(row)
+    log = data.log_path(row)
+    full = {
+        "run": record,
+        "identity": data.loads(row.get("identity")),
+        "config": data.loads(row.get("config")),
+        "inputs": [data.artifact_record(a) for a in index.links_of(run_id, "input")],
+        "outputs": [data.artifact_record(a) for a in index.links_of(run_id, "output")],
+        "error": row.get("error"),
+        "miss_explanation": (data.loads(row.get("meta")) or {}).get("cache_miss_explanation"),
+        "log_tail": data.tail(log) if log else [],
+    }
+    if as_json:
+        _emit(full)
+        return
+    con = _console()
+    con.print(f"[bold]{record['id']}[/bold]  model {record['model']}  {record['status']}"
+              + (f"  (cache hit of {record['cache_source']})" if record["cache_hit"] else "  (executed)"))  # fmt: skip
+    con.print(f"started {_when(record['started_at'])} UTC, took {record['duration_s']} s; "
+              f"signature {_short(record['signature'])}")  # fmt: skip
+    if full["error"]:
+        con.print(f"[red]error:[/red] {full['error']}")
+    ident = full["identity"] or {}
+    con.print("[bold]identity[/bold]")
+    for key in sorted(ident):
+        value = ident[key]
+        con.print(f"  {key}: {_short(value) if isinstance(value, str) else json.dumps(value, default=str)}")
+    con.print("[bold]config[/bold]")
+    for key, value in sorted(data.flatten(full["config"] or {}).items()):
+        con.print(f"  {key} = {json.dumps(value, default=str)}")
+    for label in ("inputs", "outputs"):
+        con.print(f"[bold]{label}[/bold]")
+        for a in full[label]:
+            con.print(f"  {a['key']}: {a['path']}  {_short(a['hash'])}  {a['size'] if a['size'] is not None else ''}")
+    if full["log_tail"]:
+        con.print(f"[bold]log[/bold] ({log})")
+        for line in full["log_tail"]:
+            con.print(f"  {line}", markup=False)
+
+
+@app.command()
+def artifacts(run_id: str, db: Db = None, db_url: DbUrl = None, as_json: Json = False) -> None:
+    """What a run read and wrote (inputs, outputs, logs, the files of directory outputs)."""
+    index, _ = _open(db, db_url)
+    _run_or_exit(index, run_id)
+    records = [data.artifact_record(a) for a in index.links_of(run_id)]
+    if as_json:
+        _emit(records)
+        return
+    from rich.table import Table
+
+    table = Table(box=None, header_style="bold")
+    for col in ("direction", "key", "kind", "size", "hash", "path"):
+        table.add_column(col)
+    for a in records:
+        table.add_row(a["direction"], a["key"], a["kind"] or "", str(a["size"] if a["size"] is not None else ""),
+                      _short(a["hash"]), a["path"] or "")  # fmt: skip
+    _console().print(table)
+
+
+@app.command()
+def scenarios(db: Db = None, db_url: DbUrl = None, limit: int = 50, as_json: Json = False) -> None:
+    """Recorded scenarios, newest first, with their step counts."""
+    index, _ = _open(db, db_url)
+    rows = data.list_runs(index, model="scenario", limit=limit or None)
+    records = []
+    for r in rows:
+        steps = data.children(index, r["id"])
+        records.append({**data.run_record(r), "steps": len(steps),
+                        "executed": sum(1 for s in steps if not s.get("cache_hit")),
+                        "failed": sum(1 for s in steps if s.get("status") == "failed")})  # fmt: skip
+    if as_json:
+        _emit(records)
+        return
+    from rich.table import Table
+
+    table = Table(box=None, header_style="bold")
+    for col in ("scenario", "status", "steps", "executed", "failed", "started (UTC)"):
+        table.add_column(col)
+    for r in records:
+        table.add_row(r["id"], r["status"] or "", str(r["steps"]), str(r["executed"]), str(r["failed"]),
+                      _when(r["started_at"]))  # fmt: skip
+    _console().print(table)
+
+
+def _tree(index: Any, run_id: str) -> dict[str, Any]:
+    row = data.get_run(index, run_id)
+    return {**data.run_record(row), "steps": [_tree(index, c["id"]) for c in data.children(index, run_id)]}
+
+
+@app.command()
+def scenario(name: str, db: Db = None, db_url: DbUrl = None, as_json: Json = False) -> None:
+    """A scenario's steps as a tree: executed, cache hit or failed."""
+    index, _ = _open(db, db_url)
+    _run_or_exit(index, name)
+    tree = _tree(index, name)
+    if as_json:
+        _emit(tree)
+        return
+    from rich.tree import Tree
+
+    def label(r: dict[str, Any]) -> str:
+        state = (
+            "failed"
+            if r["status"] == "failed"
+            else f"hit of {r['cache_source']}"
+            if r["cache_hit"]
+            else r["status"]
+            if r["status"] != "completed"
+            else "executed"
+        )
+        return f"{r['id']}  [dim]{r['model']}[/dim]  {state}"
+
+    def add(node: Any, r: dict[str, Any]) -> None:
+        for s in r["steps"]:
+            add(node.add(label(s)), s)
+
+    root = Tree(label(tree))
+    add(root, tree)
+    _console().print(root)
+
+
+def _explanation(index: Any, row: dict[str, Any]) -> dict[str, Any]:
+    record = data.run_record(row)
+    if record["cache_hit"]:
+        return {"run": record["id"], "executed": False, "cache_source": record["cache_source"],
+                "reason": "cache_hit"}  # fmt: skip
+    expl = (data.loads(row.get("meta")) or {}).get("cache_miss_explanation") or {}
+    out: dict[str, Any] = {"run": record["id"], "executed": True, "reason": expl.get("reason", "unknown"),
+                           "changed": expl.get("changed", []), "nearest_run": expl.get("nearest_run")}  # fmt: skip
+    nearest = index.run(expl["nearest_run"]) if expl.get("nearest_run") else None
+    details = expl.get("details") or {}
+    if nearest is not None:
+        old_cfg = data.flatten(data.loads(nearest.get("config")) or {})
+        new_cfg = data.flatten(data.loads(row.get("config")) or {})
+        out["config_changes"] = data.changes(old_cfg, new_cfg)
+        old_in = data.artifacts_by_key(index, nearest["id"], "input")
+        new_in = data.artifacts_by_key(index, row["id"], "input")
+        out["input_changes"] = [c for c in data.artifact_changes(old_in, new_in) if c["state"] != "same"]
+    if "code" in details:
+        out["code"] = details["code"]
+    for key in ("inputs_changed", "inputs_added", "inputs_removed"):
+        if key in details:
+            out[key] = details[key]
+    return out
+
+
+@app.command()
+def explain(
+    run_id: Annotated[str | None, typer.Argument(help="The run to explain.")] = None,
+    signature: Annotated[str | None, typer.Option(help="Say whether a run with this signature would be a hit.")] = None,
+    db: Db = None,
+    db_url: DbUrl = None,
+    as_json: Json = False,
+) -> None:
+    """Why a run executed: what differs from the nearest earlier run of its model."""
+    index, _ = _open(db, db_url)
+    if signature is not None:
+        producers = index.producers(signature)
+        out: dict[str, Any] = {"signature": signature, "hit": bool(producers),
+                               "producer": producers[0]["id"] if producers else None}  # fmt: skip
+        if as_json:
+            _emit(out)
+        else:
+            typer.echo(f"a run with this signature would reuse {out['producer']}" if producers
+                       else "no completed run has this signature: a run would execute")  # fmt: skip
+        raise typer.Exit(0 if producers else 1)
+    if run_id is None:
+        typer.echo("consist: give a RUN_ID or --signature", err=True)
+        raise typer.Exit(2)
+    row = _run_or_exit(index, run_id)
+    out = _explanation(index, row)
+    if as_json:
+        _emit(out)
+        return
+    con = _console()
+    if not out["executed"]:
+        con.print(f"{run_id} did not execute: it reused the outputs of {out['cache_source']}")
+        return
+    if out["reason"] == "no_prior_run":
+        con.print(f"{run_id} executed: no earlier run of its model was recorded")
+        return
+    con.print(f"{run_id} executed: {out['reason'].replace('_', ' ')} "
+              f"(compared with {out['nearest_run']}; changed: {', '.join(out['changed']) or 'nothing'})")  # fmt: skip
+    if "code" in out:
+        con.print(f"  code: {out['code'].get('before')} -> {out['code'].get('after')}", markup=False)
+    for c in out.get("config_changes", []):
+        con.print(f"  config {c['key']}: {json.dumps(c['before'], default=str)} -> "
+                  f"{json.dumps(c['after'], default=str)}", markup=False)  # fmt: skip
+    for c in out.get("input_changes", []):
+        con.print(f"  input {c['key']}: {c['state']} ({_short(c['hash_a'])} -> {_short(c['hash_b'])})")
+
+
+@app.command()
+def diff(run_a: str, run_b: str, db: Db = None, db_url: DbUrl = None, as_json: Json = False) -> None:
+    """How two runs differ: config, inputs and outputs (same, changed, added, removed)."""
+    index, _ = _open(db, db_url)
+    a, b = _run_or_exit(index, run_a), _run_or_exit(index, run_b)
+    out = {
+        "run_a": run_a, "run_b": run_b,
+        "config": data.changes(data.flatten(data.loads(a.get("config")) or {}),
+                               data.flatten(data.loads(b.get("config")) or {})),
+        "inputs": data.artifact_changes(data.artifacts_by_key(index, run_a, "input"),
+                                        data.artifacts_by_key(index, run_b, "input")),
+        "outputs": data.artifact_changes(data.artifacts_by_key(index, run_a, "output"),
+                                         data.artifacts_by_key(index, run_b, "output")),
+    }  # fmt: skip
+    for change in out["outputs"]:
+        if change["state"] == "changed":
+            summary = _table_summary(change["path_a"], change["path_b"])
+            if summary:
+                change["table"] = summary
+    if as_json:
+        _emit(out)
+        return
+    con = _console()
+    con.print(f"[bold]config[/bold] ({run_a} -> {run_b})")
+    for c in out["config"] or [{"key": "(same)", "before": "", "after": "", "change": ""}]:
+        con.print(f"  {c['key']}: {json.dumps(c['before'], default=str)} -> {json.dumps(c['after'], default=str)}"
+                  if c["change"] else "  (same)", markup=False)  # fmt: skip
+    for label in ("inputs", "outputs"):
+        con.print(f"[bold]{label}[/bold]")
+        for c in out[label]:
+            con.print(f"  {c['key']}: {c['state']}")
+            t = c.get("table")
+            if t:
+                con.print(f"    rows {t['rows_a']} -> {t['rows_b']}; columns added {t['columns_added']}, "
+                          f"removed {t['columns_removed']}", markup=False)  # fmt: skip
+                for col in t["columns"]:
+                    if col["changed"]:
+                        con.print(f"    {col['column']}: {col['changed']} values differ"
+                                  + (f", mean {col['mean_a']} -> {col['mean_b']}" if "mean_a" in col else ""),
+                                  markup=False)  # fmt: skip
+
+
+def _table_summary(path_a: str | None, path_b: str | None) -> dict[str, Any] | None:
+    """Row counts and per-column changes of two CSV or Parquet files (DuckDB reads them in place)."""
+    if not path_a or not path_b:
+        return None
+    pa, pb = Path(path_a), Path(path_b)
+    kinds = {".csv": "read_csv_auto", ".parquet": "read_parquet"}
+    if pa.suffix not in kinds or pb.suffix != pa.suffix or not pa.is_file() or not pb.is_file():
+        return None
+    import duckdb
+
+    con = duckdb.connect()
+    try:
+        reader = kinds[pa.suffix]
+        for name, path in (("a", pa), ("b", pb)):  # a view takes no parameters: the path as a quoted literal
+            literal = "'" + str(path).replace("'", "''") + "'"
+            con.execute(f"CREATE VIEW {name} AS SELECT * FROM {reader}({literal})")
+        cols_a = {r[0]: r[1] for r in con.execute("DESCRIBE a").fetchall()}
+        cols_b = {r[0]: r[1] for r in con.execute("DESCRIBE b").fetchall()}
+        out: dict[str, Any] = {
+            "rows_a": con.execute("SELECT count(*) FROM a").fetchall()[0][0],
+            "rows_b": con.execute("SELECT count(*) FROM b").fetchall()[0][0],
+            "columns_added": sorted(set(cols_b) - set(cols_a)),
+            "columns_removed": sorted(set(cols_a) - set(cols_b)),
+            "columns": [],
+        }
+        same_rows = out["rows_a"] == out["rows_b"]
+        for col in [c for c in cols_a if c in cols_b]:
+            q = '"' + col.replace('"', '""') + '"'
+            entry: dict[str, Any] = {"column": col, "changed": None}
+            if same_rows:
+                entry["changed"] = con.execute(
+                    f"SELECT count(*) FROM (SELECT {q} AS v, row_number() OVER () AS i FROM a) x "
+                    f"JOIN (SELECT {q} AS v, row_number() OVER () AS i FROM b) y USING (i) "
+                    "WHERE x.v IS DISTINCT FROM y.v"
+                ).fetchall()[0][0]
+            if any(t in cols_a[col].upper() for t in ("INT", "DOUBLE", "FLOAT", "DECIMAL", "REAL")):
+                entry["mean_a"] = con.execute(f"SELECT avg({q}) FROM a").fetchall()[0][0]
+                entry["mean_b"] = con.execute(f"SELECT avg({q}) FROM b").fetchall()[0][0]
+            out["columns"].append(entry)
+        return out
+    except duckdb.Error:
+        return None
+    finally:
+        con.close()
+
+
+@app.command()
+def lineage(
+    key_or_run: Annotated[str, typer.Argument(help="An artifact key or id, or a run id (its outputs).")],
+    db: Db = None,
+    db_url: DbUrl = None,
+    fmt: Annotated[str, typer.Option("--format", help="tree, dot, mermaid or json.")] = "tree",
+    depth: Annotated[int | None, typer.Option(help="Follow producing runs this many levels up.")] = None,
+) -> None:
+    """How an artifact came to be: the run that produced it and, recursively, that run's inputs."""
+    if fmt not in ("tree", "dot", "mermaid", "json"):
+        typer.echo(f"consist: unknown --format {fmt!r}: use tree, dot, mermaid or json", err=True)
+        raise typer.Exit(2)
+    index, _ = _open(db, db_url)
+    starts: list[dict[str, Any]]
+    if index.run(key_or_run) is not None:
+        starts = index.links_of(key_or_run, "output")
+    else:
+        try:
+            starts = [data.find_artifact(index, key_or_run)]
+        except data.NotFound as exc:
+            typer.echo(f"consist: {exc}", err=True)
+            raise typer.Exit(1) from None
+    trees = [data.walk_lineage(index, s, depth) for s in starts]
+    nodes: list[dict[str, Any]] = []
+    edges: list[dict[str, Any]] = []
+    for t in trees:
+        n, e = data.graph(t)
+        nodes += [x for x in n if x not in nodes]
+        edges += [x for x in e if x not in edges]
+    if fmt == "json":
+        _emit({"trees": trees, "nodes": nodes, "edges": edges})
+    elif fmt == "dot":
+        sys.stdout.write(data.to_dot(nodes, edges))
+    elif fmt == "mermaid":
+        sys.stdout.write(data.to_mermaid(nodes, edges))
+    else:
+        from rich.tree import Tree
+
+        def add(node: Any, t: dict[str, Any]) -> None:
+            prod = t["producing_run"]
+            if not prod:
+                return
+            run = node.add(f"[bold]{prod['run']['id']}[/bold] ({prod['run']['model']})")
+            for i in prod["inputs"]:
+                add(run.add(f"{i['artifact']['key']}  {_short(i['artifact']['hash'])}"), i)
+
+        con = _console()
+        for t in trees:
+            root = Tree(f"{t['artifact']['key']}  {_short(t['artifact']['hash'])}")
+            add(root, t)
+            con.print(root)
+
+
+@app.command()
+def verify(
+    db: Db = None,
+    db_url: DbUrl = None,
+    drop: Annotated[bool, typer.Option(help="Remove damaged objects (their runs then execute again).")] = False,
+    as_json: Json = False,
+) -> None:
+    """Check every stored object against its hash. Exit code 1 when one is damaged."""
+    from ..errors import IntegrityError
+    from ..objects import ObjectStore
+
+    index, _ = _open(db, db_url)
+
+    class _NoMemo:  # verifying reads every byte: no hash memo is consulted or written
+        def memo_get(self, key: Any, algo: str) -> None:
+            return None
+
+        def memo_put(self, key: Any, algo: str, digest: str) -> None:
+            return None
+
+    checked, damaged = 0, []
+    for root in data.object_stores(index, None):
+        store = ObjectStore(root, memo=_NoMemo())
+        for digest, _path in list(store.all_objects()):
+            checked += 1
+            try:
+                store.verify(digest)
+            except IntegrityError as exc:
+                damaged.append({"store": str(root), "hash": digest, "error": str(exc)})
+                if drop:
+                    store.remove(digest)
+    report = {"checked": checked, "damaged": damaged, "dropped": len(damaged) if drop else 0}
+    if as_json:
+        _emit(report)
+    else:
+        typer.echo(f"{checked} objects checked, {len(damaged)} damaged" + (", dropped" if drop and damaged else ""))
+        for d in damaged:
+            typer.echo(f"  {d['hash']} in {d['store']}: {d['error']}")
+    raise typer.Exit(1 if damaged else 0)
+
+
+@app.command()
+def gc(
+    db: Db = None,
+    db_url: DbUrl = None,
+    older_than_days: Annotated[float | None, typer.Option(help="Keep the outputs of runs newer than this.")] = None,
+    dry_run: Annotated[bool, typer.Option(help="Only count what would be removed.")] = False,
+    run_dir: Annotated[str | None, typer.Option(help="The workspace whose object store to prune.")] = None,
+    as_json: Json = False,
+) -> None:
+    """Remove stored objects no completed run needs (writes: it deletes objects)."""
+    import datetime as dt
+
+    from ..tracker import Tracker
+
+    path, url = data.find_database(db, db_url)
+    base = Path(run_dir) if run_dir else (path.resolve().parent if path is not None else Path.cwd())
+    with Tracker(base, db_path=path, db_url=url) as t:
+        age = dt.timedelta(days=older_than_days) if older_than_days is not None else None
+        report = t.prune_store(age, dry_run=dry_run)
+    if as_json:
+        _emit(report)
+    else:
+        verb = "would remove" if dry_run else "removed"
+        typer.echo(f"{verb} {report['removed']} objects ({report['bytes_freed']:,} bytes); kept {report['kept']}, "
+                   f"in use {report['in_use']}")  # fmt: skip
+
+
+@app.command()
+def log(
+    run_id: str,
+    db: Db = None,
+    db_url: DbUrl = None,
+    follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep printing while the run is running.")] = False,
+    lines: Annotated[int, typer.Option(help="Print this many last lines first (0: all).")] = 0,
+) -> None:
+    """A container run's log (``<run_dir>/<run_id>/container.log``)."""
+    index, _ = _open(db, db_url)
+    row = _run_or_exit(index, run_id)
+    path = data.log_path(row)
+    if path is None:
+        typer.echo(f"consist: run {run_id} has no container log", err=True)
+        raise typer.Exit(1)
+    with open(path, encoding="utf-8", errors="replace") as f:
+        text = f.read()
+        out = text.splitlines(keepends=True)
+        sys.stdout.write("".join(out[-lines:] if lines else out))
+        sys.stdout.flush()
+        while follow:
+            chunk = f.read()
+            if chunk:
+                sys.stdout.write(chunk)
+                sys.stdout.flush()
+                continue
+            current = index.run(run_id)
+            if current is None or current.get("status") != "running":
+                sys.stdout.write(f.read())
+                break
+            time.sleep(0.5)
+
+
+def main() -> None:
+    """The ``consist`` command."""
+    from ..errors import ConsistError
+
+    try:
+        app()
+    except ConsistError as exc:
+        typer.echo(f"consist: {exc}", err=True)
+        sys.exit(2)
+
+
+__all__ = ["app", "main"]
