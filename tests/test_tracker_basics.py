@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -131,3 +132,22 @@ def test_a_tracker_left_open_merges_hundreds_of_runs_at_exit_without_a_warning(t
     con = duckdb.connect(str(tmp_path / "rd" / "provenance.duckdb"), read_only=True)
     assert con.execute("SELECT count(*) FROM run").fetchall() == [(250,)]
     con.close()
+
+
+def test_consist_log_shows_every_cache_decision_without_code(tmp_path: Path) -> None:
+    script = (
+        "from consist import Tracker\n"
+        f"t = Tracker({str(tmp_path / 'rd')!r}, code_version='v')\n"
+        "for rate in (1, 2, 2):\n"
+        "    t.run(lambda rate: None, name='sim', config={'rate': rate})\n"
+    )
+    quiet = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert quiet.returncode == 0 and "consist" not in quiet.stderr  # silent unless asked
+    (tmp_path / "rd").rename(tmp_path / "old")
+    env = {**os.environ, "CONSIST_LOG": "debug"}
+    loud = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, env=env)
+    lines = [ln for ln in loud.stderr.splitlines() if " consist " in ln]
+    assert "sim: executes (no_prior_run" in lines[0]
+    assert "sim: executes (config_changed; changed: config; nearest earlier run: sim_" in loud.stderr
+    assert "sim: cache hit, reusing the outputs of sim_" in loud.stderr
+    assert "DEBUG sim: signature sha256:" in loud.stderr

@@ -45,6 +45,10 @@ if TYPE_CHECKING:
 
 __version__ = "0.1.0"
 
+from .logs import configure_from_environment as _configure_logging
+
+_configure_logging()
+
 _LAZY = {
     "Tracker": ".tracker",
     "RunResult": ".results",

@@ -12,7 +12,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
-from . import context
+from . import context, logs
 from .errors import (
     ConsistError,
     ConsistWarning,
@@ -442,9 +442,11 @@ class Tracker(QueryMixin, MaintenanceMixin, RestoreMixin, InflightMixin, Recordi
             return None if isinstance(found, str) else self._record_hit(plan, found, run_id, parent, tags)
         found, claim, waited = self._reuse_or_claim(plan, dests, declared_keys)
         if not isinstance(found, str):
+            logs.decision(name, plan.signature, hit_of=found[0]["id"], components=plan.components)
             return self._record_hit(plan, found, run_id, parent, tags, waited_for=waited)
         try:
             meta = {"cache_miss_explanation": self._explain(plan, found)}
+            logs.decision(name, plan.signature, why=meta["cache_miss_explanation"], components=plan.components)
             active = self._open(plan, run_id, parent, tags, meta=meta, claim=claim)
         except BaseException:
             if claim:

@@ -33,6 +33,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from .. import logs
 from ..containers import ContainerSpec, Mount, get_backend
 from ..containers import mounts as mounts_mod
 from ..errors import (
@@ -386,6 +387,7 @@ def run_container(
 
     found, claim, waited = tracker._reuse_or_claim(plan, out_paths, list(out_paths))
     if not isinstance(found, str):
+        logs.decision(run_id, plan.signature, hit_of=found[0]["id"], components=plan.components)
         rr = tracker._record_hit(plan, found, run_id, parent_id, tags, waited_for=waited)  # updates a coupler
         _attach_to_parent(tracker, parent, rr._output_rows)
         hit_log = None
@@ -397,6 +399,7 @@ def run_container(
 
     try:
         meta = {"cache_miss_explanation": tracker._explain(plan, found), "container": manifest}
+        logs.decision(run_id, plan.signature, why=meta["cache_miss_explanation"], components=plan.components)
         active = tracker._open(plan, run_id, parent_id, tags, meta=meta, claim=claim)
     except BaseException:
         if claim:
