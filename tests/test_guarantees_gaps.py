@@ -117,7 +117,7 @@ def test_every_copied_byte_is_hashed(tmp_path: Path, store: ObjectStore, size: i
     digest, stored = store.put_file(src, H.FileHasher(H.NullMemo()))
     obj = store.path_of(digest).read_bytes()
     assert (digest, stored) == (sha(data), size) and obj == data and sha(obj) == digest
-    # A restore of such an object hashes every byte it copies too (a wrong count is damage).
+    # A restore of such an object hashes every byte it copies too (one left out would look like damage).
     other = store.put_bytes(data[::-1])
     dest = tmp_path / "restored.bin"
     store.write(store.check("file", other, size), dest)
