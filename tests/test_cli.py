@@ -203,3 +203,12 @@ def test_the_command_reads_a_postgresql_store(tmp_path: Path) -> None:
     explained = json.loads(cli("explain", rows[0]["id"], "--json", env={"CONSIST_DB_URL": url}).stdout)
     assert [c["key"] for c in explained["config_changes"]] == ["zones"]
     assert cli("show", "nope", "--db-url", url).returncode == 1
+
+
+def test_version_comes_from_the_package_metadata() -> None:
+    from importlib.metadata import version
+
+    proc = cli("--version")
+    assert proc.returncode == 0 and proc.stdout.strip() == f"consist {version('consist')}"
+    assert consist.__version__ == version("consist")
+    assert (Path(consist.__file__).parent / "py.typed").is_file()

@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from .context import current_tracker, use_tracker
+from .logs import configure_from_environment as _configure_logging
 from .errors import (
     BackendUnavailableError,
     ConfigError,
@@ -43,9 +44,15 @@ if TYPE_CHECKING:
     from .scenarios import Coupler, ScenarioContext, TraceStep
     from .tracker import Tracker
 
-__version__ = "0.1.0"
 
-from .logs import configure_from_environment as _configure_logging
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("consist")
+    except PackageNotFoundError:  # a source tree that was not installed
+        return "0+unknown"
+
 
 _configure_logging()
 
@@ -63,6 +70,9 @@ _LAZY = {
 
 
 def __getattr__(name: str) -> Any:
+    if name == "__version__":  # the installed version: pyproject.toml is the one place it is written
+        globals()["__version__"] = value = _version()  # read on first use (importlib.metadata is slow)
+        return value
     mod = _LAZY.get(name)
     if mod is None:
         raise AttributeError(f"module 'consist' has no attribute {name!r}")

@@ -29,6 +29,23 @@ DbUrl = Annotated[str | None, typer.Option("--db-url", help="A PostgreSQL databa
 Json = Annotated[bool, typer.Option("--json", help="Print JSON (stable field names) instead of a table.")]
 
 
+def _show_version(value: bool) -> None:
+    if value:
+        import consist
+
+        typer.echo(f"consist {consist.__version__}")
+        raise typer.Exit(0)
+
+
+@app.callback()
+def _options(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_show_version, is_eager=True, help="Print the version and exit.")
+    ] = False,
+) -> None:
+    """Look at what consist recorded: runs, scenarios, why a step re-ran, lineage, differences."""
+
+
 def _console() -> Any:
     from rich.console import Console
 
