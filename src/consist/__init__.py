@@ -12,7 +12,6 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from .context import current_tracker, use_tracker
-from .logs import configure_from_environment as _configure_logging
 from .errors import (
     BackendUnavailableError,
     ConfigError,
@@ -33,6 +32,7 @@ from .errors import (
     StoreError,
     StoreLockedError,
 )
+from .logs import configure_from_environment as _configure_logging
 
 if TYPE_CHECKING:
     import os
