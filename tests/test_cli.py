@@ -212,3 +212,39 @@ def test_version_comes_from_the_package_metadata() -> None:
     assert proc.returncode == 0 and proc.stdout.strip() == f"consist {version('consist')}"
     assert consist.__version__ == version("consist")
     assert (Path(consist.__file__).parent / "py.typed").is_file()
+
+
+def test_openlineage_export_gives_start_and_end_events_per_run(study: Path) -> None:
+    proc = cli("export", "openlineage", cwd=study)
+    assert proc.returncode == 0, proc.stderr
+    events = [json.loads(line) for line in proc.stdout.splitlines()]
+    runs = js("runs", cwd=study)
+    assert len(events) == 2 * len(runs)
+    by_run: dict[str, list[dict[str, Any]]] = {}
+    for e in events:
+        assert set(e) >= {"eventType", "eventTime", "run", "job", "inputs", "outputs", "producer", "schemaURL"}
+        assert str(uuid.UUID(e["run"]["runId"])) == e["run"]["runId"]
+        by_run.setdefault(e["run"]["facets"]["consist"]["run_id"], []).append(e)
+    policy_sim = _run_of(study, "simulate", "policy")
+    start, end = by_run[policy_sim["id"]]
+    assert (start["eventType"], end["eventType"]) == ("START", "COMPLETE")
+    assert start["job"] == {"namespace": "consist", "name": "simulate"}
+    assert [d["facets"]["consist"]["key"] for d in end["inputs"]] == ["households"]
+    assert [d["facets"]["consist"]["key"] for d in end["outputs"]] == ["trips"]
+    assert end["outputs"][0]["name"].endswith("trips_policy.csv")
+    assert end["run"]["facets"]["parent"]["job"]["name"] == "scenario"
+    assert start["eventTime"] <= end["eventTime"]
+    again = [json.loads(x) for x in cli("export", "openlineage", "--run", policy_sim["id"], cwd=study).stdout.split()]
+    assert [e["run"]["runId"] for e in again] == [start["run"]["runId"]] * 2  # the same id every export
+
+
+def test_tracker_lineage_graph_and_its_drawings(study: Path) -> None:
+    from consist.lineage import to_dot, to_mermaid
+
+    with Tracker(study / "runs", project_root=study, code_version="v1") as t:
+        g = t.lineage_graph("trips")
+    runs = [n for n in g["nodes"] if n["type"] == "run"]
+    assert {n["model"] for n in runs} == {"simulate", "prepare"}
+    assert len(g["edges"]) == 3  # households -> simulate -> trips, prepare -> households
+    assert to_dot(g["nodes"], g["edges"]).count("->") == 3
+    assert to_mermaid(g["nodes"], g["edges"]).count("-->") == 3

@@ -203,6 +203,18 @@ class Tracker(QueryMixin, MaintenanceMixin, RestoreMixin, InflightMixin, Recordi
 
         return map_runs(self, fn, rows, **options)
 
+    def lineage_graph(self, key_or_run: str, max_depth: int | None = None) -> dict[str, Any]:
+        """The lineage of an artifact (key or id) or of a run's outputs, as a graph.
+
+        Returns ``{"nodes": [...], "edges": [...], "trees": [...]}``: nodes are artifacts
+        (``type: "artifact"``, ``label``: key, ``hash``) and runs (``type: "run"``,
+        ``label``: run id, ``model``); edges go input -> run -> output. Draw it with
+        :func:`consist.lineage.to_dot` or :func:`consist.lineage.to_mermaid`.
+        """
+        from .lineage import lineage_graph
+
+        return lineage_graph(self._index, key_or_run, max_depth)
+
     def export_duckdb(self, path: str | os.PathLike[str]) -> dict[str, int]:
         """Write the whole recorded history into a new DuckDB file at ``path``.
 

@@ -424,29 +424,22 @@ def lineage(
     if fmt not in ("tree", "dot", "mermaid", "json"):
         typer.echo(f"consist: unknown --format {fmt!r}: use tree, dot, mermaid or json", err=True)
         raise typer.Exit(2)
+    from .. import lineage as lin
+    from ..errors import RunNotFoundError
+
     index, _ = _open(db, db_url)
-    starts: list[dict[str, Any]]
-    if index.run(key_or_run) is not None:
-        starts = index.links_of(key_or_run, "output")
-    else:
-        try:
-            starts = [data.find_artifact(index, key_or_run)]
-        except data.NotFound as exc:
-            typer.echo(f"consist: {exc}", err=True)
-            raise typer.Exit(1) from None
-    trees = [data.walk_lineage(index, s, depth) for s in starts]
-    nodes: list[dict[str, Any]] = []
-    edges: list[dict[str, Any]] = []
-    for t in trees:
-        n, e = data.graph(t)
-        nodes += [x for x in n if x not in nodes]
-        edges += [x for x in e if x not in edges]
+    try:
+        found = lin.lineage_graph(index, key_or_run, depth)
+    except RunNotFoundError as exc:
+        typer.echo(f"consist: {exc}", err=True)
+        raise typer.Exit(1) from None
+    trees, nodes, edges = found["trees"], found["nodes"], found["edges"]
     if fmt == "json":
-        _emit({"trees": trees, "nodes": nodes, "edges": edges})
+        _emit(found)
     elif fmt == "dot":
-        sys.stdout.write(data.to_dot(nodes, edges))
+        sys.stdout.write(lin.to_dot(nodes, edges))
     elif fmt == "mermaid":
-        sys.stdout.write(data.to_mermaid(nodes, edges))
+        sys.stdout.write(lin.to_mermaid(nodes, edges))
     else:
         from rich.tree import Tree
 
@@ -463,6 +456,36 @@ def lineage(
             root = Tree(f"{t['artifact']['key']}  {_short(t['artifact']['hash'])}")
             add(root, t)
             con.print(root)
+
+
+export_app = typer.Typer(no_args_is_help=True, help="Export the recorded history for other tools.")
+app.add_typer(export_app, name="export")
+
+
+@export_app.command("openlineage")
+def export_openlineage(
+    db: Db = None,
+    db_url: DbUrl = None,
+    run: Annotated[list[str] | None, typer.Option(help="Only these runs (repeat); default: every run.")] = None,
+    since: Annotated[str | None, typer.Option(help="Only runs started within (2d) or since a date.")] = None,
+    namespace: Annotated[str, typer.Option(help="The OpenLineage job namespace.")] = "consist",
+) -> None:
+    """OpenLineage run events (START and COMPLETE/FAIL per run), one JSON object per line.
+
+    Send them to Marquez or any OpenLineage consumer, for example
+    ``consist export openlineage | while read -r e; do curl -s -H 'Content-Type: application/json'
+    -d "$e" http://marquez:5000/api/v1/lineage; done``.
+    """
+    from ..lineage import openlineage_events
+
+    index, _ = _open(db, db_url)
+    if run:
+        rows = [_run_or_exit(index, r) for r in run]
+    else:
+        since_at = data.since_epoch(since) if since else None
+        rows = list(reversed(data.list_runs(index, since=since_at, limit=None)))  # oldest first
+    for event in openlineage_events(index, rows, namespace):
+        sys.stdout.write(json.dumps(event, default=str, separators=(",", ":")) + "\n")
 
 
 @app.command()

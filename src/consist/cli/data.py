@@ -9,7 +9,6 @@ line of ``consist runs`` appears quickly on any database.
 from __future__ import annotations
 
 import datetime as dt
-import json
 import os
 import re
 from collections.abc import Iterator, Sequence
@@ -17,11 +16,10 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConsistError
+from ..records import artifact_record, loads, run_record
 from ..store.index import RunIndex
 
-RUN_FIELDS = ("id", "model", "status", "cache_hit", "cache_source", "year", "iteration", "tags", "started_at",
-              "ended_at", "duration_s", "parent_run_id", "signature")  # fmt: skip
-ARTIFACT_FIELDS = ("direction", "key", "kind", "size", "hash", "path", "location", "run_id")
+__all__ = ["artifact_record", "loads", "run_record"]  # re-exported for the commands
 
 
 class NotFound(ConsistError):
@@ -68,37 +66,6 @@ def open_index(db: str | None, db_url: str | None) -> tuple[RunIndex, Path | Non
 
 
 # ------------------------------------------------------------------------ rows
-
-
-def _iso(epoch: float | None) -> str | None:
-    if epoch is None:
-        return None
-    return dt.datetime.fromtimestamp(float(epoch), dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-
-
-def loads(text: Any) -> Any:
-    return json.loads(text) if isinstance(text, str) else text
-
-
-def run_record(row: dict[str, Any]) -> dict[str, Any]:
-    """A run as the command line shows it (and prints with --json)."""
-    started, ended = row.get("started_at"), row.get("ended_at")
-    return {
-        "id": row["id"], "model": row.get("model"), "status": row.get("status"),
-        "cache_hit": bool(row.get("cache_hit")), "cache_source": row.get("cache_source"),
-        "year": row.get("year"), "iteration": row.get("iteration"), "tags": loads(row.get("tags")) or [],
-        "started_at": _iso(started), "ended_at": _iso(ended),
-        "duration_s": round(ended - started, 6) if started is not None and ended is not None else None,
-        "parent_run_id": row.get("parent_run_id"), "signature": row.get("signature"),
-    }  # fmt: skip
-
-
-def artifact_record(row: dict[str, Any]) -> dict[str, Any]:
-    return {
-        "direction": row.get("direction"), "key": row.get("link_key") or row.get("key"), "kind": row.get("kind"),
-        "size": row.get("size"), "hash": row.get("hash"), "path": row.get("uri"), "location": row.get("location"),
-        "run_id": row.get("run_id"),
-    }  # fmt: skip
 
 
 _SINCE = re.compile(r"^(\d+(?:\.\d+)?)\s*([smhdw])$")
@@ -202,93 +169,6 @@ def artifact_changes(a: dict[str, dict[str, Any]], b: dict[str, dict[str, Any]])
         out.append({"key": key, "state": state, "hash_a": ha, "hash_b": hb,
                     "path_a": (a.get(key) or {}).get("uri"), "path_b": (b.get(key) or {}).get("uri")})  # fmt: skip
     return out
-
-
-def walk_lineage(index: RunIndex, start: dict[str, Any], max_depth: int | None = None) -> dict[str, Any]:
-    """An artifact, the run that produced it, and recursively that run's inputs."""
-
-    def node(art: dict[str, Any], depth: int, seen: frozenset[str]) -> dict[str, Any]:
-        out: dict[str, Any] = {"artifact": artifact_record(art), "producing_run": None}
-        run_id = art.get("run_id")
-        if not run_id or run_id in seen or (max_depth is not None and depth >= max_depth):
-            return out
-        run = index.run(run_id)
-        if run is None:
-            return out
-        inputs = index.links_of(run_id, "input")
-        out["producing_run"] = {
-            "run": run_record(run),
-            "inputs": [node(i, depth + 1, seen | {run_id}) for i in inputs],
-        }
-        return out
-
-    return node(start, 0, frozenset())
-
-
-def find_artifact(index: RunIndex, key_or_id: str) -> dict[str, Any]:
-    """The newest produced artifact under that key (or with that id), else the newest raw input."""
-    row = index.query_one(
-        "SELECT * FROM artifact WHERE key = ? OR id = ? ORDER BY (run_id IS NULL), created_at DESC LIMIT 1",
-        (key_or_id, key_or_id),
-    )
-    if row is None:
-        raise NotFound(f"No artifact or run {key_or_id!r} in {index.location}", None,
-                       "list a run's artifacts with `consist artifacts RUN`")  # fmt: skip
-    return row
-
-
-def graph(tree: dict[str, Any]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """Nodes (artifacts and runs) and edges (input -> run -> output) of a lineage tree."""
-    nodes: dict[str, dict[str, Any]] = {}
-    edges: list[dict[str, Any]] = []
-
-    def visit(n: dict[str, Any]) -> str:
-        art = n["artifact"]
-        aid = f"artifact:{art['key']}:{(art['hash'] or '')[7:19]}"
-        nodes.setdefault(aid, {"id": aid, "type": "artifact", "label": art["key"], "hash": art["hash"]})
-        prod = n["producing_run"]
-        if prod:
-            rid = f"run:{prod['run']['id']}"
-            nodes.setdefault(rid, {"id": rid, "type": "run", "label": prod["run"]["id"],
-                                   "model": prod["run"]["model"]})  # fmt: skip
-            edge = {"from": rid, "to": aid}
-            if edge not in edges:
-                edges.append(edge)
-            for i in prod["inputs"]:
-                iid = visit(i)
-                edge = {"from": iid, "to": rid}
-                if edge not in edges:
-                    edges.append(edge)
-        return aid
-
-    visit(tree)
-    return list(nodes.values()), edges
-
-
-def to_dot(nodes: list[dict[str, Any]], edges: list[dict[str, Any]]) -> str:
-    def q(s: str) -> str:
-        return '"' + s.replace("\\", "\\\\").replace('"', '\\"') + '"'
-
-    lines = ["digraph lineage {", "  rankdir=LR;"]
-    for n in nodes:
-        shape = "box" if n["type"] == "run" else "ellipse"
-        lines.append(f"  {q(n['id'])} [label={q(n['label'])}, shape={shape}];")
-    lines += [f"  {q(e['from'])} -> {q(e['to'])};" for e in edges]
-    return "\n".join([*lines, "}"]) + "\n"
-
-
-def to_mermaid(nodes: list[dict[str, Any]], edges: list[dict[str, Any]]) -> str:
-    ids = {n["id"]: f"n{i}" for i, n in enumerate(nodes)}
-
-    def label(s: str) -> str:
-        return s.replace('"', "#quot;")
-
-    lines = ["flowchart LR"]
-    for n in nodes:
-        lines.append(f'  {ids[n["id"]]}["{label(n["label"])}"]' if n["type"] == "run"
-                     else f'  {ids[n["id"]]}(["{label(n["label"])}"])')  # fmt: skip
-    lines += [f"  {ids[e['from']]} --> {ids[e['to']]}" for e in edges]
-    return "\n".join(lines) + "\n"
 
 
 def log_path(run: dict[str, Any]) -> Path | None:
