@@ -408,3 +408,33 @@ def test_the_index_adopts_duckdb_rows_without_replacing_its_own(ix: SQLiteIndex)
     assert ix.meta("merged_seq") is None and ix.merged_seq() is None
     ix.set_meta("merged_seq", "7")
     assert ix.meta("merged_seq") == "7" and ix.merged_seq() == 7 and ix.max_seq() == 1
+
+
+def test_export_duckdb_writes_every_row_typed_and_never_overwrites(tmp_path: Path, ix: SQLiteIndex) -> None:
+    from consist.errors import StoreError
+    from consist.store.duck import export_duckdb
+
+    ix.upsert_run(run_row("r1"))
+    ix.upsert_run(run_row("r2", cache_hit=0, tags=None))
+    ix.add_artifact(art_row("a1", run_id="r2", size=300))
+    ix.link("r1", "a1", "output", "out")
+    out = tmp_path / "sub" / "export.duckdb"
+    assert export_duckdb(ix, out) == {"runs": 2, "artifacts": 1, "links": 1}
+    con = duckdb.connect(str(out), read_only=True)
+    rows = con.execute("SELECT id, cache_hit, started_at, tags, year FROM run ORDER BY id").fetchall()
+    assert rows == [("r1", True, _ts(T0), '["a"]', 2030), ("r2", False, _ts(T0), None, 2030)]
+    assert con.execute("SELECT id, size, created_at FROM artifact").fetchall() == [("a1", 300, _ts(T0))]
+    assert con.execute("SELECT * FROM run_artifact").fetchall() == [("r1", "a1", "output", "out")]
+    assert con.execute("SELECT value FROM consist_meta WHERE key = 'schema_version'").fetchall() == [
+        (DUCK_SCHEMA_VERSION,)
+    ]
+    con.close()
+    assert sorted(p.name for p in out.parent.iterdir()) == ["export.duckdb"]  # no temporary left
+    with pytest.raises(StoreError, match="the file exists"):
+        export_duckdb(ix, out)
+    # A failed export leaves nothing behind.
+    bad = tmp_path / "bad.duckdb"
+    ix.execute("UPDATE run SET started_at = 'not a time' WHERE id = 'r1'")
+    with pytest.raises(Exception):
+        export_duckdb(ix, bad)
+    assert not bad.exists() and not [p for p in tmp_path.iterdir() if p.name.startswith(".bad.duckdb")]
