@@ -601,3 +601,28 @@ def test_timeout_stops_the_container_and_records_a_failure(engine: str, tracker:
         assert not [line for _pid, line in _cmdlines() if marker in line]
     with pytest.raises(consist.ConsistError, match="positive"):
         copy_run(tracker, engine, command=cmd, timeout=0)
+
+
+@pytest.mark.parametrize("engine", ["docker", "podman", "apptainer"])
+def test_a_failed_run_leaves_a_command_that_runs_it_again_without_its_secrets(engine: str, tmp_path: Path) -> None:
+    need(engine)
+    out = tmp_path / "runs" / "out"
+    out.mkdir(parents=True)
+    secret = "s3cr3t$HOME`x`\\n"  # characters a shell or Apptainer would expand
+    cmd = ["sh", "-c", 'printf "%s" "$API_TOKEN" > /out/seen.txt; exit 3']
+    with Tracker(tmp_path / "runs", code_version="v1") as t:
+        with pytest.raises(consist.ContainerExecutionError) as err:
+            run_container(t, "fails", image(engine), cmd, {str(out): "/out"}, None, {"x": str(out / "x.txt")},
+                          environment={"API_TOKEN": secret}, backend_type=engine)  # fmt: skip
+    run_id = err.value.run_id
+    script = tmp_path / "runs" / str(run_id) / "command.sh"
+    text = script.read_text()
+    assert "s3cr3t" not in text and "API_TOKEN" in text and os.access(script, os.X_OK)
+    assert (out / "seen.txt").read_text() == secret
+    (out / "seen.txt").unlink()
+    missing = subprocess.run([str(script)], capture_output=True, text=True, env={"PATH": os.environ["PATH"]})
+    assert missing.returncode != 0 and "set API_TOKEN" in missing.stderr  # says what it needs
+    again = subprocess.run([str(script)], capture_output=True, text=True, timeout=240,
+                           env={"PATH": os.environ["PATH"], "API_TOKEN": secret})  # fmt: skip
+    assert again.returncode == 3, again.stderr
+    assert (out / "seen.txt").read_text() == secret  # the same command, the same mounts, the value by name

@@ -153,6 +153,11 @@ class ApptainerBackend(Backend):
             env[f"SINGULARITYENV_{key}"] = literal
         return Launch(cmd, env)
 
+    def _rerun_prelude(self, names: list[str]) -> list[str]:
+        # As launch() does: Apptainer expands $, ` and \ in these values, so they are escaped first.
+        esc = "sed 's/[\\\\$`]/\\\\&/g'"
+        return [f'APPTAINERENV_{n}=$(printf "%s" "${n}" | {esc}); export APPTAINERENV_{n}' for n in names]
+
     @staticmethod
     def mounts_in(argv: list[str]) -> list[tuple[str, str, bool]]:
         """The bind mounts apptainer will read from ``argv``."""

@@ -6,6 +6,7 @@ import abc
 import dataclasses
 import os
 import re
+import shlex
 import signal
 import subprocess
 import sys
@@ -118,6 +119,32 @@ class Backend(abc.ABC):
             launch.close()
             if watchdog is not None:
                 watchdog.release()
+
+    def rerun_script(self, spec: ContainerSpec) -> str:
+        """A shell script that runs exactly this engine command again (``command.sh`` of a failed run).
+
+        Environment values are never written into it: the script takes each from
+        the caller's environment by name, so it can be shared and kept.
+        """
+        names = sorted(spec.environment)
+        lines = [
+            "#!/bin/sh",
+            f"# Runs the container of {spec.name or 'this run'} again, with the same engine command.",
+            "# It is not recorded by consist. Environment values are read from your environment by name:",
+            f"#   {' '.join(names) if names else '(none)'}",
+            "set -e",
+        ]
+        for name in names:
+            lines.append(f': "${{{name}?set {name} in your environment first}}"')
+        lines += self._rerun_prelude(names)
+        lines.append("exec " + shlex.join(self._rerun_argv(spec, names)))
+        return "\n".join(lines) + "\n"
+
+    def _rerun_prelude(self, names: list[str]) -> list[str]:
+        return []
+
+    def _rerun_argv(self, spec: ContainerSpec, names: list[str]) -> list[str]:
+        return self.argv(spec)
 
     def watchdog(self, spec: ContainerSpec) -> Watchdog | None:
         """For a daemon-run container: what removes it if this process dies mid-run (None: not needed)."""

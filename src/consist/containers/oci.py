@@ -101,6 +101,19 @@ class _OCIBackend(Backend):
             found.append((fields.get("source", "?"), fields.get("target", "?"), "readonly" in fields))
         return found
 
+    def _rerun_argv(self, spec: ContainerSpec, names: list[str]) -> list[str]:
+        argv, out, skip = self.argv(spec), [], False
+        for i, tok in enumerate(argv):
+            if skip:
+                skip = False
+                continue
+            if tok in ("--env-file", "--name") and i + 1 < len(argv):
+                skip = True  # the pipe of this process, and a name that must stay unique
+                continue
+            out.append(tok)
+        at = out.index(spec.image.run_ref)
+        return [*out[:at], *(a for n in names for a in ("-e", n)), *out[at:]]  # -e NAME: from the caller
+
     def watchdog(self, spec: ContainerSpec) -> Watchdog | None:
         """A cancelled job or killed worker must not leave its container running (see :mod:`.watchdog`)."""
         return Watchdog(self._binary(), spec.name) if spec.name else None

@@ -437,6 +437,7 @@ def run_container(
         tracker._finish(active, "failed", exc)
         if active.persist:
             _write_run_folder(tracker, active.row, manifest, active.outputs, hit=False)
+            _write_rerun_script(tracker.run_dir / active.id, backend, spec)
         tracker._fire("failed", active.row, exc)
         raise
     active.row["meta"] = dumps(meta)
@@ -483,6 +484,19 @@ def _write_run_folder(
     tmp.write_text(json.dumps(record, indent=1, default=str) + "\n")
     os.replace(tmp, folder / "run.json")
     return log_path
+
+
+def _write_rerun_script(folder: Path, backend: Any, spec: ContainerSpec) -> None:
+    """``run_dir/<run_id>/command.sh`` of a failed run: the same engine command, to run it by hand."""
+    try:
+        script = backend.rerun_script(spec)
+    except Exception:  # best effort: the run's own error is what the caller needs to see
+        return
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = folder / f".command.sh.{uuid.uuid4().hex}"
+    tmp.write_text(script)
+    tmp.chmod(0o755)
+    os.replace(tmp, folder / "command.sh")
 
 
 def _restore_producer_log(tracker: Tracker, producer: str | None, dest: Path) -> Path | None:
