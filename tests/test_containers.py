@@ -626,3 +626,23 @@ def test_a_failed_run_leaves_a_command_that_runs_it_again_without_its_secrets(en
                            env={"PATH": os.environ["PATH"], "API_TOKEN": secret})  # fmt: skip
     assert again.returncode == 3, again.stderr
     assert (out / "seen.txt").read_text() == secret  # the same command, the same mounts, the value by name
+
+
+def test_a_quiet_long_container_run_shows_a_status_with_its_last_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str]
+) -> None:
+    need("docker")
+    monkeypatch.setenv("CONSIST_PROGRESS", "1")
+    monkeypatch.setenv("CONSIST_PROGRESS_DELAY", "0")
+    out = tmp_path / "runs" / "out"
+    out.mkdir(parents=True)
+    cmd = ["sh", "-c", "echo step one of two; sleep 2.5; echo done > /out/x.txt"]
+    with Tracker(tmp_path / "runs", code_version="v1") as t:
+        run_container(t, "slow", image("docker"), cmd, {str(out): "/out"}, None, {"x": str(out / "x.txt")})
+    err = capfd.readouterr().err
+    assert "step one of two" in err and " 2 s " in err  # the last line and the elapsed time
+    with Tracker(tmp_path / "runs2", code_version="v1") as t:
+        run_container(t, "slow", image("docker"), cmd, {str(out): "/out"}, None, {"x": str(out / "x.txt")},
+                      stream_logs=True)  # fmt: skip
+    streamed = capfd.readouterr()
+    assert "step one of two" in streamed.out + streamed.err and " 2 s " not in streamed.err

@@ -144,3 +144,59 @@ class SweepProgress:
         if self._bar is not None:
             self._bar.stop()
             self._bar = None
+
+
+class ContainerStatus:
+    """While a container runs quietly: a spinner with the elapsed time and its last log line.
+
+    Appears after ``DELAY_S`` on a terminal (``CONSIST_PROGRESS=1``: always), and
+    not at all when the output is streamed (``stream_logs=True``).
+    """
+
+    def __init__(self, description: str, enabled: bool = True) -> None:
+        self.description = description
+        self.last = ""
+        self._start = time.monotonic()
+        self._mode = _mode() if enabled else "off"
+        self._delay = _delay() if self._mode != "off" else DELAY_S
+        self._status: Any = None
+        self.shown = False
+
+    def __enter__(self) -> ContainerStatus:
+        return self
+
+    @property
+    def active(self) -> bool:
+        """Whether a status may be shown at all (on a terminal, or forced)."""
+        return self._mode != "off"
+
+    def line(self, text: str) -> None:
+        """A line the container wrote (called from the threads that read its output)."""
+        if text.strip():
+            self.last = text.strip()[:200]
+        self.tick()
+
+    def tick(self) -> None:
+        if self._mode == "off":
+            return
+        elapsed = time.monotonic() - self._start
+        if self._status is None:
+            if elapsed < self._delay:
+                return
+            from rich.console import Console
+
+            console = Console(stderr=True, force_terminal=True if self._mode == "forced" else None)
+            self._status = console.status("", spinner="dots")
+            self._status.start()
+            self.shown = True
+        self._status.update(f"{self.description} {elapsed:.0f} s  {self.last}")
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self._status is not None:
+            self._status.stop()
+            self._status = None

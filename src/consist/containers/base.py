@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -95,7 +96,13 @@ class Backend(abc.ABC):
         """
 
     def run(
-        self, spec: ContainerSpec, log_path: Path, *, stream: bool = False, timeout: float | None = None
+        self,
+        spec: ContainerSpec,
+        log_path: Path,
+        *,
+        stream: bool = False,
+        timeout: float | None = None,
+        on_line: Callable[[str], None] | None = None,
     ) -> ExecResult:
         """Run the container, teeing its output to ``log_path``.
 
@@ -114,6 +121,7 @@ class Backend(abc.ABC):
                 timeout=timeout,
                 on_abort=lambda: self.stop(spec),
                 launch=launch,
+                on_line=on_line,
             )
         finally:
             launch.close()
@@ -224,6 +232,7 @@ def run_process(
     timeout: float | None = None,
     on_abort: Callable[[], None] | None = None,
     launch: Launch | None = None,
+    on_line: Callable[[str], None] | None = None,
 ) -> ExecResult:
     """Run argv; stdout and stderr go to log_path (prefixed) and, with stream, to ours.
 
@@ -257,6 +266,8 @@ def run_process(
                     if stream:
                         echo.write(line)
                         echo.flush()
+                if on_line is not None:
+                    on_line(line)
             pipe.close()
 
         assert proc.stdout is not None and proc.stderr is not None
@@ -268,7 +279,7 @@ def run_process(
             t.start()
         timed_out = False
         try:
-            code = proc.wait(timeout=timeout)
+            code = _wait(proc, timeout, on_line)
         except subprocess.TimeoutExpired:
             timed_out = True
             _abort(proc, on_abort)
@@ -280,6 +291,21 @@ def run_process(
             for t in threads:
                 t.join(timeout=30)
     return ExecResult(exit_code=code, stderr_tail="\n".join(tail), log_path=log_path, timed_out=timed_out)
+
+
+def _wait(proc: subprocess.Popen[bytes], timeout: float | None, on_line: Callable[[str], None] | None) -> int:
+    """Wait for the engine command; with ``on_line``, wake each second so a status can show the time."""
+    if on_line is None:
+        return proc.wait(timeout=timeout)
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while True:
+        step = 1.0 if deadline is None else max(0.0, min(1.0, deadline - time.monotonic()))
+        try:
+            return proc.wait(timeout=step)
+        except subprocess.TimeoutExpired:
+            if deadline is not None and time.monotonic() >= deadline:
+                raise
+            on_line("")
 
 
 def _abort(proc: subprocess.Popen[bytes], on_abort: Callable[[], None] | None) -> None:

@@ -518,10 +518,15 @@ def _execute(
     tracker: Tracker, backend: Any, spec: ContainerSpec, log_path: Path, *, stream: bool, timeout: float | None
 ) -> Any:
     """Run the container with host paths an engine cannot parse staged behind plain-named links."""
+    from ..progress import ContainerStatus
+
     staging = mounts_mod.Staging(tracker.run_dir / ".consist" / "staging")
     try:
         staged = dataclasses.replace(spec, mounts=tuple(staging.apply(spec.mounts)))
-        return backend.run(staged, log_path, stream=stream, timeout=timeout)
+        # Streamed output is its own progress; otherwise a long run shows a status line on a terminal.
+        with ContainerStatus(f"{spec.image.run_ref}", enabled=not stream) as status:
+            on_line = status.line if status.active else None
+            return backend.run(staged, log_path, stream=stream, timeout=timeout, on_line=on_line)
     finally:
         staging.cleanup()
 
