@@ -63,4 +63,6 @@ if [ ${#required[@]} -gt 0 ]; then
   pytest_opts+=("--require-engines=$(IFS=,; echo "${required[*]}")" --no-skips)
 fi
 "$VENV/bin/python" -m ruff check src tests benchmarks examples scripts
+# The documentation site builds without a warning (strict), so the API reference cannot rot.
+"$VENV/bin/python" -m mkdocs build --strict --quiet --site-dir "$(mktemp -d)"
 exec "$VENV/bin/python" -m pytest "${pytest_opts[@]}" "$@"
