@@ -253,31 +253,6 @@ def scenario(name: str, db: Db = None, db_url: DbUrl = None, as_json: Json = Fal
     _console().print(root)
 
 
-def _explanation(index: Any, row: dict[str, Any]) -> dict[str, Any]:
-    record = data.run_record(row)
-    if record["cache_hit"]:
-        return {"run": record["id"], "executed": False, "cache_source": record["cache_source"],
-                "reason": "cache_hit"}  # fmt: skip
-    expl = (data.loads(row.get("meta")) or {}).get("cache_miss_explanation") or {}
-    out: dict[str, Any] = {"run": record["id"], "executed": True, "reason": expl.get("reason", "unknown"),
-                           "changed": expl.get("changed", []), "nearest_run": expl.get("nearest_run")}  # fmt: skip
-    nearest = index.run(expl["nearest_run"]) if expl.get("nearest_run") else None
-    details = expl.get("details") or {}
-    if nearest is not None:
-        old_cfg = data.flatten(data.loads(nearest.get("config")) or {})
-        new_cfg = data.flatten(data.loads(row.get("config")) or {})
-        out["config_changes"] = data.changes(old_cfg, new_cfg)
-        old_in = data.artifacts_by_key(index, nearest["id"], "input")
-        new_in = data.artifacts_by_key(index, row["id"], "input")
-        out["input_changes"] = [c for c in data.artifact_changes(old_in, new_in) if c["state"] != "same"]
-    if "code" in details:
-        out["code"] = details["code"]
-    for key in ("inputs_changed", "inputs_added", "inputs_removed"):
-        if key in details:
-            out[key] = details[key]
-    return out
-
-
 @app.command()
 def explain(
     run_id: Annotated[str | None, typer.Argument(help="The run to explain.")] = None,
@@ -302,7 +277,7 @@ def explain(
         typer.echo("consist: give a RUN_ID or --signature", err=True)
         raise typer.Exit(2)
     row = _run_or_exit(index, run_id)
-    out = _explanation(index, row)
+    out = data.explanation(index, row)
     if as_json:
         _emit(out)
         return
@@ -340,7 +315,7 @@ def diff(run_a: str, run_b: str, db: Db = None, db_url: DbUrl = None, as_json: J
     }  # fmt: skip
     for change in out["outputs"]:
         if change["state"] == "changed":
-            summary = _table_summary(change["path_a"], change["path_b"])
+            summary = data.table_summary(change["path_a"], change["path_b"])
             if summary:
                 change["table"] = summary
     if as_json:
@@ -364,52 +339,6 @@ def diff(run_a: str, run_b: str, db: Db = None, db_url: DbUrl = None, as_json: J
                         con.print(f"    {col['column']}: {col['changed']} values differ"
                                   + (f", mean {col['mean_a']} -> {col['mean_b']}" if "mean_a" in col else ""),
                                   markup=False)  # fmt: skip
-
-
-def _table_summary(path_a: str | None, path_b: str | None) -> dict[str, Any] | None:
-    """Row counts and per-column changes of two CSV or Parquet files (DuckDB reads them in place)."""
-    if not path_a or not path_b:
-        return None
-    pa, pb = Path(path_a), Path(path_b)
-    kinds = {".csv": "read_csv_auto", ".parquet": "read_parquet"}
-    if pa.suffix not in kinds or pb.suffix != pa.suffix or not pa.is_file() or not pb.is_file():
-        return None
-    import duckdb
-
-    con = duckdb.connect()
-    try:
-        reader = kinds[pa.suffix]
-        for name, path in (("a", pa), ("b", pb)):  # a view takes no parameters: the path as a quoted literal
-            literal = "'" + str(path).replace("'", "''") + "'"
-            con.execute(f"CREATE VIEW {name} AS SELECT * FROM {reader}({literal})")
-        cols_a = {r[0]: r[1] for r in con.execute("DESCRIBE a").fetchall()}
-        cols_b = {r[0]: r[1] for r in con.execute("DESCRIBE b").fetchall()}
-        out: dict[str, Any] = {
-            "rows_a": con.execute("SELECT count(*) FROM a").fetchall()[0][0],
-            "rows_b": con.execute("SELECT count(*) FROM b").fetchall()[0][0],
-            "columns_added": sorted(set(cols_b) - set(cols_a)),
-            "columns_removed": sorted(set(cols_a) - set(cols_b)),
-            "columns": [],
-        }
-        same_rows = out["rows_a"] == out["rows_b"]
-        for col in [c for c in cols_a if c in cols_b]:
-            q = '"' + col.replace('"', '""') + '"'
-            entry: dict[str, Any] = {"column": col, "changed": None}
-            if same_rows:
-                entry["changed"] = con.execute(
-                    f"SELECT count(*) FROM (SELECT {q} AS v, row_number() OVER () AS i FROM a) x "
-                    f"JOIN (SELECT {q} AS v, row_number() OVER () AS i FROM b) y USING (i) "
-                    "WHERE x.v IS DISTINCT FROM y.v"
-                ).fetchall()[0][0]
-            if any(t in cols_a[col].upper() for t in ("INT", "DOUBLE", "FLOAT", "DECIMAL", "REAL")):
-                entry["mean_a"] = con.execute(f"SELECT avg({q}) FROM a").fetchall()[0][0]
-                entry["mean_b"] = con.execute(f"SELECT avg({q}) FROM b").fetchall()[0][0]
-            out["columns"].append(entry)
-        return out
-    except duckdb.Error:
-        return None
-    finally:
-        con.close()
 
 
 @app.command()
@@ -587,6 +516,36 @@ def log(
                 sys.stdout.write(f.read())
                 break
             time.sleep(0.5)
+
+
+@app.command()
+def ui(
+    db: Db = None,
+    db_url: DbUrl = None,
+    host: Annotated[str, typer.Option(help="The address to listen on; keep 127.0.0.1 unless others must see it.")] = (
+        "127.0.0.1"
+    ),
+    port: Annotated[int, typer.Option(help="The port (0: any free one).")] = 8765,
+) -> None:
+    """A read-only web view of the runs: tables, run pages, scenarios, lineage, comparisons."""
+    import socket
+
+    import uvicorn
+
+    from ..ui import create_app
+
+    index, _ = _open(db, db_url)
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        typer.echo(f"consist: cannot listen on {host}:{port}: {exc}. Fix: pick another --port.", err=True)
+        raise typer.Exit(2) from None
+    bound = sock.getsockname()[1]
+    typer.echo(f"consist ui: http://{host}:{bound}/  (read-only; Ctrl-C stops it)", err=True)
+    config = uvicorn.Config(create_app(index), log_level="warning", access_log=False)
+    uvicorn.Server(config).run(sockets=[sock])
 
 
 def main() -> None:

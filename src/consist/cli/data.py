@@ -171,6 +171,77 @@ def artifact_changes(a: dict[str, dict[str, Any]], b: dict[str, dict[str, Any]])
     return out
 
 
+def explanation(index: Any, row: dict[str, Any]) -> dict[str, Any]:
+    record = run_record(row)
+    if record["cache_hit"]:
+        return {"run": record["id"], "executed": False, "cache_source": record["cache_source"],
+                "reason": "cache_hit"}  # fmt: skip
+    expl = (loads(row.get("meta")) or {}).get("cache_miss_explanation") or {}
+    out: dict[str, Any] = {"run": record["id"], "executed": True, "reason": expl.get("reason", "unknown"),
+                           "changed": expl.get("changed", []), "nearest_run": expl.get("nearest_run")}  # fmt: skip
+    nearest = index.run(expl["nearest_run"]) if expl.get("nearest_run") else None
+    details = expl.get("details") or {}
+    if nearest is not None:
+        old_cfg = flatten(loads(nearest.get("config")) or {})
+        new_cfg = flatten(loads(row.get("config")) or {})
+        out["config_changes"] = changes(old_cfg, new_cfg)
+        old_in = artifacts_by_key(index, nearest["id"], "input")
+        new_in = artifacts_by_key(index, row["id"], "input")
+        out["input_changes"] = [c for c in artifact_changes(old_in, new_in) if c["state"] != "same"]
+    if "code" in details:
+        out["code"] = details["code"]
+    for key in ("inputs_changed", "inputs_added", "inputs_removed"):
+        if key in details:
+            out[key] = details[key]
+    return out
+
+
+def table_summary(path_a: str | None, path_b: str | None) -> dict[str, Any] | None:
+    """Row counts and per-column changes of two CSV or Parquet files (DuckDB reads them in place)."""
+    if not path_a or not path_b:
+        return None
+    pa, pb = Path(path_a), Path(path_b)
+    kinds = {".csv": "read_csv_auto", ".parquet": "read_parquet"}
+    if pa.suffix not in kinds or pb.suffix != pa.suffix or not pa.is_file() or not pb.is_file():
+        return None
+    import duckdb
+
+    con = duckdb.connect()
+    try:
+        reader = kinds[pa.suffix]
+        for name, path in (("a", pa), ("b", pb)):  # a view takes no parameters: the path as a quoted literal
+            literal = "'" + str(path).replace("'", "''") + "'"
+            con.execute(f"CREATE VIEW {name} AS SELECT * FROM {reader}({literal})")
+        cols_a = {r[0]: r[1] for r in con.execute("DESCRIBE a").fetchall()}
+        cols_b = {r[0]: r[1] for r in con.execute("DESCRIBE b").fetchall()}
+        out: dict[str, Any] = {
+            "rows_a": con.execute("SELECT count(*) FROM a").fetchall()[0][0],
+            "rows_b": con.execute("SELECT count(*) FROM b").fetchall()[0][0],
+            "columns_added": sorted(set(cols_b) - set(cols_a)),
+            "columns_removed": sorted(set(cols_a) - set(cols_b)),
+            "columns": [],
+        }
+        same_rows = out["rows_a"] == out["rows_b"]
+        for col in [c for c in cols_a if c in cols_b]:
+            q = '"' + col.replace('"', '""') + '"'
+            entry: dict[str, Any] = {"column": col, "changed": None}
+            if same_rows:
+                entry["changed"] = con.execute(
+                    f"SELECT count(*) FROM (SELECT {q} AS v, row_number() OVER () AS i FROM a) x "
+                    f"JOIN (SELECT {q} AS v, row_number() OVER () AS i FROM b) y USING (i) "
+                    "WHERE x.v IS DISTINCT FROM y.v"
+                ).fetchall()[0][0]
+            if any(t in cols_a[col].upper() for t in ("INT", "DOUBLE", "FLOAT", "DECIMAL", "REAL")):
+                entry["mean_a"] = con.execute(f"SELECT avg({q}) FROM a").fetchall()[0][0]
+                entry["mean_b"] = con.execute(f"SELECT avg({q}) FROM b").fetchall()[0][0]
+            out["columns"].append(entry)
+        return out
+    except duckdb.Error:
+        return None
+    finally:
+        con.close()
+
+
 def log_path(run: dict[str, Any]) -> Path | None:
     """The container log of a run (``<run_dir>/<run_id>/container.log``), if it has one."""
     if not run.get("run_dir"):
