@@ -4,4 +4,5 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/_python.sh
 "$VENV/bin/python" -m pip install -q -c constraints.txt -e .
+"$VENV/bin/python" scripts/vendor-ui.py  # the web view's libraries (consist ui)
 exec "$VENV/bin/python" examples/quickstart.py

@@ -9,8 +9,9 @@ cd "$(dirname "$0")/.."
 . scripts/_python.sh
 
 # Debian packages the tests use directly: git (code identity), xfsprogs and e2fsprogs (the
-# reflink test builds an XFS image and reads extents with filefrag), curl (registry checks).
-SYSTEM_PACKAGES=(git xfsprogs e2fsprogs curl)
+# reflink test builds an XFS image and reads extents with filefrag), curl (registry checks),
+# chromium (the web view is tested in a real headless browser, driven by Playwright).
+SYSTEM_PACKAGES=(git xfsprogs e2fsprogs curl chromium)
 missing=()
 for p in "${SYSTEM_PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'ok installed' || missing+=("$p")
@@ -29,6 +30,8 @@ fi
 # Exact versions of every Python dependency and dev tool (constraints.txt).
 # The test extra includes the cluster extra (psycopg, dask, distributed, dask-jobqueue).
 "$VENV/bin/python" -m pip install -q -c constraints.txt -e '.[test]'
+# The web view's front-end libraries, from the npm registry, checked against their integrity.
+"$VENV/bin/python" scripts/vendor-ui.py
 
 required=()
 if [ "${CONSIST_SKIP_ENGINES:-0}" != 1 ]; then
@@ -57,6 +60,7 @@ if [ "${CONSIST_SKIP_CLUSTER:-0}" != 1 ]; then
   # CONSIST_TEST_PG_URL, CONSIST_TEST_SLURM_PARTITION, ... for the tests (tests/scaleout.py)
   if [ -s "$scaleout_env" ]; then set -a; . "$scaleout_env"; set +a; fi
 fi
+if [ "$(id -u)" = 0 ]; then required+=(chromium); fi
 pytest_opts=()
 if [ ${#required[@]} -gt 0 ]; then
   # A missing engine or server stops the suite, naming it; a skipped test fails the run.

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-ENGINES = ("docker", "podman", "apptainer", "postgres", "slurm")
+ENGINES = ("docker", "podman", "apptainer", "postgres", "slurm", "chromium")
 ENV_FILE = Path(os.environ.get("CI_CONTAINERS_DIR", "/tmp/ci-containers")) / "containers.env"
 
 # Filled in by conftest.pytest_configure from --require-engines.
@@ -51,6 +51,12 @@ def facts() -> dict[str, str]:
 @functools.cache
 def problem(engine: str) -> str | None:
     """Why ``engine`` cannot be used by the tests, or None when it can."""
+    if engine == "chromium":  # Debian's chromium, which Playwright drives (scripts/test.sh installs it)
+        if not Path("/usr/bin/chromium").is_file():
+            return "chromium: /usr/bin/chromium is missing (apt-get install chromium)"
+        if not (Path(__file__).resolve().parent.parent / "src/consist/ui/static/vendor/cytoscape.min.js").is_file():
+            return "chromium: the web view's libraries are missing (run scripts/vendor-ui.py)"
+        return None
     if engine in ("postgres", "slurm"):  # set up by scripts/setup-scaleout.sh
         import scaleout
 
