@@ -346,7 +346,33 @@ def cluster(r: dict[str, Any]) -> list[str]:
     ]
 
 
-RENDERERS = {"core": core, "containers": containers, "restore": restore, "miss": miss, "cluster": cluster}
+def cli(r: dict[str, Any]) -> list[str]:
+    m, t, p = r["measurements"], r["targets"], r["parameters"]
+    small, large = f"{p['small_runs']:,}", f"{p['large_runs']:,}"
+    rows = [
+        row(f"`consist runs`, {small} runs, whole process", m["runs_10k"]["n"], ms(m["runs_10k"]["median_ms"]),
+            f"≤ {t['runs_10k']['max_ms']} ms", met(m["runs_10k"]["median_ms"] <= t["runs_10k"]["max_ms"])),
+        row(f"`consist runs --json --limit 20`, {small} runs", m["runs_json_10k"]["n"],
+            ms(m["runs_json_10k"]["median_ms"]), NA, NA),
+        row(f"`consist runs`, {large} runs", m["runs_100k"]["n"], ms(m["runs_100k"]["median_ms"]), NA, NA),
+        row(f"`consist runs --json --limit 20`, {large} runs", m["runs_json_100k"]["n"],
+            ms(m["runs_json_100k"]["median_ms"]), NA, NA),
+        row(f"`consist ui`, runs page 1, {large} runs (HTTP)", m["ui_first_page_100k"]["n"],
+            ms(m["ui_first_page_100k"]["median_ms"]), NA, NA),
+        row(f"`consist ui`, page {m['ui_deep_page']} filtered by model, sorted, {large} runs",
+            m["ui_deep_page_100k"]["n"],
+            ms(m["ui_deep_page_100k"]["median_ms"]), NA, NA),
+    ]  # fmt: skip
+    return [
+        "N is the number of samples; each command ran as a fresh process, from start to exit.",
+        "",
+        row("measurement (median)", "N", THIS, "target", "met"),
+        row(*["---"] * 5),
+        *rows,
+    ]
+
+
+RENDERERS = {"cli": cli, "core": core, "containers": containers, "restore": restore, "miss": miss, "cluster": cluster}
 
 
 def render(result: dict[str, Any], path: str) -> str:
