@@ -248,3 +248,25 @@ def test_tracker_lineage_graph_and_its_drawings(study: Path) -> None:
     assert len(g["edges"]) == 3  # households -> simulate -> trips, prepare -> households
     assert to_dot(g["nodes"], g["edges"]).count("->") == 3
     assert to_mermaid(g["nodes"], g["edges"]).count("-->") == 3
+
+
+def test_log_follow_prints_while_the_run_is_running_and_stops_when_it_ends(tmp_path: Path) -> None:
+    import time
+
+    t = Tracker(tmp_path / "runs", code_version="v1")
+    run = t.begin_run("long_model_run", model="simulate")
+    log = tmp_path / "runs" / run.id / "container.log"
+    log.parent.mkdir(parents=True)
+    log.write_text("[stdout] year 2030 started\n")
+    follower = subprocess.Popen([sys.executable, "-m", "consist", "log", run.id, "--follow"], cwd=tmp_path,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    time.sleep(1.5)
+    assert follower.poll() is None  # still following: the run is running
+    with log.open("a") as f:
+        f.write("[stdout] year 2030 done\n")
+    time.sleep(1.0)
+    t.end_run("completed")
+    t.close()
+    out, err = follower.communicate(timeout=30)
+    assert follower.returncode == 0, err
+    assert out.splitlines() == ["[stdout] year 2030 started", "[stdout] year 2030 done"]
