@@ -16,6 +16,7 @@ import consist
 from consist import Tracker
 from engines import image, need
 from scaleout import fresh_pg_database
+from study_steps import prepare, simulate
 
 
 def cli(*args: str, cwd: Path | None = None, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -29,20 +30,6 @@ def js(*args: str, cwd: Path | None = None) -> Any:
     proc = cli(*args, "--json", cwd=cwd)
     assert proc.returncode == 0, proc.stderr
     return json.loads(proc.stdout)
-
-
-def prepare(zones: int, out: str) -> Path:
-    p = Path(out)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    p.write_text("zone,households\n" + "".join(f"{z},{100 * z}\n" for z in range(zones)))
-    return p
-
-
-def simulate(households: Path, rate: float, out: str) -> Path:
-    rows = households.read_text().splitlines()[1:]
-    p = Path(out)
-    p.write_text("zone,trips\n" + "".join(f"{r.split(',')[0]},{int(int(r.split(',')[1]) * rate)}\n" for r in rows))
-    return p
 
 
 @pytest.fixture(scope="module")

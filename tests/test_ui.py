@@ -17,21 +17,9 @@ import pytest
 import consist
 from consist import Tracker
 from engines import need
+from study_steps import prepare, simulate
 
 SHOTS = Path(__file__).resolve().parent.parent / "build" / "test-artifacts" / "ui"
-
-
-def prepare(zones: int, out: str) -> Path:
-    p = Path(out)
-    p.write_text("zone,households\n" + "".join(f"{z},{100 * z}\n" for z in range(zones)))
-    return p
-
-
-def simulate(households: Path, rate: float, out: str) -> Path:
-    rows = households.read_text().splitlines()[1:]
-    p = Path(out)
-    p.write_text("zone,trips\n" + "".join(f"{r.split(',')[0]},{int(int(r.split(',')[1]) * rate)}\n" for r in rows))
-    return p
 
 
 @pytest.fixture(scope="module")

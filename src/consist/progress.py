@@ -35,34 +35,63 @@ def _mode() -> str:
     return "auto" if sys.stderr.isatty() else "off"
 
 
-class ByteProgress:
+class _Delayed:
+    """What the displays share: they appear after ``DELAY_S`` (if enabled) and stop on exit."""
+
+    def __init__(self, enabled: bool = True) -> None:
+        self._start = time.monotonic()
+        self._mode = _mode() if enabled else "off"
+        self._delay = _delay() if self._mode != "off" else DELAY_S
+        self._bar: Any = None  # a rich Progress or Status once shown; both have stop()
+        self.shown = False
+
+    @property
+    def active(self) -> bool:
+        """Whether anything may be shown at all (on a terminal, or forced)."""
+        return self._mode != "off"
+
+    def _due(self) -> bool:
+        """Whether the display should appear now (it is not shown yet)."""
+        return self._mode != "off" and time.monotonic() - self._start >= self._delay
+
+    def _console(self) -> Any:
+        from rich.console import Console
+
+        return Console(stderr=True, force_terminal=True if self._mode == "forced" else None)
+
+    def __enter__(self) -> Any:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self._bar is not None:
+            self._bar.stop()
+            self._bar = None
+
+
+class ByteProgress(_Delayed):
     """Context manager reporting bytes processed; shows a rich bar after ``DELAY_S``."""
 
     def __init__(self, description: str, total: int | None) -> None:
+        super().__init__()
         self.description = description
         self.total = total
         self.done = 0
-        self._start = time.monotonic()
-        self._bar: Any = None
         self._task: Any = None
-        self._mode = _mode()
-        self._enabled = self._mode != "off"
-        self._delay = _delay() if self._enabled else DELAY_S
-        self.shown = False
-
-    def __enter__(self) -> ByteProgress:
-        return self
 
     def advance(self, nbytes: int) -> None:
         self.done += nbytes
         if self._bar is None:
-            if not self._enabled or time.monotonic() - self._start < self._delay:
+            if not self._due():
                 return
             self._open()
         self._bar.update(self._task, completed=self.done)
 
     def _open(self) -> None:
-        from rich.console import Console
         from rich.progress import (
             BarColumn,
             DownloadColumn,
@@ -78,40 +107,23 @@ class ByteProgress:
             DownloadColumn(),
             TransferSpeedColumn(),
             TimeRemainingColumn(),
-            console=Console(stderr=True, force_terminal=True if self._mode == "forced" else None),
+            console=self._console(),
             transient=True,
         )
         self._bar.start()
         self._task = self._bar.add_task(self.description, total=self.total, completed=self.done)
         self.shown = True
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        if self._bar is not None:
-            self._bar.stop()
-            self._bar = None
 
-
-class SweepProgress:
+class SweepProgress(_Delayed):
     """Counts the rows of a sweep as they end (executed, cached, failed); a rich bar after ``DELAY_S``."""
 
     def __init__(self, description: str, total: int) -> None:
+        super().__init__()
         self.description = description
         self.total = total
         self.counts = {"executed": 0, "cached": 0, "failed": 0}
-        self._start = time.monotonic()
-        self._bar: Any = None
         self._task: Any = None
-        self._mode = _mode()
-        self._delay = _delay() if self._mode != "off" else DELAY_S
-        self.shown = False
-
-    def __enter__(self) -> SweepProgress:
-        return self
 
     def _text(self) -> str:
         c = self.counts
@@ -120,33 +132,21 @@ class SweepProgress:
     def advance(self, outcome: str, n: int = 1) -> None:
         self.counts[outcome] += n
         if self._bar is None:
-            if self._mode == "off" or time.monotonic() - self._start < self._delay:
+            if not self._due():
                 return
-            from rich.console import Console
             from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
             self._bar = Progress(
                 TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                console=Console(stderr=True, force_terminal=True if self._mode == "forced" else None),
-                transient=True,
+                console=self._console(), transient=True,
             )  # fmt: skip
             self._bar.start()
             self._task = self._bar.add_task(self._text(), total=self.total)
             self.shown = True
         self._bar.update(self._task, completed=sum(self.counts.values()), description=self._text())
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        if self._bar is not None:
-            self._bar.stop()
-            self._bar = None
 
-
-class ContainerStatus:
+class ContainerStatus(_Delayed):
     """While a container runs quietly: a spinner with the elapsed time and its last log line.
 
     Appears after ``DELAY_S`` on a terminal (``CONSIST_PROGRESS=1``: always), and
@@ -154,21 +154,9 @@ class ContainerStatus:
     """
 
     def __init__(self, description: str, enabled: bool = True) -> None:
+        super().__init__(enabled)
         self.description = description
         self.last = ""
-        self._start = time.monotonic()
-        self._mode = _mode() if enabled else "off"
-        self._delay = _delay() if self._mode != "off" else DELAY_S
-        self._status: Any = None
-        self.shown = False
-
-    def __enter__(self) -> ContainerStatus:
-        return self
-
-    @property
-    def active(self) -> bool:
-        """Whether a status may be shown at all (on a terminal, or forced)."""
-        return self._mode != "off"
 
     def line(self, text: str) -> None:
         """A line the container wrote (called from the threads that read its output)."""
@@ -177,26 +165,10 @@ class ContainerStatus:
         self.tick()
 
     def tick(self) -> None:
-        if self._mode == "off":
-            return
-        elapsed = time.monotonic() - self._start
-        if self._status is None:
-            if elapsed < self._delay:
+        if self._bar is None:
+            if not self._due():
                 return
-            from rich.console import Console
-
-            console = Console(stderr=True, force_terminal=True if self._mode == "forced" else None)
-            self._status = console.status("", spinner="dots")
-            self._status.start()
+            self._bar = self._console().status("", spinner="dots")
+            self._bar.start()
             self.shown = True
-        self._status.update(f"{self.description} {elapsed:.0f} s  {self.last}")
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        if self._status is not None:
-            self._status.stop()
-            self._status = None
+        self._bar.update(f"{self.description} {time.monotonic() - self._start:.0f} s  {self.last}")
