@@ -34,8 +34,8 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 from _common import new_result, summary, write_result  # noqa: E402
 
-PARAMS = {"small_runs": 10_000, "large_runs": 100_000, "repeats": 15}
-QUICK = {"small_runs": 1_000, "large_runs": 10_000, "repeats": 3}
+PARAMS = {"small_runs": 10_000, "large_runs": 100_000, "repeats": 15, "json_limit": 20}
+QUICK = {"small_runs": 1_000, "large_runs": 10_000, "repeats": 3, "json_limit": 20}
 TARGETS = {"runs_10k": {"max_ms": 300}}
 
 
@@ -109,9 +109,9 @@ def main() -> None:
         bulk(large, p["large_runs"])
         r = p["repeats"]
         m["runs_10k"] = timed_cli(small, ["runs"], r)
-        m["runs_json_10k"] = timed_cli(small, ["runs", "--json", "--limit", "20"], r)
+        m["runs_json_10k"] = timed_cli(small, ["runs", "--json", "--limit", str(p["json_limit"])], r)
         m["runs_100k"] = timed_cli(large, ["runs"], r)
-        m["runs_json_100k"] = timed_cli(large, ["runs", "--json", "--limit", "20"], r)
+        m["runs_json_100k"] = timed_cli(large, ["runs", "--json", "--limit", str(p["json_limit"])], r)
         exe = Path(sys.executable).with_name("consist")
         proc = subprocess.Popen([str(exe), "ui", "--db", str(large), "--port", "0"], stderr=subprocess.PIPE, text=True)
         try:

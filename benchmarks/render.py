@@ -352,10 +352,10 @@ def cli(r: dict[str, Any]) -> list[str]:
     rows = [
         row(f"`consist runs`, {small} runs, whole process", m["runs_10k"]["n"], ms(m["runs_10k"]["median_ms"]),
             f"≤ {t['runs_10k']['max_ms']} ms", met(m["runs_10k"]["median_ms"] <= t["runs_10k"]["max_ms"])),
-        row(f"`consist runs --json --limit 20`, {small} runs", m["runs_json_10k"]["n"],
+        row(f"`consist runs --json --limit {p['json_limit']}`, {small} runs", m["runs_json_10k"]["n"],
             ms(m["runs_json_10k"]["median_ms"]), NA, NA),
         row(f"`consist runs`, {large} runs", m["runs_100k"]["n"], ms(m["runs_100k"]["median_ms"]), NA, NA),
-        row(f"`consist runs --json --limit 20`, {large} runs", m["runs_json_100k"]["n"],
+        row(f"`consist runs --json --limit {p['json_limit']}`, {large} runs", m["runs_json_100k"]["n"],
             ms(m["runs_json_100k"]["median_ms"]), NA, NA),
         row(f"`consist ui`, runs page 1, {large} runs (HTTP)", m["ui_first_page_100k"]["n"],
             ms(m["ui_first_page_100k"]["median_ms"]), NA, NA),
