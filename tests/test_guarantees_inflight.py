@@ -210,3 +210,107 @@ def test_heartbeats_refresh_the_claims_and_runs_of_this_process(tmp_path: Path) 
     assert beats["r1"] > time.time() - 60 and beats["r2"] == 0
     (hb,) = ix.query("SELECT beat_at FROM heartbeat")
     assert hb["beat_at"] > time.time() - 60
+
+
+def _hold_and_wait(tmp_path: Path, step_out: Any = None, wait_out: Any = None, patch_waiter: Any = None) -> tuple:
+    """Run ``a`` (blocked until released) and ``b`` (started while ``a`` executes); their results and log."""
+    a, b = _pair(tmp_path)
+    if patch_waiter is not None:
+        patch_waiter(b)
+    started, release = threading.Event(), threading.Event()
+    calls: list[str] = []
+
+    def step(out: str) -> Path:
+        calls.append(threading.current_thread().name)
+        started.set()
+        assert release.wait(30)
+        p = Path(out)
+        p.write_text("once\n")
+        return p
+
+    out = str(tmp_path / "made.txt")
+    results: dict[str, Any] = {}
+    t1 = threading.Thread(target=lambda: results.update(a=a.run(step, name="step", config={"out": out},
+                                                                outputs=step_out or ["o"])), name="first")  # fmt: skip
+    t1.start()
+    assert started.wait(30)
+    t2 = threading.Thread(target=lambda: results.update(b=b.run(step, name="step", config={"out": out},
+                                                                outputs=wait_out or ["o"])), name="second")  # fmt: skip
+    t2.start()
+    time.sleep(0.6)
+    release.set()
+    t1.join(30)
+    t2.join(30)
+    return a, b, results, calls
+
+
+def test_the_waiting_is_logged_once_naming_the_run_its_host_and_process(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    import logging
+    import os
+
+    caplog.set_level(logging.INFO, logger="consist")
+    a, b, results, calls = _hold_and_wait(tmp_path)
+    waiting = [r.getMessage() for r in caplog.records if "waiting for its outputs" in r.getMessage()]
+    assert waiting == [f"consist: {results['a'].run_id} is executing on {HOST} (process {os.getpid()}); "
+                       "waiting for its outputs"]  # fmt: skip
+    assert calls == ["first"]
+    a.close()
+    b.close()
+
+
+def test_a_taken_over_claim_is_logged_with_its_run_host_and_process(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    a, _b = _pair(tmp_path)
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+
+    def step() -> None:
+        return None
+
+    a._index.execute("INSERT INTO claim VALUES (?, ?, ?, ?, ?)", (_sig(a, step), "ghost", HOST, dead.pid, time.time()))
+    a.run(step, name="step")
+    assert f"consist: ghost (on {HOST}, process {dead.pid}) stopped before finishing step; executing it here" in [
+        r.getMessage() for r in caplog.records
+    ]
+
+
+def test_a_waiter_gets_the_outputs_at_its_own_destination(tmp_path: Path) -> None:
+    mine = tmp_path / "b" / "mine.txt"
+    a, b, results, calls = _hold_and_wait(tmp_path, wait_out={"o": str(mine)})
+    assert calls == ["first"] and results["b"].cache_hit
+    assert results["b"].output_path("o") == mine and mine.read_text() == "once\n"
+    a.close()
+    b.close()
+
+
+def test_a_hit_found_right_after_the_claim_frees_releases_the_claim(tmp_path: Path) -> None:
+    """The holder ends between the waiter's last look and its next claim: the claim is taken, the
+    holder's outputs are found right away, and the claim is given back (nobody executes again)."""
+
+    def patch(b: Tracker) -> None:
+        real_reuse, real_claim = b._try_reuse, b._index.try_claim
+        state = {"claimed": False}
+
+        def try_claim(sig: str, token: str) -> Any:
+            claimed, holder = real_claim(sig, token)
+            state["claimed"] = claimed
+            return claimed, holder
+
+        def try_reuse(*args: Any) -> Any:
+            if state.pop("claimed", False):
+                state["claimed"] = False
+                return real_reuse(*args)
+            return "no_match"  # every other look misses, as if the holder were still running
+
+        b._index.try_claim = try_claim  # type: ignore[method-assign]
+        b._try_reuse = try_reuse  # type: ignore[method-assign]
+
+    a, b, results, calls = _hold_and_wait(tmp_path, patch_waiter=patch)
+    assert calls == ["first"]
+    assert results["b"].cache_hit and results["b"].waited_for == results["a"].run_id
+    assert _claims(a) == []
+    a.close()
+    b.close()
