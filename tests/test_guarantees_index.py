@@ -583,3 +583,28 @@ def test_a_read_only_index_sees_every_row_and_writes_nothing(tmp_path: Path) -> 
         SQLiteIndex(path, read_only=True)
     reader.close()
     ix.close()
+
+
+def test_processes_creating_one_new_index_at_the_same_moment_all_open_it(tmp_path: Path) -> None:
+    """Switching a new index to WAL needs the file to itself; SQLite refuses at once, without its
+    busy timeout, while another process does the same. Every creator must still succeed."""
+    import time
+
+    script = tmp_path / "create.py"
+    script.write_text(
+        "import sys, time\n"
+        "from pathlib import Path\n"
+        "from consist.store.sqlite import SQLiteIndex\n"
+        "start = float(sys.argv[2])\n"
+        "while time.time() < start:\n"
+        "    pass\n"
+        "print(SQLiteIndex(Path(sys.argv[1])).query_one('PRAGMA journal_mode')['journal_mode'])\n"
+    )
+    for round_ in range(5):
+        path = tmp_path / f"r{round_}" / "index.sqlite"
+        start = time.time() + 1.5
+        procs = [subprocess.Popen([sys.executable, str(script), str(path), str(start)], stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE, text=True) for _ in range(6)]  # fmt: skip
+        for p in procs:
+            out, err = p.communicate(timeout=120)
+            assert p.returncode == 0 and out.strip() == "wal", err

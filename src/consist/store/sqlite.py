@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import os
 import sqlite3
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -169,7 +170,7 @@ class SQLiteIndex(RunIndex):
             self._db.row_factory = _row_dict
             self._db.execute("PRAGMA busy_timeout = 60000")
             if self._db.execute("PRAGMA journal_mode").fetchone()["journal_mode"] != "wal":
-                self._db.execute("PRAGMA journal_mode = WAL")
+                _switch_to_wal(self._db)
             self._db.execute("PRAGMA synchronous = NORMAL")
             version = self._db.execute("PRAGMA user_version").fetchone()["user_version"]
             if version == 0:
@@ -275,6 +276,28 @@ class SQLiteIndex(RunIndex):
             self._db.execute("COMMIT")
         elif self._db.in_transaction:  # a failed COMMIT (a full disk) has already rolled back
             self._db.execute("ROLLBACK")
+
+
+def _switch_to_wal(db: sqlite3.Connection, wait_s: float = 60.0) -> None:
+    """Put a new index in WAL mode, also when several processes create it at the same moment.
+
+    Changing the journal mode needs the file to itself, and SQLite answers "database
+    is locked" at once, without its busy timeout, while another connection is
+    doing the same: so it is tried again for up to ``wait_s`` seconds.
+    """
+    deadline = time.monotonic() + wait_s
+    delay = 0.005
+    while True:
+        try:
+            if db.execute("PRAGMA journal_mode = WAL").fetchone()["journal_mode"] == "wal":
+                return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) and "busy" not in str(exc):
+                raise
+        if time.monotonic() > deadline:
+            raise sqlite3.OperationalError(f"database is locked: could not switch to WAL within {wait_s:.0f} s")
+        time.sleep(delay)
+        delay = min(delay * 2, 0.2)
 
 
 def _db_path_of(index_path: Path) -> Path:
