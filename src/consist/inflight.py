@@ -18,7 +18,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from .planning import _Plan
+from . import logs
+from .planning import _Active, _Plan
 
 log = logging.getLogger("consist")
 
@@ -79,3 +80,24 @@ class InflightMixin:
             found = self._try_reuse(plan, dests, required)
             if not isinstance(found, str):
                 return found, None, waited_for
+
+    def _open_miss(
+        self,
+        plan: _Plan,
+        why: str,
+        label: str,
+        run_id: str | None,
+        parent: str | None,
+        tags: Sequence[str] | None,
+        claim: str | None,
+        extra_meta: Mapping[str, Any] | None = None,
+    ) -> tuple[_Active, dict[str, Any]]:
+        """Open the run of a miss, its explanation recorded and logged; the claim is given back if that fails."""
+        try:
+            meta = {"cache_miss_explanation": self._explain(plan, why), **(extra_meta or {})}
+            logs.decision(label, plan.signature, why=meta["cache_miss_explanation"], components=plan.components)
+            return self._open(plan, run_id, parent, tags, meta=meta, claim=claim), meta
+        except BaseException:
+            if claim:
+                self._index.release_claim(plan.signature, claim)
+            raise

@@ -74,7 +74,7 @@ class RecordingMixin:
         status: str = "running",
         claim: str | None = None,
     ) -> _Active:
-        wanted = check_run_id(run_id) if run_id else f"{fit(plan.name)[:190]}_{uuid.uuid4().hex[:8]}"
+        wanted = _wanted_id(plan, run_id)
         row = self._new_row(plan, wanted, parent, tags)
         row["status"] = status
         if meta:
@@ -201,7 +201,7 @@ class RecordingMixin:
         waited_for: str | None = None,
     ) -> RunResult:
         producer, outs = found
-        wanted = check_run_id(run_id) if run_id else f"{fit(plan.name)[:190]}_{uuid.uuid4().hex[:8]}"
+        wanted = _wanted_id(plan, run_id)
         row = self._new_row(plan, wanted, parent, tags)
         row.update(status="completed", cache_hit=1, cache_source=producer["id"], ended_at=time.time())
         if waited_for:
@@ -290,6 +290,11 @@ class RecordingMixin:
 
 
 _LINK_ONLY = ("link_key", "direction", "_new", "_members")
+
+
+def _wanted_id(plan: _Plan, run_id: str | None) -> str:
+    """The id a new run asks for: the caller's, checked, or ``<name>_<8 hex>``."""
+    return check_run_id(run_id) if run_id else f"{fit(plan.name)[:190]}_{uuid.uuid4().hex[:8]}"
 
 
 def _plain_row(row: Mapping[str, Any]) -> dict[str, Any]:

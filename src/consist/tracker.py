@@ -456,14 +456,7 @@ class Tracker(QueryMixin, MaintenanceMixin, RestoreMixin, InflightMixin, Recordi
         if not isinstance(found, str):
             logs.decision(name, plan.signature, hit_of=found[0]["id"], components=plan.components)
             return self._record_hit(plan, found, run_id, parent, tags, waited_for=waited)
-        try:
-            meta = {"cache_miss_explanation": self._explain(plan, found)}
-            logs.decision(name, plan.signature, why=meta["cache_miss_explanation"], components=plan.components)
-            active = self._open(plan, run_id, parent, tags, meta=meta, claim=claim)
-        except BaseException:
-            if claim:
-                self._index.release_claim(plan.signature, claim)
-            raise
+        active, _meta = self._open_miss(plan, found, name, run_id, parent, tags, claim)
         self._fire("start", active.row)
         self._stack.append(active)
         token = context.set_current(self)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import sys
 import time
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -51,6 +52,17 @@ def _console() -> Any:
 
     # Piped into a file or another program, lines are not cut at 80 columns.
     return Console(highlight=False, soft_wrap=False, width=None if sys.stdout.isatty() else 200)
+
+
+def _print_table(columns: Sequence[str], rows: Iterable[Sequence[str]]) -> None:
+    from rich.table import Table
+
+    table = Table(box=None, header_style="bold")
+    for col in columns:
+        table.add_column(col, no_wrap=True)
+    for row in rows:
+        table.add_row(*row)
+    _console().print(table)
 
 
 def _emit(value: Any) -> None:
@@ -111,17 +123,13 @@ def runs(
     if as_json:
         _emit(records)
         return
-    from rich.table import Table
-
-    table = Table(box=None, header_style="bold")
-    for col in ("run", "model", "status", "cache", "year", "started (UTC)", "duration"):
-        table.add_column(col, no_wrap=True)
-    for r in records:
-        cache = f"hit of {r['cache_source']}" if r["cache_hit"] else "executed"
-        dur = f"{r['duration_s']:.2f} s" if r["duration_s"] is not None else ""
-        table.add_row(r["id"], r["model"] or "", r["status"] or "", cache, str(r["year"] or ""),
-                      _when(r["started_at"]), dur)  # fmt: skip
-    _console().print(table)
+    _print_table(
+        ("run", "model", "status", "cache", "year", "started (UTC)", "duration"),
+        ((r["id"], r["model"] or "", r["status"] or "",
+          f"hit of {r['cache_source']}" if r["cache_hit"] else "executed", str(r["year"] or ""),
+          _when(r["started_at"]), f"{r['duration_s']:.2f} s" if r["duration_s"] is not None else "")
+         for r in records),
+    )  # fmt: skip
     if not records:
         typer.echo("no runs match", err=True)
 
@@ -180,15 +188,11 @@ def artifacts(run_id: str, db: Db = None, db_url: DbUrl = None, as_json: Json = 
     if as_json:
         _emit(records)
         return
-    from rich.table import Table
-
-    table = Table(box=None, header_style="bold")
-    for col in ("direction", "key", "kind", "size", "hash", "path"):
-        table.add_column(col)
-    for a in records:
-        table.add_row(a["direction"], a["key"], a["kind"] or "", str(a["size"] if a["size"] is not None else ""),
-                      _short(a["hash"]), a["path"] or "")  # fmt: skip
-    _console().print(table)
+    _print_table(
+        ("direction", "key", "kind", "size", "hash", "path"),
+        ((a["direction"], a["key"], a["kind"] or "", str(a["size"] if a["size"] is not None else ""),
+          _short(a["hash"]), a["path"] or "") for a in records),
+    )  # fmt: skip
 
 
 @app.command()
@@ -205,15 +209,11 @@ def scenarios(db: Db = None, db_url: DbUrl = None, limit: int = 50, as_json: Jso
     if as_json:
         _emit(records)
         return
-    from rich.table import Table
-
-    table = Table(box=None, header_style="bold")
-    for col in ("scenario", "status", "steps", "executed", "failed", "started (UTC)"):
-        table.add_column(col)
-    for r in records:
-        table.add_row(r["id"], r["status"] or "", str(r["steps"]), str(r["executed"]), str(r["failed"]),
-                      _when(r["started_at"]))  # fmt: skip
-    _console().print(table)
+    _print_table(
+        ("scenario", "status", "steps", "executed", "failed", "started (UTC)"),
+        ((r["id"], r["status"] or "", str(r["steps"]), str(r["executed"]), str(r["failed"]), _when(r["started_at"]))
+         for r in records),
+    )  # fmt: skip
 
 
 def _tree(index: Any, run_id: str) -> dict[str, Any]:

@@ -397,14 +397,7 @@ def run_container(
             rr.run_id, True, rr.cache_source, rr.outputs, manifest, manifest_hash, ref.digest, hit_log, [], rr
         )
 
-    try:
-        meta = {"cache_miss_explanation": tracker._explain(plan, found), "container": manifest}
-        logs.decision(run_id, plan.signature, why=meta["cache_miss_explanation"], components=plan.components)
-        active = tracker._open(plan, run_id, parent_id, tags, meta=meta, claim=claim)
-    except BaseException:
-        if claim:
-            tracker._index.release_claim(plan.signature, claim)
-        raise
+    active, meta = tracker._open_miss(plan, found, run_id, run_id, parent_id, tags, claim, {"container": manifest})
     tracker._fire("start", active.row)
     log_path = tracker.run_dir / active.id / "container.log"
     try:

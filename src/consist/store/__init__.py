@@ -15,7 +15,6 @@ a query side (``read()``, ``engine``, ``sync()``) for SQL over the history.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
@@ -43,10 +42,6 @@ def open_backend(db_path: Path, db_url: str | None) -> tuple[RunIndex, Any]:
 
     index = SQLiteIndex(index_path_for(db_path))
     return index, DuckStore(db_path, index)
-
-
-def db_url_from_env() -> str | None:
-    return os.environ.get("CONSIST_DB_URL") or None
 
 
 __all__ = ["DUCK_SCHEMA_VERSION", "DuckStore", "RunIndex", "export_duckdb", "open_backend", "rebuild_index"]

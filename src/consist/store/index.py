@@ -59,6 +59,9 @@ _LINK_UPSERT = _upsert("run_artifact", ["run_id", "artifact_id", "direction", "k
 _OBJECT_INSERT = _insert_new("object", ["hash", "store", "size"])
 _LEASE_COLUMNS = ["hash", "kind", "run_id", "host", "pid", "thread", "taken_at"]
 _LEASE_INSERT = f"INSERT INTO lease ({','.join(_LEASE_COLUMNS)}) VALUES ({','.join('?' * len(_LEASE_COLUMNS))})"
+_HEARTBEAT_UPSERT = _upsert("heartbeat", ["run_id", "host", "pid", "beat_at"], "run_id")
+_CLAIM_INSERT = _insert_new("claim", ["signature", "run_id", "host", "pid", "beat_at"])
+_META_INSERT = _insert_new("index_meta", ["key", "value"])
 _MEMO_UPSERT = _upsert(
     "hash_memo", ["dev", "ino", "size", "mtime_ns", "algo", "hash"], "dev, ino, size, mtime_ns, algo"
 )
@@ -242,7 +245,7 @@ class RunIndex:
             self._run(_RUN_INSERT, [values.get(c) for c in RUN_COLUMNS] + [self._seq])
             if values.get("status") == "running":
                 self._run(
-                    _upsert("heartbeat", ["run_id", "host", "pid", "beat_at"], "run_id"),
+                    _HEARTBEAT_UPSERT,
                     (run_id, HOST, os.getpid(), time.time()),
                 )
             if claim is not None:
@@ -444,7 +447,7 @@ class RunIndex:
         def write() -> tuple[bool, dict[str, Any] | None]:
             holder = self._run("SELECT * FROM claim WHERE signature = ?", (signature,)).fetchone()
             if holder is None:
-                self._run(_insert_new("claim", ["signature", "run_id", "host", "pid", "beat_at"]), me)
+                self._run(_CLAIM_INSERT, me)
                 return True, None
             if holder["run_id"] == run_id:
                 return True, None
@@ -488,7 +491,7 @@ class RunIndex:
         value = self.meta("generation")
         if value is not None:
             return value
-        self.atomic(lambda: self._run(_insert_new("index_meta", ["key", "value"]), ("generation", uuid.uuid4().hex)),
+        self.atomic(lambda: self._run(_META_INSERT, ("generation", uuid.uuid4().hex)),
                     stamp=False)  # fmt: skip
         value = self.meta("generation")
         assert value is not None

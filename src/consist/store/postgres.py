@@ -335,7 +335,9 @@ class PostgresQueries:
         """A connection for queries, closed afterwards."""
         conn = _connect(self.index.url, QUERY_SCHEMA, self.location)
         try:
-            conn.row_factory = _tuple_row()
+            from psycopg.rows import tuple_row
+
+            conn.row_factory = tuple_row
             yield _Connection(conn)
         finally:
             conn.close()
@@ -370,12 +372,6 @@ class PostgresQueries:
         if self._engine is not None:
             self._engine.dispose()
             self._engine = None
-
-
-def _tuple_row() -> Any:
-    from psycopg.rows import tuple_row
-
-    return tuple_row
 
 
 __all__ = ["SCHEMA_VERSION", "PostgresIndex", "PostgresQueries", "is_postgres_url", "redact"]
