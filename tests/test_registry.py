@@ -501,3 +501,19 @@ def test_references_normalise_like_the_engines() -> None:
     assert (r.registry, r.repository, r.digest) == ("docker.io", "org/model", "sha256:" + "a" * 64)
     r = registry.Reference.parse("localhost:5000/x/y:z")
     assert (r.registry, r.repository, r.tag) == ("localhost:5000", "x/y", "z")
+
+
+def test_a_refused_connection_is_unreachable_whatever_digits_its_port_holds() -> None:
+    """Ports such as 40161 hold "401": that is no login failure."""
+    from consist.containers.registry import SkopeoClient, split_reference
+
+    for port in (40161, 54033, 5000):
+        ref = split_reference(f"127.0.0.1:{port}/off/busybox:test")
+        stderr = (
+            f'time="2026-11-25T14:00:00Z" level=fatal msg="pinging container registry 127.0.0.1:{port}: '
+            f'Get \\"http://127.0.0.1:{port}/v2/\\": dial tcp 127.0.0.1:{port}: connect: connection refused"'
+        )
+        err = SkopeoClient._error(ref, stderr, None)
+        assert type(err) is registry.RegistryUnreachableError, (port, err)
+    denied = SkopeoClient._error(split_reference("127.0.0.1:40161/x:y"), "reading manifest: 401 Unauthorized", None)
+    assert type(denied) is registry.RegistryAuthError

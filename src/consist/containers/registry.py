@@ -673,7 +673,7 @@ class SkopeoClient:
         low = msg.lower()
         if re.search(r"toomanyrequests|too many requests|\b429\b|rate limit", low):
             kind: type[RegistryError] = RegistryRateLimitError
-        elif re.search(r"unauthorized|denied|authentication required|invalid username|403|401", low):
+        elif re.search(r"unauthorized|denied|authentication required|invalid username|\b40[13]\b", low):
             kind = RegistryAuthError
         elif "manifest unknown" in low or "name unknown" in low or "not found" in low:
             kind = RegistryNotFoundError
