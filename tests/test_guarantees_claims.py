@@ -18,12 +18,11 @@ from pathlib import Path
 
 import pytest
 
-import consist.store.index as index_mod
 import consist.errors as consist_errors
+import consist.store.index as index_mod
 from consist.errors import StoreError
 from consist.store.columns import HOST, RESTORE_LEASE_S
 from consist.store.sqlite import SQLiteIndex
-
 from test_guarantees_index import art_row, run_row
 
 
