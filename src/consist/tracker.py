@@ -22,6 +22,7 @@ from .hashing import FileHasher, canonical, hash_canonical, loads
 from .identity import code_identity, explain_miss
 from .inflight import InflightMixin
 from .locations import Roots
+from .lookups import LookupMixin
 from .manual import ManualRunMixin
 from .names import check_run_id, fit
 from .objects import (
@@ -59,7 +60,7 @@ def _close_at_exit(ref: weakref.ref[Tracker]) -> None:
         tracker.close()
 
 
-class Tracker(QueryMixin, MaintenanceMixin, RestoreMixin, InflightMixin, RecordingMixin, ManualRunMixin):
+class Tracker(LookupMixin, QueryMixin, MaintenanceMixin, RestoreMixin, InflightMixin, RecordingMixin, ManualRunMixin):
     """Records provenance in a DuckDB database and reuses the outputs of identical runs.
 
     Parameters
