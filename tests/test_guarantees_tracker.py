@@ -100,7 +100,8 @@ def test_code_version_precedence(make_tracker) -> None:
 def test_unknown_cache_mode_is_refused_before_anything_is_hashed(tracker: Tracker) -> None:
     with pytest.raises(consist.ConsistError) as err:
         tracker.run(lambda src: None, name="x", inputs={"src": "missing.csv"}, cache_mode="always")
-    assert str(err.value) == "Unknown cache_mode 'always'. Fix: use one of reuse, overwrite, readonly."
+    assert str(err.value) == "Unknown cache_mode 'always'. Fix: use one of 'reuse', 'overwrite', 'readonly'."
+    assert isinstance(err.value, ValueError)
 
 
 def test_a_missing_input_names_its_key(tracker: Tracker) -> None:
@@ -138,28 +139,34 @@ def test_readonly_runs_read_the_hash_memo_but_never_write_it(make_tracker) -> No
 # --------------------------------------------------------------------- inputs
 
 
+def keyed(inputs: object, resolve: object = None) -> list[tuple[str, Path]]:
+    return [(k, p) for k, p, _value in normalize_inputs(inputs, resolve)]  # type: ignore[arg-type]
+
+
 def test_normalize_inputs_keys(tmp_path: Path) -> None:
-    assert normalize_inputs(None) == []
+    assert keyed(None) == []
     pairs = [("a", Path("x/one.csv")), ("2", Path("two.csv"))]
-    assert normalize_inputs({"a": "x/one.csv", 2: Path("two.csv")}) == pairs
-    assert normalize_inputs("data/one.csv") == [("one.csv", Path("data/one.csv"))]
-    assert normalize_inputs(Path("data/one.csv")) == [("one.csv", Path("data/one.csv"))]
-    assert normalize_inputs(["a/in.csv", "b/in.csv", "c/in.csv", "d/other.csv"]) == [
+    assert keyed({"a": "x/one.csv", 2: Path("two.csv")}) == pairs
+    assert keyed("data/one.csv") == [("one.csv", Path("data/one.csv"))]
+    assert keyed(Path("data/one.csv")) == [("one.csv", Path("data/one.csv"))]
+    assert keyed(["a/in.csv", "b/in.csv", "c/in.csv", "d/other.csv"]) == [
         ("in.csv", Path("a/in.csv")),
         ("in.csv#2", Path("b/in.csv")),
         ("in.csv#3", Path("c/in.csv")),
         ("other.csv", Path("d/other.csv")),
     ]
-    resolved = normalize_inputs(["households", "plain.csv"], lambda v: Path("/c/hh.csv") if v == "households" else None)
+    resolved = keyed(["households", "plain.csv"], lambda v: Path("/c/hh.csv") if v == "households" else None)
     assert resolved == [("households", Path("/c/hh.csv")), ("plain.csv", Path("plain.csv"))]
-    assert normalize_inputs({"k": "households"}, lambda v: Path("/c/hh.csv")) == [("k", Path("/c/hh.csv"))]
+    assert keyed({"k": "households"}, lambda v: Path("/c/hh.csv")) == [("k", Path("/c/hh.csv"))]
 
 
 def test_artifacts_and_run_results_as_inputs(tracker: Tracker) -> None:
     one = tracker.run(lambda: write("one.txt", "1"), name="one", outputs=["o"])
-    assert normalize_inputs([one.outputs["o"]]) == [("one.txt", one.outputs["o"].path)]
-    assert normalize_inputs(one.outputs["o"]) == [("one.txt", one.outputs["o"].path)]
-    assert normalize_inputs({"x": one}) == [("x", one.outputs["o"].path)]
+    # An artifact keeps its own key (a plain path is keyed by its file name).
+    assert keyed([one.outputs["o"]]) == [("o", one.outputs["o"].path)]
+    assert keyed(one.outputs["o"]) == [("o", one.outputs["o"].path)]
+    assert normalize_inputs([one.outputs["o"]])[0][2] is one.outputs["o"]  # the value itself comes along
+    assert keyed({"x": one}) == [("x", one.outputs["o"].path)]
     two = tracker.run(lambda: {"a": write("a.txt", "a"), "b": write("b.txt", "b")}, name="two", outputs=["a", "b"])
     with pytest.raises(consist.ConsistError) as err:
         normalize_inputs({"x": two})

@@ -8,6 +8,8 @@ the problem, its likely cause, and what to do about it.
 
     ConsistError
     ├── ConfigError               a config value cannot be hashed canonically
+    ├── InvalidOptionError        an option value that is not one of its choices (also ValueError)
+    ├── MetadataError             metadata that is not JSON, too large, or uses a reserved name (also ValueError)
     ├── InputNotFoundError        an input path does not exist (also FileNotFoundError)
     ├── OutputError               a declared output was not produced or is unusable
     ├── RunStateError             begin/end/log in the wrong order, or a closed Tracker
@@ -19,6 +21,7 @@ the problem, its likely cause, and what to do about it.
     ├── CouplerKeyError           a scenario coupler has no such key (also KeyError)
     └── ContainerError            container engine problems
         ├── BackendUnavailableError   engine not installed or daemon not reachable
+        ├── UnknownBackendError       backend_type names no engine (also InvalidOptionError)
         ├── ImageNotFoundError        image missing locally and not pullable
         └── ContainerExecutionError   the container exited non-zero (also RuntimeError)
 """
@@ -53,6 +56,24 @@ class ConsistError(Exception):
 
 class ConfigError(ConsistError, TypeError):
     """A config value cannot be turned into a canonical, hashable form."""
+
+
+class InvalidOptionError(ConsistError, ValueError):
+    """An option got a value that is not one of its choices (``cache_mode="resue"``)."""
+
+
+def check_option(name: str, value: object, choices: Sequence[object]) -> None:
+    """Raise :class:`InvalidOptionError` naming the choices unless ``value`` is one of them."""
+    if value not in choices:
+        raise InvalidOptionError(
+            f"Unknown {name} {value!r}",
+            None,
+            f"use one of {', '.join(repr(c) for c in choices)}",
+        )
+
+
+class MetadataError(ConsistError, ValueError):
+    """Metadata that cannot be recorded: not JSON, too large, or a name consist itself uses."""
 
 
 class InputNotFoundError(ConsistError, FileNotFoundError):
@@ -125,6 +146,10 @@ class ContainerError(ConsistError):
 
 class BackendUnavailableError(ContainerError):
     """The container engine is not installed, or its daemon does not answer."""
+
+
+class UnknownBackendError(ContainerError, InvalidOptionError):
+    """``backend_type`` names no container engine consist knows."""
 
 
 class ImageNotFoundError(ContainerError):

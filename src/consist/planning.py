@@ -53,6 +53,12 @@ class _Plan:
     year: int | None
     iteration: int | None
     hasher: FileHasher
+    #: Inputs given as recorded artifacts: key -> artifact row (linked as that very artifact).
+    input_artifacts: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
+    #: Of those, the ones whose file is gone: restored from the object store before a miss executes.
+    missing_inputs: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
+    #: "lazy": a hit checks its objects while restoring them; "eager": every output object is re-hashed first.
+    validate: str = "lazy"
 
     @functools.cached_property
     def signature(self) -> str:
@@ -99,10 +105,13 @@ def _as_path(value: Any, key: str) -> Path:
     )
 
 
-def normalize_inputs(inputs: Any, resolve: Callable[[Any], Path | None] | None = None) -> list[tuple[str, Path]]:
-    """``(key, path)`` pairs from a dict or a list of paths, artifacts or run results.
+def normalize_inputs(
+    inputs: Any, resolve: Callable[[Any], Path | None] | None = None
+) -> list[tuple[str, Path, Any]]:
+    """``(key, path, value)`` triples from a dict or a list of paths, artifacts or run results.
 
-    ``resolve`` may map a value to a path first (scenario coupler keys).
+    ``resolve`` may map a value to a path first (scenario coupler keys). In a list,
+    an artifact keeps its own key, a path is keyed by its file name.
     """
     if inputs is None:
         return []
@@ -113,20 +122,60 @@ def normalize_inputs(inputs: Any, resolve: Callable[[Any], Path | None] | None =
         items = [(None, inputs)]
     else:
         items = [(None, v) for v in inputs]
-    out: list[tuple[str, Path]] = []
+    out: list[tuple[str, Path, Any]] = []
     seen: set[str] = set()
     for key, value in items:
         found = resolve(value) if resolve is not None else None
         path = found if found is not None else _input_path(value)
-        k = key or (value if found is not None and isinstance(value, str) else path.name)
+        own = getattr(value, "key", None) if hasattr(value, "uri") else None
+        k = key or (value if found is not None and isinstance(value, str) else own or path.name)
         if key is None and k in seen:
             n = 2
             while f"{k}#{n}" in seen:
                 n += 1
             k = f"{k}#{n}"
         seen.add(k)
-        out.append((k, path))
+        out.append((k, path, value))
     return out
+
+
+def resolve_inputs(
+    inputs: Any, hasher: FileHasher, index: RunIndex, resolve: Callable[[Any], Path | None] | None = None
+) -> tuple[list[tuple[str, Path, str]], dict[str, dict[str, Any]], dict[str, dict[str, Any]]]:
+    """Hash the inputs: ``(key, path, hash)`` each, the recorded artifacts among them, and those whose file is gone.
+
+    An :class:`~consist.Artifact` (or a run result's output) that consist recorded is
+    linked as that artifact. When its file was moved or deleted, its recorded hash
+    stands for it if the object store still holds the bytes: nothing is read then,
+    and the bytes are restored only if the step executes.
+    """
+    resolved: list[tuple[str, Path, str]] = []
+    recorded: dict[str, dict[str, Any]] = {}
+    missing: dict[str, dict[str, Any]] = {}
+    for key, path, value in normalize_inputs(inputs, resolve):
+        row = _recorded_artifact(value, index)
+        if row is not None and not os.path.lexists(path) and row.get("hash") and row.get("kind") in ("file", "dir"):
+            digest = row["hash"]
+            missing[key] = row
+        else:
+            digest = hasher.hash_path(path, key)
+        if row is not None and row.get("hash") == digest:
+            recorded[key] = row
+        resolved.append((key, path, digest))
+    return resolved, recorded, missing
+
+
+def _recorded_artifact(value: Any, index: RunIndex) -> dict[str, Any] | None:
+    """The index row of an artifact given as an input (an Artifact, or a run result with one output)."""
+    if isinstance(value, RunResult) and len(value._output_rows) == 1:
+        art_id = next(iter(value._output_rows.values())).get("id")
+    elif hasattr(value, "uri") and hasattr(value, "hash"):
+        art_id = getattr(value, "id", None)
+    else:
+        return None
+    if not art_id:
+        return None
+    return index.query_one("SELECT * FROM artifact WHERE id = ?", (art_id,))
 
 
 def _input_path(value: Any) -> Path:

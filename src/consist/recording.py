@@ -25,6 +25,7 @@ from .objects import (
 )
 from .planning import _Active, _as_path, _Plan, driver_for
 from .results import RunResult
+from .runmeta import RESERVED_ARTIFACT_KEYS, merged
 from .store.columns import HOST
 
 log = logging.getLogger("consist")
@@ -35,6 +36,8 @@ class RecordingMixin:
 
     #: Hits a sweep records later, a batch per transaction: (record, result, announce) each; None: at once.
     _deferred_hits: list[tuple[Any, RunResult, Any]] | None = None
+    #: The run that finished last (``tracker.last_run``).
+    _last_active: _Active | None = None
 
     def _new_row(self, plan: _Plan, run_id: str, parent: str | None, tags: Sequence[str] | None) -> dict[str, Any]:
         return {
@@ -91,9 +94,22 @@ class RecordingMixin:
         active = _Active(row=row, plan=plan)
         return active
 
-    def _link_inputs(self, run_id: str, plan: _Plan) -> None:
+    def _link_inputs(self, run_id: str, plan: _Plan, meta: Mapping[str, Mapping[str, Any]] | None = None) -> None:
+        """Link the plan's inputs to the run: a recorded artifact as itself, content a run produced to that output.
+
+        ``meta`` (key -> metadata) is recorded on the input artifacts of those keys.
+        """
         for key, path, digest in plan.inputs:
-            produced = self._index.output_artifact_with_hash(digest) if plan.hasher.strategy == "full" else None
+            given = plan.input_artifacts.get(key)
+            if given is not None:
+                produced: dict[str, Any] | None = given
+            else:
+                produced = self._index.output_artifact_with_hash(digest) if plan.hasher.strategy == "full" else None
+            extra = (meta or {}).get(key)
+            if produced is not None and extra:
+                row = _plain_row(produced)
+                row["meta"] = merged(row.get("meta"), extra, f"artifact {key!r}", RESERVED_ARTIFACT_KEYS)
+                self._index.add_artifact(row, replace=True)
             if produced is not None:
                 art_id = produced["id"]
             else:
@@ -103,12 +119,20 @@ class RecordingMixin:
                 self._index.add_artifact({
                     "id": art_id, "key": key, "uri": uri, "hash": digest,
                     "size": None if is_dir else path.stat().st_size, "kind": "dir" if is_dir else "file",
-                    "driver": driver_for(path, is_dir), "run_id": None, "created_at": time.time(), "meta": None,
-                    "location": self.roots.locate(Path(uri)),
-                })  # fmt: skip
+                    "driver": driver_for(path, is_dir), "run_id": None, "created_at": time.time(),
+                    "meta": dumps(extra) if extra else None, "location": self.roots.locate(Path(uri)),
+                }, replace=bool(extra))  # fmt: skip
             self._index.link(run_id, art_id, "input", key)
 
-    def _store_output(self, active: _Active, key: str, path: Path, *, allow_external: bool = False) -> dict[str, Any]:
+    def _store_output(
+        self,
+        active: _Active,
+        key: str,
+        path: Path,
+        *,
+        allow_external: bool = False,
+        user_meta: Mapping[str, Any] | None = None,
+    ) -> dict[str, Any]:
         path = Path(path).absolute()
         if not os.path.lexists(path):
             raise OutputError(
@@ -141,6 +165,8 @@ class RecordingMixin:
                 digest, size = hasher.hash_file(path, follow=False), path.stat().st_size
         if not is_dir and not is_link:
             meta = mode_meta(path.lstat().st_mode) or None  # restores give the file this mode again
+        if user_meta:
+            meta = {**user_meta, **(meta or {})}
         row = {
             "id": uuid.uuid4().hex, "key": key, "uri": str(resolved), "location": location, "hash": digest,
             "size": size, "kind": "link" if is_link else "dir" if is_dir else "file",
@@ -168,6 +194,7 @@ class RecordingMixin:
             sc = self._scenario(active)
             if sc is not None:
                 sc._step_failed(active.id)
+        self._last_active = active
         row = active.row
         row["status"] = status
         row["ended_at"] = time.time()
@@ -199,13 +226,15 @@ class RecordingMixin:
         parent: str | None,
         tags: Sequence[str] | None,
         waited_for: str | None = None,
+        meta: Mapping[str, Any] | None = None,
     ) -> RunResult:
         producer, outs = found
         wanted = _wanted_id(plan, run_id)
         row = self._new_row(plan, wanted, parent, tags)
         row.update(status="completed", cache_hit=1, cache_source=producer["id"], ended_at=time.time())
-        if waited_for:
-            row["meta"] = dumps({"waited_for": waited_for})
+        row_meta = {**(meta or {}), **({"waited_for": waited_for} if waited_for else {})}
+        if row_meta:
+            row["meta"] = dumps(row_meta)
         for o in outs.values():
             if o.get("_new"):  # a restored copy at a new place: a row of its own, of the same producer
                 o["run_id"] = producer["id"]
@@ -228,6 +257,7 @@ class RecordingMixin:
         result = RunResult(row["id"], True, producer["id"], row, clean, waited_for=waited_for)
 
         def announce() -> None:
+            self._last_active = _Active(row=row, plan=plan, outputs=dict(clean), cached_outputs=clean)
             self._fire("start", row)
             self._fire("complete", row, clean)
             self._step_done(None, clean)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import time
 import uuid
 from collections.abc import Mapping, Sequence
@@ -15,6 +16,7 @@ from .errors import (
 )
 from .hashing import FileHasher, dumps
 from .locations import UnresolvableLocation
+from .names import fit
 from .objects import (
     ObjectStore,
     holds,
@@ -63,6 +65,10 @@ class RestoreMixin:
                 plan_dest = {
                     k: Path(dests[k]) if dests and k in dests else self._restore_path(o) for k, o in outs.items()
                 }
+                if plan.validate == "eager":
+                    self._index.lease_restoring((o["hash"], o["kind"]) for o in outs.values())
+                    for o in outs.values():
+                        self._verify_output(prod["id"], o)
                 needed = {k: o for k, o in outs.items() if not _holds(o, plan_dest[k], plan.hasher)}
                 self._index.lease_restoring((o["hash"], o["kind"]) for o in needed.values())  # see prune_store
                 to_write = {}
@@ -101,6 +107,94 @@ class RestoreMixin:
                 continue
             return prod, restored
         return reason
+
+    def _verify_output(self, producer: str, row: Mapping[str, Any]) -> None:
+        """Re-hash every stored object of an output (``validate_cached_outputs="eager"``).
+
+        Raises IntegrityError when any object is missing or differs from its hash.
+        """
+        store = self._store_for(row["hash"])
+        store.check(row["kind"], row["hash"], row.get("size"), row.get("meta"))
+        if row["kind"] == "file":
+            store.verify(row["hash"], row.get("size"))
+        elif row["kind"] == "dir":
+            for m in self._index.members_of(producer, row["id"]):
+                self._store_for(m["hash"]).verify(m["hash"], m.get("size"))
+
+    def _materialize_inputs(self, plan: _Plan) -> None:
+        """Put back the inputs given as recorded artifacts whose file is gone, from the object store.
+
+        Only a step that executes needs them; each goes where the artifact was recorded.
+        """
+        if not plan.missing_inputs:
+            return
+        dests = {k: Path(p) for k, p, _h in plan.inputs if k in plan.missing_inputs}
+        self._index.lease_restoring((r["hash"], r["kind"]) for r in plan.missing_inputs.values())
+        try:
+            checked = []
+            for key, row in plan.missing_inputs.items():
+                store = self._store_for(row["hash"])
+                item = store.check(row["kind"], row["hash"], row.get("size"), row.get("meta"))
+                checked.append((store, item, dests[key]))
+            restore_all(checked)
+        finally:
+            self._index.end_restore_lease()
+        for key in plan.missing_inputs:
+            log.info("consist: input %r was not at %s; restored it from the object store", key, dests[key])
+
+    def hydrate_run_outputs(
+        self,
+        run_id: str,
+        target_root: str | os.PathLike[str] | None = None,
+        keys: Sequence[str] | None = None,
+    ) -> dict[str, Path]:
+        """Put the outputs of a recorded run back from the object store; returns key -> path.
+
+        Without ``target_root`` each output goes where it belongs in this workspace
+        (its recorded location, resolved against this tracker's roots), for restarting
+        a pipeline from an archived run, on another machine too when the database and
+        the object store travel with it. With ``target_root`` each goes into that
+        directory under its key (``<target_root>/<key>``, keeping the recorded file
+        name's extension when the key has none). Every object is checked before
+        anything is written, and nothing is published unless all match their hashes;
+        an output already in place with the right content is left alone.
+        """
+        from .errors import OutputError, RunNotFoundError
+
+        if self._index.run(run_id) is None:
+            raise RunNotFoundError(
+                f"No run with id {run_id!r} in {self._index.location}",
+                "the id is misspelled, or the run was recorded in another database",
+                "list runs with tracker.find_runs() or `consist runs`",
+            )
+        outs = {o["link_key"]: o for o in self._index.outputs_of(run_id)}
+        wanted = list(keys) if keys is not None else list(outs)
+        unknown = [k for k in wanted if k not in outs]
+        if unknown:
+            raise OutputError(
+                f"Run {run_id!r} recorded no output {', '.join(map(repr, unknown))}",
+                f"its outputs are {', '.join(map(repr, outs)) or 'none'}",
+                "pass keys= from that list",
+            )
+        dests: dict[str, Path] = {}
+        for k in wanted:
+            if target_root is None:
+                dests[k] = self._restore_path(outs[k])
+            else:
+                name = k if Path(k).suffix or outs[k]["kind"] == "dir" else k + Path(outs[k]["uri"]).suffix
+                dests[k] = Path(target_root).absolute() / fit(name)  # a key never names a place outside
+        hasher = FileHasher(self._index, "full")
+        needed = {k: outs[k] for k in wanted if not _holds(outs[k], dests[k], hasher)}
+        self._index.lease_restoring((o["hash"], o["kind"]) for o in needed.values())
+        try:
+            checked = []
+            for k, o in needed.items():
+                store = self._store_for(o["hash"])
+                checked.append((store, store.check(o["kind"], o["hash"], o.get("size"), o.get("meta")), dests[k]))
+            restore_all(checked)
+        finally:
+            self._index.end_restore_lease()
+        return dests
 
     def _restore_path(self, row: Mapping[str, Any]) -> Path:
         """Where a recorded output goes in *this* workspace (see :mod:`consist.locations`)."""

@@ -14,9 +14,9 @@ from typing import TYPE_CHECKING, Any
 
 from . import context, logs
 from .errors import (
-    ConsistError,
     ConsistWarning,
     StoreError,
+    check_option,
 )
 from .hashing import FileHasher, canonical, hash_canonical, loads
 from .identity import code_identity, explain_miss
@@ -28,11 +28,12 @@ from .names import check_run_id, fit
 from .objects import (
     ObjectStore,
 )
-from .planning import _Active, _bind, _Plan, _ReadOnlyMemo, normalize_inputs
+from .planning import _Active, _bind, _Plan, _ReadOnlyMemo, resolve_inputs
 from .queries import MaintenanceMixin, QueryMixin
 from .recording import RecordingMixin
 from .restoring import RestoreMixin
 from .results import RunResult
+from .runmeta import user_run_meta
 from .store import export_duckdb, open_backend
 
 if TYPE_CHECKING:
@@ -42,6 +43,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("consist")
 
 CACHE_MODES = ("reuse", "overwrite", "readonly")
+VALIDATE_MODES = ("lazy", "eager")
 
 
 def _truthy(value: str | None) -> bool:
@@ -109,12 +111,7 @@ class Tracker(LookupMixin, QueryMixin, MaintenanceMixin, RestoreMixin, InflightM
         cache_epoch: int = 1,
         code_version: str | None = None,
     ) -> None:
-        if hashing_strategy not in ("full", "fast"):
-            raise ConsistError(
-                f"Unknown hashing_strategy {hashing_strategy!r}",
-                None,
-                'use "full" (content, the default) or "fast" (size and mtime only)',
-            )
+        check_option("hashing_strategy", hashing_strategy, ("full", "fast"))
         self.run_dir = Path(run_dir).resolve()
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.db_path = Path(db_path).resolve() if db_path is not None else self.run_dir / "provenance.duckdb"
@@ -306,13 +303,12 @@ class Tracker(LookupMixin, QueryMixin, MaintenanceMixin, RestoreMixin, InflightM
         cache_mode: str,
         code_version: str | None,
         extra: Mapping[str, Any] | None = None,
+        validate_cached_outputs: str = "lazy",
     ) -> _Plan:
-        if cache_mode not in CACHE_MODES:
-            raise ConsistError(f"Unknown cache_mode {cache_mode!r}", None, f"use one of {', '.join(CACHE_MODES)}")
+        check_option("cache_mode", cache_mode, CACHE_MODES)
+        check_option("validate_cached_outputs", validate_cached_outputs, VALIDATE_MODES)
         hasher = self._hasher(cache_mode)
-        resolved = []
-        for key, path in normalize_inputs(inputs, self._coupler_path):
-            resolved.append((key, path, hasher.hash_path(path, key)))
+        resolved, recorded, missing = resolve_inputs(inputs, hasher, self._index, self._coupler_path)
         cfg = self._canonical_config(config, hasher)
         config_hash = hash_canonical(cfg)
         code = code_version or self.code_version or code_identity(fn, self.project_root, source)
@@ -336,6 +332,9 @@ class Tracker(LookupMixin, QueryMixin, MaintenanceMixin, RestoreMixin, InflightM
             year=year,
             iteration=iteration,
             hasher=hasher,
+            input_artifacts=recorded,
+            missing_inputs=missing,
+            validate=validate_cached_outputs,
         )
 
     @staticmethod
@@ -376,6 +375,11 @@ class Tracker(LookupMixin, QueryMixin, MaintenanceMixin, RestoreMixin, InflightM
         tags: Sequence[str] | None = None,
         code_version: str | None = None,
         parent_run_id: str | None = None,
+        description: str | None = None,
+        stage: str | None = None,
+        phase: str | None = None,
+        meta: Mapping[str, Any] | None = None,
+        validate_cached_outputs: str = "lazy",
     ) -> RunResult:
         """Run ``fn`` unless an identical run already produced its outputs.
 
@@ -407,11 +411,22 @@ class Tracker(LookupMixin, QueryMixin, MaintenanceMixin, RestoreMixin, InflightM
             Pins the code identity of this run.
         parent_run_id:
             Recorded as the parent; defaults to the active run, if any.
+        description, stage, phase, meta:
+            Kept in ``Run.meta`` (JSON, queryable; ``find_runs(stage=...)``), not
+            part of the identity: a run that differs only in these is a hit.
+        validate_cached_outputs:
+            ``"lazy"`` (default): a hit checks the objects it restores while copying
+            them (an output already in place is checked by its hash memo).
+            ``"eager"``: before declaring a hit, every stored object of every output
+            is read and hashed again, even those already in place; a damaged or
+            missing one makes the step execute. It costs a read of all output bytes
+            (about 1 s per GB) on every hit.
         """
         result = self._run_step(
             fn, name=name, run_id=run_id, model=model, config=config, inputs=inputs, outputs=outputs,
             cache_mode=cache_mode, year=year, iteration=iteration, tags=tags, code_version=code_version,
-            parent_run_id=parent_run_id,
+            parent_run_id=parent_run_id, validate_cached_outputs=validate_cached_outputs,
+            meta=user_run_meta(description, stage, phase, meta, f"run {name or run_id or 'step'!r}"),
         )  # fmt: skip
         assert result is not None
         return result
@@ -433,6 +448,8 @@ class Tracker(LookupMixin, QueryMixin, MaintenanceMixin, RestoreMixin, InflightM
         code_version: str | None,
         parent_run_id: str | None,
         hit_only: bool = False,
+        validate_cached_outputs: str = "lazy",
+        meta: Mapping[str, Any] | None = None,
     ) -> RunResult | None:
         """:meth:`run`; with ``hit_only``, record and return a cache hit, or return None (nothing recorded)."""
         if run_id is not None:
@@ -446,22 +463,24 @@ class Tracker(LookupMixin, QueryMixin, MaintenanceMixin, RestoreMixin, InflightM
         plan = self._plan(
             fn=fn, source=None, name=name, model=model, config=config, inputs=inputs, year=year,
             iteration=iteration, cache_mode=cache_mode, code_version=code_version,
+            validate_cached_outputs=validate_cached_outputs,
         )  # fmt: skip
         parent = parent_run_id or (self._stack[-1].id if self._stack else None)
         dests = {k: Path(v) for k, v in declared_paths.items()} if declared_paths else None
 
         if hit_only:
             found = self._try_reuse(plan, dests, declared_keys) if cache_mode != "overwrite" else "no_match"
-            return None if isinstance(found, str) else self._record_hit(plan, found, run_id, parent, tags)
+            return None if isinstance(found, str) else self._record_hit(plan, found, run_id, parent, tags, meta=meta)
         found, claim, waited = self._reuse_or_claim(plan, dests, declared_keys)
         if not isinstance(found, str):
             logs.decision(name, plan.signature, hit_of=found[0]["id"], components=plan.components)
-            return self._record_hit(plan, found, run_id, parent, tags, waited_for=waited)
-        active, _meta = self._open_miss(plan, found, name, run_id, parent, tags, claim)
+            return self._record_hit(plan, found, run_id, parent, tags, waited_for=waited, meta=meta)
+        active, _meta = self._open_miss(plan, found, name, run_id, parent, tags, claim, meta)
         self._fire("start", active.row)
         self._stack.append(active)
         token = context.set_current(self)
         try:
+            self._materialize_inputs(plan)
             kwargs = _bind(fn, config, plan.inputs, inputs)
             value = fn(**kwargs)
             self._collect_outputs(active, value, declared_keys, declared_paths)

@@ -14,7 +14,7 @@ BACKEND_NAMES = ("docker", "podman", "apptainer", "singularity")
 
 def get_backend(name: str) -> Backend:
     """The backend for ``backend_type`` (``singularity`` and ``apptainer`` are one backend)."""
-    from ..errors import ContainerError
+    from ..errors import UnknownBackendError
 
     key = name.lower()
     if key == "docker":
@@ -29,7 +29,7 @@ def get_backend(name: str) -> Backend:
         from .apptainer import ApptainerBackend
 
         return ApptainerBackend()
-    raise ContainerError(
+    raise UnknownBackendError(
         f"Unknown backend_type {name!r}",
         None,
         f"use one of {', '.join(repr(b) for b in BACKEND_NAMES)}",

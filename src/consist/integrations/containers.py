@@ -43,6 +43,7 @@ from ..errors import (
     ContainerExecutionError,
     ContainerTimeoutError,
     PathNotAllowedError,
+    check_option,
 )
 from ..hashing import canonical, dumps, hash_canonical
 from ..names import check_run_id
@@ -314,7 +315,7 @@ def run_container(
             'pass e.g. image="my-org/my-model:v1.0", image="repo@sha256:...", or image="model.sif"',
         )
     if lineage_mode not in ("full", "none"):
-        raise ConsistError(f"Unknown lineage_mode {lineage_mode!r}", None, 'use "full" or "none"')
+        check_option("lineage_mode", lineage_mode, ("full", "none"))
     argv = _command(command)
     env = {str(k): str(v) for k, v in (environment or {}).items()}
     mounts = plan_mounts(tracker, volumes, strict_mounts)
@@ -356,9 +357,9 @@ def run_container(
     parent = tracker._stack[-1] if tracker._stack else None
     cache_mode = parent.plan.cache_mode if parent and parent.plan.cache_mode in ("overwrite", "readonly") else "reuse"
     hasher = tracker._hasher(cache_mode)
-    from ..planning import _Plan, normalize_inputs
+    from ..planning import _Plan, resolve_inputs
 
-    resolved = [(k, p, hasher.hash_path(p, k)) for k, p in normalize_inputs(inputs, tracker._coupler_path)]
+    resolved, recorded, gone = resolve_inputs(inputs, hasher, tracker._index, tracker._coupler_path)
     components: dict[str, Any] = {
         "kind": "container",
         "image_digest": ref.digest,
@@ -382,6 +383,8 @@ def run_container(
         year=year,
         iteration=iteration,
         hasher=hasher,
+        input_artifacts=recorded,
+        missing_inputs=gone,
     )
     parent_id = parent.id if parent else None
 
@@ -389,7 +392,7 @@ def run_container(
     if not isinstance(found, str):
         logs.decision(run_id, plan.signature, hit_of=found[0]["id"], components=plan.components)
         rr = tracker._record_hit(plan, found, run_id, parent_id, tags, waited_for=waited)  # updates a coupler
-        _attach_to_parent(tracker, parent, rr._output_rows)
+        _attach_to_parent(tracker, parent, rr._output_rows, plan)
         hit_log = None
         if plan.cache_mode != "readonly":
             hit_log = _write_run_folder(tracker, rr._run_row, manifest, rr._output_rows, hit=True)
@@ -399,6 +402,7 @@ def run_container(
 
     active, meta = tracker._open_miss(plan, found, run_id, run_id, parent_id, tags, claim, {"container": manifest})
     tracker._fire("start", active.row)
+    tracker._materialize_inputs(plan)
     log_path = tracker.run_dir / active.id / "container.log"
     try:
         _prepare_host_dirs(mounts)
@@ -439,7 +443,7 @@ def run_container(
         _write_run_folder(tracker, active.row, manifest, active.outputs, hit=False)
     tracker._fire("complete", active.row, active.outputs)
     tracker._step_done(None, active.outputs)
-    _attach_to_parent(tracker, parent, active.outputs)
+    _attach_to_parent(tracker, parent, active.outputs, plan)
     rr = RunResult(active.id, False, None, active.row, dict(active.outputs))
     return ContainerResult(
         active.id, False, None, rr.outputs, manifest, manifest_hash, ref.digest, log_path, missing, rr
@@ -594,12 +598,24 @@ def _record_log(tracker: Tracker, active: Any, log_path: Path) -> None:
     tracker._index.atomic(record)
 
 
-def _attach_to_parent(tracker: Tracker, parent: Any, outputs: Mapping[str, dict[str, Any]]) -> None:
-    """Inside an active run, the container's outputs are outputs of that run too."""
+def _attach_to_parent(tracker: Tracker, parent: Any, outputs: Mapping[str, dict[str, Any]], plan: Any) -> None:
+    """Inside an active run, the container's inputs and outputs are that run's too.
+
+    An input key the outer run already has keeps its artifact. Scenario headers
+    collect their steps' artifacts themselves (see :mod:`consist.scenarios`).
+    """
     if parent is None or parent.scenario is not None:
         return
     for key, row in outputs.items():
         parent.outputs[key] = row  # linked when the parent run finishes
+    if parent.persist and plan.inputs:
+        have = {r["link_key"] for r in tracker._index.links_of(parent.id, "input")}
+        new = [entry for entry in plan.inputs if entry[0] not in have]
+        if new:
+            import dataclasses
+
+            sub = dataclasses.replace(plan, inputs=new)
+            tracker._index.atomic(lambda: tracker._link_inputs(parent.id, sub))
 
 
 __all__ = ["ContainerError", "ContainerResult", "run_container"]
