@@ -25,21 +25,27 @@ from .errors import (
     InputNotFoundError,
     IntegrityError,
     InvalidNameError,
+    InvalidOptionError,
+    MetadataError,
     OutputError,
     PathNotAllowedError,
     RunNotFoundError,
     RunStateError,
     StoreError,
     StoreLockedError,
+    UnknownBackendError,
 )
 from .logs import configure_from_environment as _configure_logging
 
 if TYPE_CHECKING:
     import os
+    from pathlib import Path
 
     import pandas as pd
 
+    from .active import RunRecord
     from .models import Artifact, Run, RunArtifactLink
+    from .noop import NoopTracker
     from .results import RunArtifacts, RunResult
     from .scenarios import Coupler, ScenarioContext, TraceStep
     from .tracker import Tracker
@@ -66,6 +72,8 @@ _LAZY = {
     "ScenarioContext": ".scenarios",
     "Coupler": ".scenarios",
     "TraceStep": ".scenarios",
+    "NoopTracker": ".noop",
+    "RunRecord": ".active",
 }
 
 
@@ -94,21 +102,50 @@ def run(fn: Any, **kwargs: Any) -> RunResult:
     return tracker.run(fn, **kwargs)
 
 
-def log_artifact(path: str | os.PathLike[str], key: str | None = None, direction: str = "output") -> Artifact:
-    """:meth:`Tracker.log_artifact` on the current tracker's active run."""
+def log_artifact(
+    path: str | os.PathLike[str], key: str | None = None, direction: str = "output", **meta: Any
+) -> Artifact:
+    """:meth:`Tracker.log_artifact` on the current tracker's active run (keywords: its metadata)."""
     tracker = current_tracker()
     assert tracker is not None
-    return tracker.log_artifact(path, key, direction)
+    return tracker.log_artifact(path, key, direction, **meta)
 
 
-def log_input(path: str | os.PathLike[str], key: str | None = None) -> Artifact:
+def log_input(path: str | os.PathLike[str], key: str | None = None, **meta: Any) -> Artifact:
     """Record an input of the current run."""
-    return log_artifact(path, key, "input")
+    return log_artifact(path, key, "input", **meta)
 
 
-def log_output(path: str | os.PathLike[str], key: str | None = None) -> Artifact:
+def log_output(path: str | os.PathLike[str], key: str | None = None, **meta: Any) -> Artifact:
     """Record an output of the current run."""
-    return log_artifact(path, key, "output")
+    return log_artifact(path, key, "output", **meta)
+
+
+def log_meta(**meta: Any) -> dict[str, Any]:
+    """:meth:`Tracker.log_meta` on the current tracker's active run."""
+    tracker = current_tracker()
+    assert tracker is not None
+    return tracker.log_meta(**meta)
+
+
+def current_consist() -> RunRecord | None:
+    """The current tracker's open run (:attr:`Tracker.current_consist`), or None."""
+    tracker = current_tracker(required=False)
+    return tracker.current_consist if tracker is not None else None
+
+
+def output_dir() -> Path:
+    """The current run's own folder, ``run_dir/<run_id>/`` (created)."""
+    tracker = current_tracker()
+    assert tracker is not None
+    return tracker.output_dir()
+
+
+def output_path(key: str, ext: str | None = None) -> Path:
+    """Where the current run conventionally writes output ``key``: ``run_dir/<run_id>/<key>[.<ext>]``."""
+    tracker = current_tracker()
+    assert tracker is not None
+    return tracker.output_path(key, ext)
 
 
 def scenario(name: str, tracker: Tracker | None = None, *, config: Any = None, tags: Any = None) -> ScenarioContext:
@@ -134,6 +171,12 @@ __all__ = [
     "log_artifact",
     "log_input",
     "log_output",
+    "log_meta",
+    "current_consist",
+    "output_dir",
+    "output_path",
+    "NoopTracker",
+    "RunRecord",
     "load_df",
     "scenario",
     "ScenarioContext",
@@ -151,6 +194,9 @@ __all__ = [
     "ConfigError",
     "InputNotFoundError",
     "InvalidNameError",
+    "InvalidOptionError",
+    "MetadataError",
+    "UnknownBackendError",
     "OutputError",
     "RunStateError",
     "RunNotFoundError",

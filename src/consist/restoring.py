@@ -161,6 +161,7 @@ class RestoreMixin:
         """
         from .errors import OutputError, RunNotFoundError
 
+        self._writable(f"hydrate the outputs of {run_id!r}")
         if self._index.run(run_id) is None:
             raise RunNotFoundError(
                 f"No run with id {run_id!r} in {self._index.location}",

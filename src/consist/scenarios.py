@@ -18,6 +18,7 @@ analysis. Re-running a scenario under the same name records a new header
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -27,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import context
 from .errors import ConsistError, CouplerKeyError
+from .hashing import dumps, loads
 from .identity import caller_source
 from .names import check_run_id
 
@@ -198,6 +200,8 @@ class ScenarioContext:
         self.coupler = Coupler(tracker)
         self.run_id: str | None = None
         self.failed_steps: list[str] = []
+        #: Output keys the scenario promises: key -> required (see :meth:`declare_outputs`).
+        self.declared_outputs: dict[str, bool] = {}
         self._token: Any = None
 
     # ---------------------------------------------------------------- lifecycle
@@ -229,12 +233,120 @@ class ScenarioContext:
             self._token = None
         while t._stack and t._stack[-1].scenario is not self:
             t.end_run("failed", "left open when its scenario ended")  # a begin_run without end_run
+        header = t._stack[-1]
+        summary = self._summarise(header)
+        missing = [k for k, required in self.declared_outputs.items() if required and k not in self.coupler]
         if exc is not None:
             t.end_run("failed", exc)
         elif self.failed_steps:
             t.end_run("failed", f"steps failed: {', '.join(self.failed_steps)}")
+        elif missing:
+            from .errors import OutputError
+
+            err = OutputError(
+                f"Scenario {self.name!r} ended without its required outputs {', '.join(map(repr, missing))}",
+                f"no step produced them (the scenario has {', '.join(map(repr, self.coupler)) or 'no outputs'})",
+                "run the steps that produce them, or declare them with required=False",
+            )
+            summary["missing_outputs"] = missing
+            header.row["meta"] = dumps({**(loads(header.row.get("meta")) or {}), "scenario": summary})
+            t.end_run("failed", err)
+            raise err
         else:
             t.end_run("completed")
+
+    def _summarise(self, header: Any) -> dict[str, Any]:
+        """Record the steps in the header's meta and link their inputs and outputs to it; returns the summary.
+
+        Steps are the header's child runs in the index, so rows a sweep ran in other
+        processes are counted too.
+        """
+        t = self.tracker
+        steps = []
+        failed = None
+        if header.persist:
+            for row in t._index.query(
+                "SELECT id, model, status, cache_hit FROM run WHERE parent_run_id = ? ORDER BY started_at, seq",
+                (header.id,),
+            ):
+                state = "failed" if row["status"] == "failed" else "hit" if row["cache_hit"] else "executed"
+                if row["status"] not in ("completed", "failed"):
+                    state = row["status"]
+                steps.append({"id": row["id"], "model": row["model"], "status": state})
+                if state == "failed" and failed is None:
+                    failed = row["id"]
+            links = t._index.query(
+                "SELECT l.key, l.direction, a.* FROM run_artifact l JOIN run r ON r.id = l.run_id "
+                "JOIN artifact a ON a.id = l.artifact_id "
+                "WHERE r.parent_run_id = ? AND l.direction IN ('input', 'output') ORDER BY l.seq",
+                (header.id,),
+            )
+            inputs = {r["key"]: r["id"] for r in links if r["direction"] == "input"}
+            for r in links:
+                if r["direction"] == "output":
+                    out = {k: v for k, v in r.items() if k not in ("direction", "seq")}
+                    out["key"] = r["key"]
+                    header.outputs[r["key"]] = out  # linked when the header ends
+            have = {r["link_key"] for r in t._index.links_of(header.id, "input")}
+            new = [(k, a) for k, a in inputs.items() if k not in have]
+            if new:
+                t._index.atomic(lambda: [t._index.link(header.id, a, "input", k) for k, a in new])
+        summary: dict[str, Any] = {
+            "steps": steps,
+            "failed_step": failed,
+            "declared_outputs": sorted(self.declared_outputs),
+        }
+        header.row["meta"] = dumps({**(loads(header.row.get("meta")) or {}), "scenario": summary})
+        return summary
+
+    # ---------------------------------------------------------------- contracts
+
+    def add_input(self, path_or_artifact: Any, key: str | None = None) -> Artifact:
+        """Record an input of the whole scenario (linked to its header) and put it in the coupler under ``key``.
+
+        ``key`` defaults to the artifact's key or the file name. Later steps can name
+        it as an input by that key.
+        """
+        from .models import artifact_from_row
+        from .planning import resolve_inputs
+
+        t = self.tracker
+        header = self._header()
+        value = {key: path_or_artifact} if key else [path_or_artifact]
+        hasher = t._hasher(header.plan.cache_mode)
+        resolved, recorded, missing = resolve_inputs(value, hasher, t._index, None)
+        k, path, digest = resolved[0]
+        header.plan.inputs.append((k, path, digest))
+        header.plan.input_artifacts.update(recorded)
+        if header.persist:
+            one = dataclasses.replace(header.plan, inputs=[(k, path, digest)], input_artifacts=recorded)
+            t._index.atomic(lambda: t._link_inputs(header.id, one))
+            row = {r["link_key"]: r for r in t._index.links_of(header.id, "input")}[k]
+        else:
+            row = {"id": "", "key": k, "uri": str(path.resolve()), "hash": digest, "kind": "file"}
+        if missing:
+            t._materialize_inputs(dataclasses.replace(header.plan, inputs=[(k, path, digest)], missing_inputs=missing))
+        plain = {c: v for c, v in row.items() if c not in ("link_key", "direction", "seq")}
+        self.coupler._update({k: plain})
+        return artifact_from_row(plain)
+
+    def declare_outputs(self, *keys: str, required: bool = True) -> None:
+        """Promise outputs by coupler key: when the scenario ends without a required one, its header fails.
+
+        The error names what is missing; ``required=False`` only records the promise.
+        """
+        for k in keys:
+            if not isinstance(k, str) or not k:
+                raise ConsistError(f"declare_outputs() got {k!r}", None, "pass output keys as text")
+            self.declared_outputs[k] = required or self.declared_outputs.get(k, False)
+
+    def _header(self) -> Any:
+        for a in self.tracker._stack:
+            if a.scenario is self:
+                return a
+        raise ConsistError(
+            f"Scenario {self.name!r} is not open", None, "call this inside its `with consist.scenario(...)` block"
+        )
 
     def _step_failed(self, run_id: str) -> None:
         self.failed_steps.append(run_id)

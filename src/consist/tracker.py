@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 from . import context, logs
 from .errors import (
     ConsistWarning,
+    RunStateError,
     StoreError,
     check_option,
 )
@@ -95,6 +96,11 @@ class Tracker(LookupMixin, QueryMixin, MaintenanceMixin, RestoreMixin, InflightM
         Part of every signature: bump it to invalidate all cached runs.
     code_version:
         Pins the code identity of every run instead of asking git.
+    read_only:
+        Open an existing history for looking only (analysis notebooks): queries and
+        lookups work, while anything that would record, restore into the workspace
+        or change the database raises :class:`~consist.RunStateError`. Nothing is
+        created, merged or written, not even the run directory.
     """
 
     def __init__(
@@ -110,10 +116,13 @@ class Tracker(LookupMixin, QueryMixin, MaintenanceMixin, RestoreMixin, InflightM
         allow_external_paths: bool | None = None,
         cache_epoch: int = 1,
         code_version: str | None = None,
+        read_only: bool = False,
     ) -> None:
         check_option("hashing_strategy", hashing_strategy, ("full", "fast"))
+        self.read_only = bool(read_only)
         self.run_dir = Path(run_dir).resolve()
-        self.run_dir.mkdir(parents=True, exist_ok=True)
+        if not self.read_only:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
         self.db_path = Path(db_path).resolve() if db_path is not None else self.run_dir / "provenance.duckdb"
         self.mounts = {str(k): Path(v).resolve() for k, v in (mounts or {}).items()}
         self.project_root = Path(project_root).resolve()
@@ -126,7 +135,7 @@ class Tracker(LookupMixin, QueryMixin, MaintenanceMixin, RestoreMixin, InflightM
         self.roots = Roots(self.run_dir, self.project_root, self.mounts, allow_external=self.allow_external_paths)
         self.db_url = db_url if db_url is not None else os.environ.get("CONSIST_DB_URL") or None
         self.store_dir = Path(store_dir).resolve() if store_dir is not None else self.run_dir / ".consist" / "objects"
-        self._index, self._store = open_backend(self.db_path, self.db_url)
+        self._index, self._store = open_backend(self.db_path, self.db_url, read_only=self.read_only)
         # How a worker process opens this same tracker (see spec()).
         self._spec = {
             "run_dir": str(self.run_dir), "db_path": str(self.db_path), "db_url": self.db_url,
@@ -135,11 +144,12 @@ class Tracker(LookupMixin, QueryMixin, MaintenanceMixin, RestoreMixin, InflightM
             "allow_external_paths": self.allow_external_paths, "cache_epoch": cache_epoch, "code_version": code_version,
         }  # fmt: skip
         self._objects = ObjectStore(self.store_dir, memo=self._index)
-        self._store.reconcile()  # a new index beside an existing DuckDB file takes over its past runs
         self._stack: list[_Active] = []
         self._hooks: dict[str, list[Callable[..., Any]]] = {"start": [], "complete": [], "failed": []}
         self._closed = False
-        self._reap_interrupted()
+        if not self.read_only:
+            self._store.reconcile()  # a new index beside an existing DuckDB file takes over its past runs
+            self._reap_interrupted()
         atexit.register(_close_at_exit, weakref.ref(self))
 
     # ------------------------------------------------------------------ lifecycle
@@ -169,6 +179,15 @@ class Tracker(LookupMixin, QueryMixin, MaintenanceMixin, RestoreMixin, InflightM
         finally:
             self._store.dispose()
             self._index.close()
+
+    def _writable(self, doing: str) -> None:
+        """Refuse, clearly, what a read-only tracker must not do."""
+        if self.read_only:
+            raise RunStateError(
+                f"Cannot {doing}: this tracker is read-only",
+                "it was opened with read_only=True, for looking at the history only",
+                "open another Tracker on the same run_dir and database without read_only to record runs",
+            )
 
     def sync(self) -> int:
         """Merge runs recorded so far into the DuckDB file now; returns rows merged."""
@@ -307,6 +326,7 @@ class Tracker(LookupMixin, QueryMixin, MaintenanceMixin, RestoreMixin, InflightM
     ) -> _Plan:
         check_option("cache_mode", cache_mode, CACHE_MODES)
         check_option("validate_cached_outputs", validate_cached_outputs, VALIDATE_MODES)
+        self._writable(f"record the run {name!r}")
         hasher = self._hasher(cache_mode)
         resolved, recorded, missing = resolve_inputs(inputs, hasher, self._index, self._coupler_path)
         cfg = self._canonical_config(config, hasher)

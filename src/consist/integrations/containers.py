@@ -354,6 +354,7 @@ def run_container(
             )
         return ContainerResult(None, False, None, {}, manifest, manifest_hash, ref.digest, log_path)
 
+    tracker._writable(f"run the container step {run_id!r}")
     parent = tracker._stack[-1] if tracker._stack else None
     cache_mode = parent.plan.cache_mode if parent and parent.plan.cache_mode in ("overwrite", "readonly") else "reuse"
     hasher = tracker._hasher(cache_mode)

@@ -22,8 +22,11 @@ from .duck import DUCK_SCHEMA_VERSION, DuckStore, export_duckdb, rebuild_index
 from .index import RunIndex
 
 
-def open_backend(db_path: Path, db_url: str | None) -> tuple[RunIndex, Any]:
-    """The run index and query side for a DuckDB file, or for a PostgreSQL URL when one is given."""
+def open_backend(db_path: Path, db_url: str | None, read_only: bool = False) -> tuple[RunIndex, Any]:
+    """The run index and query side for a DuckDB file, or for a PostgreSQL URL when one is given.
+
+    ``read_only`` opens both for reading only: nothing is created, upgraded, merged or written.
+    """
     if db_url:
         from .postgres import PostgresIndex, PostgresQueries, is_postgres_url
 
@@ -36,10 +39,14 @@ def open_backend(db_path: Path, db_url: str | None) -> tuple[RunIndex, Any]:
                 "use postgresql://user:password@host:port/database, or leave db_url unset for the "
                 "embedded DuckDB file (db_path)",
             )
-        index = PostgresIndex(db_url)
+        index = PostgresIndex(db_url, read_only=read_only)
         return index, PostgresQueries(index)
     from .sqlite import SQLiteIndex, index_path_for
 
+    if read_only:
+        from .readonly import ReadOnlyDuck
+
+        return SQLiteIndex(index_path_for(db_path), read_only=True), ReadOnlyDuck(db_path)
     index = SQLiteIndex(index_path_for(db_path))
     return index, DuckStore(db_path, index)
 

@@ -1,0 +1,257 @@
+"""``NoopTracker``: the tracker's surface with provenance switched off.
+
+Production code written against a :class:`~consist.Tracker` can take a
+``NoopTracker`` instead to run exactly the same steps without recording, hashing
+or caching anything: every step executes, nothing is written to a database or
+an object store, and lookups find nothing.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from . import context
+from .names import fit
+from .planning import _as_path, _bind, normalize_inputs
+from .results import RunResult
+
+
+def _row(key: str, path: Path, run_id: str) -> dict[str, Any]:
+    p = Path(path).absolute()
+    return {"id": "", "key": key, "uri": str(p), "hash": None, "size": None,
+            "kind": "dir" if p.is_dir() else "file", "run_id": run_id}  # fmt: skip
+
+
+class _NoopRecord:
+    """What ``current_consist`` and ``last_run`` give: the run's id, config and outputs so far."""
+
+    def __init__(self, run_id: str, config: Any) -> None:
+        self.run_id = run_id
+        self.config = config
+        self.meta: dict[str, Any] = {}
+        self.is_cached = False
+        self.cached_run = None
+        self._inputs: dict[str, dict[str, Any]] = {}
+        self._outputs: dict[str, dict[str, Any]] = {}
+
+    @property
+    def inputs(self) -> dict[str, Any]:
+        from .models import artifact_from_row
+
+        return {k: artifact_from_row(r) for k, r in self._inputs.items()}
+
+    @property
+    def outputs(self) -> dict[str, Any]:
+        from .models import artifact_from_row
+
+        return {k: artifact_from_row(r) for k, r in self._outputs.items()}
+
+    def cached_output(self, key: str | None = None) -> None:
+        return None
+
+
+class NoopTracker:
+    """Same calls as :class:`~consist.Tracker`; executes every step and records nothing.
+
+    ``run_dir`` only serves :meth:`output_dir`/:meth:`output_path`; other
+    constructor arguments are accepted and ignored, so the two swap with one edit.
+    """
+
+    read_only = False
+
+    def __init__(self, run_dir: str | os.PathLike[str] = ".", *args: Any, **kwargs: Any) -> None:
+        self.run_dir = Path(run_dir).absolute()
+        self._stack: list[_NoopRecord] = []
+        self._last: _NoopRecord | None = None
+        self._n = 0
+
+    def __enter__(self) -> NoopTracker:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Nothing to close."""
+
+    def _new_id(self, name: str) -> str:
+        self._n += 1
+        return f"{fit(name)}_noop{self._n}"
+
+    # ---------------------------------------------------------------- steps
+
+    def run(
+        self,
+        fn: Callable[..., Any],
+        *,
+        name: str | None = None,
+        run_id: str | None = None,
+        config: Any = None,
+        inputs: Any = None,
+        outputs: Sequence[str] | Mapping[str, Any] | None = None,
+        **ignored: Any,
+    ) -> RunResult:
+        """Call ``fn`` as :meth:`Tracker.run` would (config and inputs bound by name) and return its outputs."""
+        label = name or getattr(fn, "__name__", "step")
+        rec = _NoopRecord(run_id or self._new_id(label), config)
+        resolved = [(k, p, "") for k, p, _v in normalize_inputs(inputs)]
+        rec._inputs = {k: _row(k, p, "") for k, p, _h in resolved}
+        self._stack.append(rec)
+        token = context.set_current(self)  # type: ignore[arg-type]
+        try:
+            value = fn(**_bind(fn, config, resolved, inputs))
+        finally:
+            context.reset_current(token)
+            self._stack.remove(rec)
+        if isinstance(outputs, Mapping):
+            for key, path in outputs.items():
+                rec._outputs[key] = _row(key, Path(path), rec.run_id)
+        elif outputs:
+            keys = [outputs] if isinstance(outputs, str) else list(outputs)
+            if isinstance(value, Mapping):
+                for key in keys:
+                    rec._outputs[key] = _row(key, _as_path(value[key], key), rec.run_id)
+            elif len(keys) == 1:
+                rec._outputs[keys[0]] = _row(keys[0], _as_path(value, keys[0]), rec.run_id)
+        self._last = rec
+        row = {"id": rec.run_id, "name": label, "model": ignored.get("model") or label, "status": "completed",
+               "cache_hit": 0, "config": None, "meta": None}  # fmt: skip
+        return RunResult(rec.run_id, False, None, row, dict(rec._outputs))
+
+    def begin_run(self, run_id: str, model: str, config: Any = None, *args: Any, **kwargs: Any) -> Any:
+        """Open a run that records nothing; returns its run id."""
+        self._stack.append(_NoopRecord(run_id, config))
+        return run_id
+
+    def end_run(self, status: str = "completed", error: Any = None) -> Any:
+        """Close the innermost open run."""
+        if self._stack:
+            self._last = self._stack.pop()
+        return self._last.run_id if self._last else None
+
+    @contextmanager
+    def start_run(self, run_id: str, model: str, **kwargs: Any) -> Iterator[Any]:
+        """:meth:`begin_run` as a context manager."""
+        self.begin_run(run_id, model, **kwargs)
+        token = context.set_current(self)  # type: ignore[arg-type]
+        try:
+            yield run_id
+        finally:
+            context.reset_current(token)
+            self.end_run()
+
+    @contextmanager
+    def scenario(self, name: str, **kwargs: Any) -> Iterator[Any]:
+        """A scenario whose steps simply run (see :class:`_NoopScenario`)."""
+        self.begin_run(name, "scenario")
+        try:
+            yield _NoopScenario(self, name)
+        finally:
+            self.end_run()
+
+    # ---------------------------------------------------------------- the open run
+
+    @property
+    def current_consist(self) -> _NoopRecord | None:
+        return self._stack[-1] if self._stack else None
+
+    active_run = current_consist
+
+    @property
+    def last_run(self) -> _NoopRecord | None:
+        return self._last
+
+    @property
+    def is_cached(self) -> bool:
+        return False
+
+    def cached_output(self, key: str | None = None) -> None:
+        return None
+
+    def log_artifact(self, path: Any, key: str | None = None, direction: str = "output", **meta: Any) -> Any:
+        """Describe the file as an artifact (nothing is hashed or stored)."""
+        from .models import artifact_from_row
+
+        p = Path(path)
+        k = key or p.name
+        rec = self._stack[-1] if self._stack else None
+        row = _row(k, p, rec.run_id if rec and direction == "output" else "")
+        if rec is not None:
+            (rec._outputs if direction == "output" else rec._inputs)[k] = row
+        return artifact_from_row(row)
+
+    def log_input(self, path: Any, key: str | None = None, **meta: Any) -> Any:
+        return self.log_artifact(path, key, "input", **meta)
+
+    def log_output(self, path: Any, key: str | None = None, **meta: Any) -> Any:
+        return self.log_artifact(path, key, "output", **meta)
+
+    def log_meta(self, **meta: Any) -> dict[str, Any]:
+        if self._stack:
+            self._stack[-1].meta.update(meta)
+            return dict(self._stack[-1].meta)
+        return {}
+
+    def output_dir(self) -> Path:
+        rid = self._stack[-1].run_id if self._stack else "outputs"
+        path = self.run_dir / rid
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+    def output_path(self, key: str, ext: str | None = None) -> Path:
+        return self.output_dir() / (f"{key}.{ext.lstrip('.')}" if ext else key)
+
+    # ---------------------------------------------------------------- lookups find nothing
+
+    def find_runs(self, **filters: Any) -> list[Any]:
+        return []
+
+    def find_artifacts(self, **filters: Any) -> list[Any]:
+        return []
+
+    def find_matching_runs(self, *args: Any, **filters: Any) -> list[Any]:
+        return []
+
+    def find_latest_run(self, **filters: Any) -> None:
+        return None
+
+    def get_latest_run_id(self, **filters: Any) -> None:
+        return None
+
+    def get_run(self, run_id: str) -> None:
+        return None
+
+    def get_artifact(self, key_or_id: str, run_id: str | None = None) -> None:
+        return None
+
+
+class _NoopScenario:
+    """A scenario of a :class:`NoopTracker`: steps run, a plain dict couples them."""
+
+    def __init__(self, tracker: NoopTracker, name: str) -> None:
+        self.tracker = tracker
+        self.name = name
+        self.run_id = name
+        self.coupler: dict[str, Any] = {}
+
+    def run(self, fn: Callable[..., Any], **kwargs: Any) -> RunResult:
+        result = self.tracker.run(fn, **kwargs)
+        self.coupler.update(result.outputs)
+        return result
+
+    @contextmanager
+    def trace(self, name: str, **kwargs: Any) -> Iterator[Any]:
+        with self.tracker.start_run(f"{self.name}_{name}", name):
+            yield self.tracker.current_consist
+
+    def add_input(self, path_or_artifact: Any, key: str | None = None) -> Any:
+        art = self.tracker.log_input(path_or_artifact, key)
+        self.coupler[art.key] = art
+        return art
+
+    def declare_outputs(self, *keys: str, required: bool = True) -> None:
+        """Recorded nowhere: a NoopTracker checks no contracts."""
