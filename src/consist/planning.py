@@ -105,9 +105,7 @@ def _as_path(value: Any, key: str) -> Path:
     )
 
 
-def normalize_inputs(
-    inputs: Any, resolve: Callable[[Any], Path | None] | None = None
-) -> list[tuple[str, Path, Any]]:
+def normalize_inputs(inputs: Any, resolve: Callable[[Any], Path | None] | None = None) -> list[tuple[str, Path, Any]]:
     """``(key, path, value)`` triples from a dict or a list of paths, artifacts or run results.
 
     ``resolve`` may map a value to a path first (scenario coupler keys). In a list,
