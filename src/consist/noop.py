@@ -20,10 +20,10 @@ from .planning import _as_path, _bind, normalize_inputs
 from .results import RunResult
 
 
-def _row(key: str, path: Path, run_id: str) -> dict[str, Any]:
+def _row(key: str, path: Path, run_id: str, meta: dict[str, Any] | None = None) -> dict[str, Any]:
     p = Path(path).absolute()
     return {"id": "", "key": key, "uri": str(p), "hash": None, "size": None,
-            "kind": "dir" if p.is_dir() else "file", "run_id": run_id}  # fmt: skip
+            "kind": "dir" if p.is_dir() else "file", "run_id": run_id, "meta": meta or None}  # fmt: skip
 
 
 class _NoopRecord:
@@ -122,9 +122,11 @@ class NoopTracker:
                "cache_hit": 0, "config": None, "meta": None}  # fmt: skip
         return RunResult(rec.run_id, False, None, row, dict(rec._outputs))
 
-    def begin_run(self, run_id: str, model: str, config: Any = None, *args: Any, **kwargs: Any) -> Any:
+    def begin_run(self, run_id: str, model: str, config: Any = None, inputs: Any = None, **kwargs: Any) -> Any:
         """Open a run that records nothing; returns its run id."""
-        self._stack.append(_NoopRecord(run_id, config))
+        rec = _NoopRecord(run_id, config)
+        rec._inputs = {k: _row(k, p, "") for k, p, _v in normalize_inputs(inputs)}
+        self._stack.append(rec)
         return run_id
 
     def end_run(self, status: str = "completed", error: Any = None) -> Any:
@@ -179,7 +181,7 @@ class NoopTracker:
         p = Path(path)
         k = key or p.name
         rec = self._stack[-1] if self._stack else None
-        row = _row(k, p, rec.run_id if rec and direction == "output" else "")
+        row = _row(k, p, rec.run_id if rec and direction == "output" else "", meta)
         if rec is not None:
             (rec._outputs if direction == "output" else rec._inputs)[k] = row
         return artifact_from_row(row)
@@ -229,6 +231,20 @@ class NoopTracker:
         return None
 
 
+class _NoopCoupler(dict):  # type: ignore[type-arg]
+    """A plain dict with the coupler's calls."""
+
+    def set(self, key: str, artifact: Any) -> Any:
+        self[key] = artifact
+        return artifact
+
+    def require(self, key: str) -> Any:
+        return self[key]
+
+    def path(self, key: str) -> Path:
+        return Path(self[key].uri)
+
+
 class _NoopScenario:
     """A scenario of a :class:`NoopTracker`: steps run, a plain dict couples them."""
 
@@ -236,7 +252,7 @@ class _NoopScenario:
         self.tracker = tracker
         self.name = name
         self.run_id = name
-        self.coupler: dict[str, Any] = {}
+        self.coupler = _NoopCoupler()
 
     def run(self, fn: Callable[..., Any], **kwargs: Any) -> RunResult:
         result = self.tracker.run(fn, **kwargs)
