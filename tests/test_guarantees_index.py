@@ -1186,7 +1186,9 @@ def test_a_read_only_index_of_a_newer_version_names_both_versions(tmp_path: Path
     con = sqlite3.connect(path)
     con.execute("PRAGMA user_version = 99")
     con.close()
-    with pytest.raises(StoreError, match=f"{path} has schema version 99; this consist understands up to {SCHEMA_VERSION}"):
+    with pytest.raises(
+        StoreError, match=f"{path} has schema version 99; this consist understands up to {SCHEMA_VERSION}"
+    ):
         SQLiteIndex(path, read_only=True)
 
 
