@@ -314,3 +314,89 @@ def test_a_hit_found_right_after_the_claim_frees_releases_the_claim(tmp_path: Pa
     assert _claims(a) == []
     a.close()
     b.close()
+
+
+def _miss_until_claimed(b: Tracker) -> None:
+    """Every look of the waiter misses except the one right after it took the claim."""
+    real_reuse, real_claim = b._try_reuse, b._index.try_claim
+    state = {"claimed": False}
+
+    def try_claim(sig: str, token: str) -> Any:
+        claimed, holder = real_claim(sig, token)
+        state["claimed"] = claimed
+        return claimed, holder
+
+    def try_reuse(*args: Any) -> Any:
+        if state.pop("claimed", False):
+            state["claimed"] = False
+            return real_reuse(*args)
+        return "no_match"
+
+    b._index.try_claim = try_claim  # type: ignore[method-assign]
+    b._try_reuse = try_reuse  # type: ignore[method-assign]
+
+
+def test_a_hit_found_right_after_the_claim_frees_goes_to_the_waiters_destination(tmp_path: Path) -> None:
+    mine = tmp_path / "b" / "mine.txt"
+    a, b, results, calls = _hold_and_wait(tmp_path, wait_out={"o": str(mine)}, patch_waiter=_miss_until_claimed)
+    assert calls == ["first"] and results["b"].cache_hit
+    assert results["b"].output_path("o") == mine and mine.read_text() == "once\n"
+    a.close()
+    b.close()
+
+
+def test_a_waiter_never_takes_a_run_that_lacks_an_output_it_declares(tmp_path: Path) -> None:
+    """The executing run records fewer outputs than the waiter declares: the waiter executes itself."""
+    a, b = _pair(tmp_path)
+    started, release = threading.Event(), threading.Event()
+
+    def one(out: str) -> Path:
+        started.set()
+        assert release.wait(30)
+        return _write(Path(out), "one\n")
+
+    def both(out: str) -> dict[str, Path]:
+        return {"o": _write(Path(out), "one\n"), "p": _write(tmp_path / "p.txt", "p\n")}
+
+    out = str(tmp_path / "made.txt")
+    results: dict[str, Any] = {}
+    t1 = threading.Thread(target=lambda: results.update(a=a.run(one, name="step", config={"out": out},
+                                                                outputs=["o"])))  # fmt: skip
+    t1.start()
+    assert started.wait(30)
+    t2 = threading.Thread(target=lambda: results.update(b=b.run(both, name="step", config={"out": out},
+                                                                outputs=["o", "p"])))  # fmt: skip
+    t2.start()
+    time.sleep(0.5)
+    release.set()
+    t1.join(30)
+    t2.join(30)
+    assert not results["a"].cache_hit
+    assert not results["b"].cache_hit and results["b"].waited_for == results["a"].run_id
+    assert sorted(results["b"].outputs) == ["o", "p"]
+    assert _claims(a) == []
+    a.close()
+    b.close()
+
+
+def _write(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path
+
+
+def test_a_miss_logs_its_reason_and_its_signature_with_the_components(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    import logging
+
+    caplog.set_level(logging.DEBUG, logger="consist")
+    a, _b = _pair(tmp_path)
+
+    def step(k: int) -> None:
+        return None
+
+    r = a.run(step, name="logged", config={"k": 1})
+    lines = [rec.getMessage() for rec in caplog.records if rec.getMessage().startswith("logged:")]
+    assert lines[0] == "logged: executes (no_prior_run; changed: -; nearest earlier run: none)"
+    assert lines[1] == f"logged: signature {r.run.signature}, components {r.run.identity}"
+    a.close()
