@@ -10,7 +10,7 @@ generated blocks of BENCHMARKS.md, which lie between
     <!-- end generated -->
 
 Each RESULTS_FILE given replaces the block of the same benchmark (core,
-containers, restore, miss, cluster) and becomes the file it cites; without RESULTS_FILE every
+containers, restore, miss, cluster, cli, lookups) and becomes the file it cites; without RESULTS_FILE every
 block is rendered again from the file it already cites. Every figure in a block
 is a value of its results file, formatted; check_published.py verifies that.
 """
@@ -372,7 +372,28 @@ def cli(r: dict[str, Any]) -> list[str]:
     ]
 
 
-RENDERERS = {"cli": cli, "core": core, "containers": containers, "restore": restore, "miss": miss, "cluster": cluster}
+def lookups(r: dict[str, Any]) -> list[str]:
+    m, t, p, b = r["measurements"], r["targets"], r["parameters"], r["build"]
+    rows = []
+    for name, arm in m["arms"].items():
+        targeted = name not in m["untargeted"]
+        rows.append(row(f"`{m['calls'][name]}`", arm["n"], ms(arm["median_ms"]),
+                        f"≤ {t['max_ms']:g} ms" if targeted else NA,
+                        met(arm["median_ms"] <= t["max_ms"]) if targeted else NA))  # fmt: skip
+    where = "a PostgreSQL database" if p["backend"] == "postgresql" else "the SQLite run index"
+    return [
+        f"{b['runs']:,} runs, {b['artifacts']:,} artifacts and {b['links']:,} links in {where} (schema version "
+        f"{b['schema_version']}), written in {b['seconds']:g} s. N is the number of samples: every lookup ran once "
+        f"per round, in {m['rounds']} rounds of rotating order, with other arguments each round.",
+        "",
+        row("lookup (median)", "N", THIS, "target", "met"),
+        row(*["---"] * 5),
+        *rows,
+    ]
+
+
+RENDERERS = {"cli": cli, "core": core, "containers": containers, "restore": restore, "miss": miss, "cluster": cluster,
+             "lookups": lookups}  # fmt: skip
 
 
 def render(result: dict[str, Any], path: str) -> str:

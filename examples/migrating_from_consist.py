@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path
+from typing import Any
 
 import consist
 from consist import Tracker
@@ -26,7 +27,7 @@ def prepare_households(raw: Path, sample: float) -> Path:
     return out
 
 
-def pipeline(tracker: Tracker, year: int) -> None:
+def pipeline(tracker: Tracker, year: int) -> Any:
     with consist.scenario(f"baseline_{year}", tracker) as sc:
         sc.add_input("inputs/land_use.csv", key="land_use")
         sc.declare_outputs("households", "trips")
@@ -56,6 +57,7 @@ def pipeline(tracker: Tracker, year: int) -> None:
                 tracker.log_meta(persons=persons)
             tracker.log_artifact("outputs/trips.csv", key="trips", direction="output", units="trips/day")
             sc.coupler.set("trips", tracker.current_consist.outputs["trips"])
+        return tracker.last_run  # the demand step, just finished
 
 
 def main() -> None:
@@ -69,8 +71,7 @@ def main() -> None:
     tracker = Tracker(run_dir="runs", db_path="provenance.duckdb", project_root=".")
 
     for attempt in ("first", "again"):
-        pipeline(tracker, 2030)
-        demand = tracker.last_run
+        demand = pipeline(tracker, 2030)
         print(f"{attempt:>5}: demand {'cached' if demand.is_cached else 'executed'}, "
               f"trips {demand.outputs['trips'].meta['units']}")  # fmt: skip
 
@@ -83,9 +84,11 @@ def main() -> None:
     print("runs by stage:", sorted(tracker.find_runs(year=2030, index_by="stage")))
     print("trips:", tracker.load_run_output(first.id, "trips").to_dict("records"))
     trips = tracker.get_artifact("trips")
-    print("who read the households:", [a.key for a in tracker.find_artifacts(creator=trips.run_id)])
+    print("the newest trips came from", trips.run_id, "which read", [a.key for a in tracker.find_artifacts(
+        consumer=first.id)])  # fmt: skip
     diff = tracker.diff_runs("baseline_2030", "baseline_2030~2")
-    print("scenario headers differ in", sorted(k for k, v in diff.items() if v) or "nothing")
+    print("outputs that differ between the two scenario runs:",
+          [o["key"] for o in diff["outputs"] if o["state"] != "same"] or "none")  # fmt: skip
     header = tracker.get_run("baseline_2030")
     print("steps of the scenario:", [s["status"] for s in header.meta["scenario"]["steps"]])
     print("its artifacts:", sorted(tracker.get_artifacts_for_run("baseline_2030").outputs))

@@ -257,3 +257,14 @@ def test_log_follow_prints_while_the_run_is_running_and_stops_when_it_ends(tmp_p
     out, err = follower.communicate(timeout=30)
     assert follower.returncode == 0, err
     assert out.splitlines() == ["[stdout] year 2030 started", "[stdout] year 2030 done"]
+
+
+def test_show_prints_a_runs_metadata(tmp_path: Path) -> None:
+    with Tracker(tmp_path / "runs", project_root=tmp_path, code_version="v1") as t:
+        r = t.run(lambda: None, name="described", description="calibration [draft]", stage="calib",
+                  meta={"households": 1200})  # fmt: skip
+    shown = js("show", r.run_id, cwd=tmp_path / "runs")
+    assert shown["meta"] == {"description": "calibration [draft]", "stage": "calib", "households": 1200}
+    assert "cache_miss_explanation" not in shown["meta"] and shown["miss_explanation"] is not None
+    text = cli("show", r.run_id, cwd=tmp_path / "runs").stdout
+    assert "metadata" in text and "description: calibration [draft]" in text and "households: 1200" in text

@@ -27,6 +27,17 @@ def test_quickstart() -> None:
     assert "clean      cached" in out and "summarize  cached" in out and "config_changed" in out
 
 
+def test_a_pipeline_in_the_original_consists_idioms_runs_unchanged() -> None:
+    out = run("migrating_from_consist.py")
+    assert "first: demand executed, trips trips/day" in out and "again: demand cached" in out
+    assert "its config: {'rate': 2.5}" in out and "'persons': 6" in out
+    assert "runs by stage: ['demand', 'prepare']" in out
+    assert "trips: [{'persons': 6, 'trips': 15.0}]" in out and "which read ['households']" in out
+    assert "steps of the scenario: ['executed', 'executed']" in out
+    assert "its artifacts: ['households', 'trips']" in out
+    assert "hydrated: {'trips': 'restart/trips.csv'}" in out and "noop recorded: []" in out
+
+
 def test_containers_basic() -> None:
     need("docker")
     out = run("containers_basic.py")

@@ -82,15 +82,16 @@ def test_a_damaged_block_is_reported_as_damaged_by_queries_and_close_only_warns(
     for off in range(len(data) // 2, len(data), 4096):
         data[off : off + 64] = b"\xff" * 64
     db.write_bytes(bytes(data))
-    t.run(nothing, name="s", config={"n": -1})
+    last = t.run(nothing, name="s", config={"n": -1})
     with pytest.raises(consist.StoreError, match=r"is damaged: .*(checksum|Corrupt)") as err:
-        t.find_runs(limit=None)
+        t.get_run(last.run_id)  # a query of the DuckDB file (lookups such as find_runs read the run index)
     assert not isinstance(err.value, consist.StoreLockedError)
     with pytest.warns(consist.ConsistWarning, match="The runs stay in the run index"):
         t.close()
     os.replace(db, f"{db}.damaged")
     again = make_tracker(code_version="v1")
-    assert len(again.find_runs(limit=None)) == 301  # rebuilt from the run index, nothing lost
+    assert len(again.find_runs(limit=None)) == 301  # nothing lost
+    assert again.get_run(last.run_id) is not None  # the DuckDB file was rebuilt from the run index
 
 
 # --------------------------------------------------------------------- a full disk

@@ -138,7 +138,7 @@ def test_a_schema_2_index_is_upgraded_in_place(tmp_path: Path) -> None:
 
     ix = SQLiteIndex(path)
     try:
-        assert ix.query_one("PRAGMA user_version")["user_version"] == SCHEMA_VERSION == 4
+        assert ix.query_one("PRAGMA user_version")["user_version"] == SCHEMA_VERSION == 5
         names = {r["name"] for r in ix.query("SELECT name FROM sqlite_master")}
         assert {"index_meta", "lease", "lease_by_run", "run_producers_by_model"} <= names
         assert len(ix.generation) == 32 and int(ix.generation, 16) >= 0

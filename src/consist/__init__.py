@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from .context import current_tracker, use_tracker
 from .errors import (
+    ArtifactNotFoundError,
     BackendUnavailableError,
     ConfigError,
     ConsistError,
@@ -29,6 +30,7 @@ from .errors import (
     MetadataError,
     OutputError,
     PathNotAllowedError,
+    RunLookupError,
     RunNotFoundError,
     RunStateError,
     StoreError,
@@ -200,6 +202,8 @@ __all__ = [
     "OutputError",
     "RunStateError",
     "RunNotFoundError",
+    "RunLookupError",
+    "ArtifactNotFoundError",
     "StoreError",
     "StoreLockedError",
     "IntegrityError",

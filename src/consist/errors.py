@@ -14,6 +14,8 @@ the problem, its likely cause, and what to do about it.
     ├── OutputError               a declared output was not produced or is unusable
     ├── RunStateError             begin/end/log in the wrong order, or a closed Tracker
     ├── RunNotFoundError          no run with that id (also KeyError)
+    ├── RunLookupError            find_run() matched no run, or several (also LookupError)
+    ├── ArtifactNotFoundError     a run has no artifact under that key (also KeyError)
     ├── StoreError                the provenance database cannot be used
     │   └── StoreLockedError      another program holds the DuckDB file
     ├── IntegrityError            stored bytes no longer match their hash
@@ -102,6 +104,25 @@ class RunStateError(ConsistError, RuntimeError):
 
 class RunNotFoundError(ConsistError, KeyError):
     """No run with the requested id exists in the database."""
+
+
+class RunLookupError(ConsistError, LookupError):
+    """A lookup that needs exactly one run (``find_run``) matched none, or several.
+
+    ``count`` is how many runs matched and ``run_ids`` the newest of them (at most five).
+    """
+
+    def __init__(
+        self, problem: str, cause: str | None = None, fix: str | None = None, *, count: int = 0,
+        run_ids: Sequence[str] = (),
+    ) -> None:  # fmt: skip
+        super().__init__(problem, cause, fix)
+        self.count = count
+        self.run_ids = list(run_ids)
+
+
+class ArtifactNotFoundError(ConsistError, KeyError):
+    """A run has no artifact under the requested key."""
 
 
 class StoreError(ConsistError):
@@ -207,6 +228,7 @@ class ContainerTimeoutError(ContainerError, TimeoutError):
 
 
 __all__ = [
+    "ArtifactNotFoundError",
     "BackendUnavailableError",
     "ConfigError",
     "ConsistError",
@@ -220,6 +242,7 @@ __all__ = [
     "IntegrityError",
     "OutputError",
     "PathNotAllowedError",
+    "RunLookupError",
     "RunNotFoundError",
     "RunStateError",
     "StoreError",

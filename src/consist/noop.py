@@ -230,6 +230,33 @@ class NoopTracker:
     def get_artifact(self, key_or_id: str, run_id: str | None = None) -> None:
         return None
 
+    def get_artifact_by_uri(self, uri: Any) -> None:
+        return None
+
+    def get_run_config(self, run_id: str) -> None:
+        return None
+
+    def find_run(self, **filters: Any) -> Any:
+        from .errors import RunLookupError
+
+        raise RunLookupError("No run matches: a NoopTracker records none", None, "use a Tracker to look runs up")
+
+    def history(self, limit: int = 10, tags: Any = None) -> Any:
+        """An empty DataFrame."""
+        import pandas as pd
+
+        return pd.DataFrame()
+
+    def load_run_output(self, run_id: str, key: str, **kwargs: Any) -> Any:
+        from .errors import RunNotFoundError
+
+        raise RunNotFoundError(f"No run {run_id!r}: a NoopTracker records none", None, "use a Tracker")
+
+    def diff_runs(self, a: str, b: str) -> Any:
+        from .errors import RunNotFoundError
+
+        raise RunNotFoundError(f"No run {a!r}: a NoopTracker records none", None, "use a Tracker")
+
 
 class _NoopCoupler(dict):  # type: ignore[type-arg]
     """A plain dict with the coupler's calls."""

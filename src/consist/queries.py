@@ -1,7 +1,9 @@
-"""Reading the provenance database: runs, artifacts, lineage, history; and maintenance.
+"""Reading the provenance database: runs, artifacts, lineage; and maintenance.
 
 Queries go to the DuckDB file (merged from the run index first, so they see every
 run completed so far by any process). They are mixed into :class:`consist.Tracker`.
+Lookups by recorded fields (``find_runs``, ``history``, ...) read the run index:
+see :mod:`consist.lookups`.
 """
 
 from __future__ import annotations
@@ -18,8 +20,6 @@ from .hashing import loads
 from .results import RunArtifacts
 
 if TYPE_CHECKING:
-    import pandas as pd
-
     from .hashing import FileHasher
     from .models import Run
     from .objects import ObjectStore
@@ -45,37 +45,6 @@ class QueryMixin:
         with self._store.read() as con:
             rows = self._fetch(con, "SELECT * FROM run WHERE id = ?", [run_id])
         return run_from_row(rows[0]) if rows else None
-
-    def find_runs(
-        self,
-        *,
-        model: str | None = None,
-        status: str | None = None,
-        tags: Sequence[str] | None = None,
-        parent_id: str | None = None,
-        year: int | None = None,
-        iteration: int | None = None,
-        cache_hit: bool | None = None,
-        limit: int | None = 100,
-    ) -> list[Run]:
-        """Runs matching every given filter, newest first. ``tags`` must all be present."""
-        from .models import run_from_row
-
-        where, params = [], []
-        for col, val in (("model", model), ("status", status), ("parent_run_id", parent_id), ("year", year),
-                         ("iteration", iteration), ("cache_hit", cache_hit)):  # fmt: skip
-            if val is not None:
-                where.append(f"{col} = ?")
-                params.append(val)
-        for tag in tags or ():
-            where.append(self._store.TAG_CONTAINS)
-            params.append(tag)
-        sql = "SELECT * FROM run" + (" WHERE " + " AND ".join(where) if where else "")
-        sql += " ORDER BY started_at DESC"
-        if limit is not None:
-            sql += f" LIMIT {int(limit)}"
-        with self._store.read() as con:
-            return [run_from_row(r) for r in self._fetch(con, sql, params)]
 
     def get_artifacts_for_run(self, run_id: str) -> RunArtifacts:
         """The input and output artifacts of a run, by key."""
@@ -151,16 +120,6 @@ class QueryMixin:
                 return node
 
             return walk(start, 0, frozenset())
-
-    def history(self, limit: int = 10) -> pd.DataFrame:
-        """The newest runs as a pandas DataFrame."""
-        with self._store.read() as con:
-            return con.execute(
-                "SELECT id, model, status, cache_hit, cache_source, year, iteration, tags, started_at, ended_at, "
-                "ended_at - started_at AS duration, parent_run_id, signature FROM run "
-                "ORDER BY started_at DESC LIMIT ?",
-                [int(limit)],
-            ).df()
 
     def explain(self, run_id: str) -> dict[str, Any] | None:
         """Why run ``run_id`` executed instead of reusing a prior run (None for hits)."""

@@ -149,6 +149,7 @@ def show(run_id: str, db: Db = None, db_url: DbUrl = None, as_json: Json = False
         "outputs": [data.artifact_record(a) for a in index.links_of(run_id, "output")],
         "error": row.get("error"),
         "miss_explanation": (data.loads(row.get("meta")) or {}).get("cache_miss_explanation"),
+        "meta": {k: v for k, v in (data.loads(row.get("meta")) or {}).items() if k != "cache_miss_explanation"},
         "log_tail": data.tail(log) if log else [],
     }
     if as_json:
@@ -161,6 +162,10 @@ def show(run_id: str, db: Db = None, db_url: DbUrl = None, as_json: Json = False
               f"signature {_short(record['signature'])}")  # fmt: skip
     if full["error"]:
         con.print(f"[red]error:[/red] {full['error']}")
+    if full["meta"]:
+        con.print("[bold]metadata[/bold]")
+        for key, value in sorted(full["meta"].items()):
+            con.print(f"  {key}: {value if isinstance(value, str) else json.dumps(value, default=str)}", markup=False)
     ident = full["identity"] or {}
     con.print("[bold]identity[/bold]")
     for key in sorted(ident):
@@ -303,21 +308,7 @@ def explain(
 def diff(run_a: str, run_b: str, db: Db = None, db_url: DbUrl = None, as_json: Json = False) -> None:
     """How two runs differ: config, inputs and outputs (same, changed, added, removed)."""
     index, _ = _open(db, db_url)
-    a, b = _run_or_exit(index, run_a), _run_or_exit(index, run_b)
-    out = {
-        "run_a": run_a, "run_b": run_b,
-        "config": data.changes(data.flatten(data.loads(a.get("config")) or {}),
-                               data.flatten(data.loads(b.get("config")) or {})),
-        "inputs": data.artifact_changes(data.artifacts_by_key(index, run_a, "input"),
-                                        data.artifacts_by_key(index, run_b, "input")),
-        "outputs": data.artifact_changes(data.artifacts_by_key(index, run_a, "output"),
-                                         data.artifacts_by_key(index, run_b, "output")),
-    }  # fmt: skip
-    for change in out["outputs"]:
-        if change["state"] == "changed":
-            summary = data.table_summary(change["path_a"], change["path_b"])
-            if summary:
-                change["table"] = summary
+    out = data.run_diff(index, _run_or_exit(index, run_a), _run_or_exit(index, run_b))
     if as_json:
         _emit(out)
         return

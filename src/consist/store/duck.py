@@ -123,9 +123,6 @@ def _no_space(exc: BaseException) -> bool:
 class DuckStore:
     """The DuckDB file of a tracker, merged from its run index on demand."""
 
-    #: SQL that is true when the run's ``tags`` hold the parameter.
-    TAG_CONTAINS = "list_contains(CAST(tags AS VARCHAR[]), ?)"
-
     def __init__(self, db_path: Path, index: SQLiteIndex, lock_timeout: float = 120.0) -> None:
         self.db_path = db_path
         self.index = index

@@ -5,7 +5,8 @@ also holds what only the cache needs: which object stores hold which content
 (``object``), the hash memo (``hash_memo``), the objects that runs in progress
 are writing or restoring (``lease``, kept by prune_store()), the heartbeats of
 running runs (``heartbeat``), the claims that make identical runs execute once
-(``claim``) and the index's own metadata (``index_meta``).
+(``claim``), the index's own metadata (``index_meta``) and, for lookups by tag,
+each run's tags (``run_tag``, kept by triggers on ``run``).
 
 :class:`RunIndex` holds all of that logic once. A backend supplies a connection
 and a handful of hooks: :class:`consist.store.sqlite.SQLiteIndex` (one machine,
@@ -31,6 +32,7 @@ from typing import Any, TypeVar
 
 from ..errors import StoreError
 from .columns import ARTIFACT_COLUMNS, HOST, LINK_COLUMNS, RESTORE_LEASE_S, RUN_COLUMNS, pid_alive
+from .lookups import IndexLookups
 
 T = TypeVar("T")
 
@@ -68,7 +70,7 @@ _MEMO_UPSERT = _upsert(
 _META_UPSERT = _upsert("index_meta", ["key", "value"], "key")
 
 
-class RunIndex:
+class RunIndex(IndexLookups):
     """The shared run index logic. Thread-safe through one lock per connection.
 
     Subclasses open the connection and implement the hooks marked below.
@@ -80,6 +82,12 @@ class RunIndex:
     generation: str
     #: SQLite-only: which index the lookup of a model's executed runs reads.
     _producers_hint = ""
+    #: SQL true when the run's ``tags`` (JSON text) hold the parameter: for an index without ``run_tag``.
+    TAG_CONTAINS: str
+    #: The condition of the filter whose index leads a lookup: its expression ``{0}`` equals the parameter.
+    LEADS = "{0} = ?"
+    #: Whether a lookup is ordered by its leading filter's expression too (constant there, so the same order).
+    _ORDER_BY_LEAD = False
 
     def __init__(self) -> None:
         self._lock = threading.RLock()
@@ -98,6 +106,13 @@ class RunIndex:
     def _run_many(self, sql: str, rows: Sequence[Sequence[Any]]) -> int:
         """Execute one statement per row; returns how many rows it changed."""
         raise NotImplementedError
+
+    def _run_planned(self, sql: str, params: Sequence[Any] = ()) -> Any:
+        """:meth:`_run`, planned for these values: never a plan made once for any value.
+
+        For lookups, whose values are skewed (a tag on half the runs, another on ten).
+        """
+        return self._run(sql, params)
 
     def _begin_write(self) -> None:
         """Begin a transaction that holds the index's write lock until it ends."""
@@ -124,6 +139,19 @@ class RunIndex:
 
     def close(self) -> None:
         raise NotImplementedError
+
+    @property
+    def has_lookup_indexes(self) -> bool:
+        """Whether the schema has the lookups' indexes and ``run_tag`` (an older one, opened read-only, has not)."""
+        return True
+
+    def meta_field(self, key: str) -> str:
+        """SQL for the value of key ``key`` of a run's ``meta`` JSON: the expression its index is built on."""
+        raise NotImplementedError
+
+    def indexed_by(self, index: str) -> str:
+        """The clause, after a table name, that makes a lookup read ``index`` ("" where the planner chooses)."""
+        return ""
 
     # ---------------------------------------------------------------- transactions
 
@@ -193,6 +221,13 @@ class RunIndex:
 
     def query_one(self, sql: str, params: Sequence[Any] = ()) -> dict[str, Any] | None:
         return self._read(lambda: self._run(sql, params).fetchone())
+
+    def lookup(self, sql: str, params: Sequence[Any] = ()) -> list[dict[str, Any]]:
+        """:meth:`query`, planned for its values (see :meth:`_run_planned`)."""
+        return self._read(lambda: self._run_planned(sql, params).fetchall())
+
+    def lookup_one(self, sql: str, params: Sequence[Any] = ()) -> dict[str, Any] | None:
+        return self._read(lambda: self._run_planned(sql, params).fetchone())
 
     def execute(self, sql: str, params: Sequence[Any] = ()) -> None:
         with self._lock, self._guard():

@@ -36,8 +36,9 @@ from urllib.parse import urlsplit, urlunsplit
 from ..errors import StoreError
 from .columns import ARTIFACT_COLUMNS, JSON_COLUMNS, LINK_COLUMNS, RUN_COLUMNS, TIMESTAMP_COLUMNS
 from .index import RunIndex, no_such_schema
+from .lookups import _meta_key
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 INDEX_SCHEMA = "consist_index"
 QUERY_SCHEMA = "consist"
 #: The advisory lock every write transaction takes ("consist" in ASCII).
@@ -102,6 +103,63 @@ def _view(table: str, cols: Sequence[str]) -> str:
     )
 
 
+# The lookups' indexes (see consist.store.sqlite: the same, with the same names). A run's tags go to
+# run_tag through a trigger; five indexes of version 1 give way to ones that also give the newest first.
+_LOOKUP_INDEXES = """
+DROP INDEX IF EXISTS run_by_status;
+DROP INDEX IF EXISTS run_by_parent;
+DROP INDEX IF EXISTS artifact_by_hash;
+DROP INDEX IF EXISTS artifact_by_key;
+DROP INDEX IF EXISTS link_by_artifact;
+CREATE INDEX IF NOT EXISTS run_by_started ON run (started_at);
+CREATE INDEX IF NOT EXISTS run_by_status_started ON run (status, started_at);
+CREATE INDEX IF NOT EXISTS run_by_parent_started ON run (parent_run_id, started_at);
+CREATE INDEX IF NOT EXISTS run_by_model_started ON run (model, started_at);
+CREATE INDEX IF NOT EXISTS run_by_year_started ON run (year, started_at);
+CREATE INDEX IF NOT EXISTS run_by_stage ON run ((meta::jsonb ->> 'stage'), started_at);
+CREATE INDEX IF NOT EXISTS run_by_phase ON run ((meta::jsonb ->> 'phase'), started_at);
+CREATE INDEX IF NOT EXISTS run_by_config_hash ON run (config_hash, started_at);
+CREATE INDEX IF NOT EXISTS run_by_input_hash ON run (input_hash, started_at);
+CREATE INDEX IF NOT EXISTS run_by_code_version ON run (code_version, started_at);
+CREATE INDEX IF NOT EXISTS artifact_by_hash_created ON artifact (hash, created_at);
+CREATE INDEX IF NOT EXISTS artifact_by_key_created ON artifact (key, created_at);
+CREATE INDEX IF NOT EXISTS artifact_produced_by_key ON artifact (key, created_at) WHERE run_id IS NOT NULL;
+CREATE INDEX IF NOT EXISTS artifact_by_uri ON artifact (uri, created_at);
+CREATE INDEX IF NOT EXISTS artifact_by_run ON artifact (run_id, created_at);
+CREATE INDEX IF NOT EXISTS artifact_by_created ON artifact (created_at);
+CREATE INDEX IF NOT EXISTS link_by_artifact_direction ON run_artifact (artifact_id, direction);
+CREATE TABLE IF NOT EXISTS run_tag (run_id TEXT NOT NULL, tag TEXT NOT NULL, started_at DOUBLE PRECISION,
+    PRIMARY KEY (run_id, tag));
+CREATE INDEX IF NOT EXISTS run_tag_by_tag ON run_tag (tag, started_at);
+INSERT INTO run_tag (run_id, tag, started_at)
+SELECT DISTINCT r.id, e #>> '{}', r.started_at FROM run r
+CROSS JOIN LATERAL jsonb_array_elements(CASE WHEN jsonb_typeof(r.tags::jsonb) = 'array' THEN r.tags::jsonb
+    ELSE '[]'::jsonb END) e
+WHERE jsonb_typeof(e) = 'string' ON CONFLICT DO NOTHING
+"""
+_TAG_TRIGGER = [
+    f"""CREATE OR REPLACE FUNCTION {INDEX_SCHEMA}.run_tag_sync() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF TG_OP <> 'INSERT' THEN
+        DELETE FROM {INDEX_SCHEMA}.run_tag WHERE run_id = OLD.id;
+    END IF;
+    IF TG_OP <> 'DELETE' AND jsonb_typeof(NEW.tags::jsonb) = 'array' THEN
+        INSERT INTO {INDEX_SCHEMA}.run_tag (run_id, tag, started_at)
+        SELECT DISTINCT NEW.id, e #>> '{{}}', NEW.started_at FROM jsonb_array_elements(NEW.tags::jsonb) e
+        WHERE jsonb_typeof(e) = 'string' ON CONFLICT DO NOTHING;
+    END IF;
+    RETURN NULL;
+END $$""",
+    f"CREATE TRIGGER run_tag_insert AFTER INSERT ON {INDEX_SCHEMA}.run FOR EACH ROW WHEN (NEW.tags IS NOT NULL) "
+    f"EXECUTE FUNCTION {INDEX_SCHEMA}.run_tag_sync()",
+    # A run's completion writes its row again with the same tags: the WHEN clause spares it the function call.
+    f"CREATE TRIGGER run_tag_update AFTER UPDATE OF id, tags, started_at ON {INDEX_SCHEMA}.run FOR EACH ROW "
+    "WHEN (OLD.id IS DISTINCT FROM NEW.id OR OLD.tags IS DISTINCT FROM NEW.tags "
+    f"OR OLD.started_at IS DISTINCT FROM NEW.started_at) EXECUTE FUNCTION {INDEX_SCHEMA}.run_tag_sync()",
+    f"CREATE TRIGGER run_tag_delete AFTER DELETE ON {INDEX_SCHEMA}.run FOR EACH ROW "
+    f"EXECUTE FUNCTION {INDEX_SCHEMA}.run_tag_sync()",
+]
+
 # What each schema version adds to the one before, in order.
 _MIGRATIONS: dict[int, list[str]] = {
     1: [
@@ -111,6 +169,7 @@ _MIGRATIONS: dict[int, list[str]] = {
         _view("artifact", ARTIFACT_COLUMNS),
         _view("run_artifact", LINK_COLUMNS),
     ],
+    2: [*(s.strip() for s in _LOOKUP_INDEXES.split(";") if s.strip()), *_TAG_TRIGGER],
 }
 
 
@@ -171,10 +230,20 @@ def _connect(url: str, schema: str, location: str, read_only: bool = False) -> A
 class PostgresIndex(RunIndex):
     """The run index in a PostgreSQL database, shared by every node."""
 
+    #: Before schema version 2 (a read-only look at an older database): tags as JSON text.
+    TAG_CONTAINS = "jsonb_exists(run.tags::jsonb, ?)"
+    # As an equality, the planner would drop the leading filter's column from the ORDER BY and could read
+    # the newest runs of all instead, filtering them: for a value whose runs are old (an earlier code
+    # version), most of the table. As a range of one value, only the leading filter's index gives the order.
+    LEADS = "{0} >= ? AND {0} <= ?"
+    _ORDER_BY_LEAD = True
+
     def __init__(self, url: str, *, read_only: bool = False) -> None:
         super().__init__()
         self.url = url
         self.location = redact(url)
+        #: The schema version of the database (older than :data:`SCHEMA_VERSION` only when opened read-only).
+        self.schema_version = SCHEMA_VERSION
         self._conn = _connect(url, INDEX_SCHEMA, self.location, read_only=read_only)
         if read_only:  # for looking only (the command line): no schema is created or upgraded
             self.generation = self._read_only_generation()
@@ -193,6 +262,7 @@ class PostgresIndex(RunIndex):
         row = self._conn.execute(f"SELECT max(version) AS v FROM {INDEX_SCHEMA}.schema_version").fetchone()
         if int(row["v"] or 0) > SCHEMA_VERSION:
             raise no_such_schema(self.location, int(row["v"]), SCHEMA_VERSION)
+        self.schema_version = int(row["v"] or 0)
         meta = self._conn.execute("SELECT value FROM index_meta WHERE key = 'generation'").fetchone()
         return meta["value"] if meta else ""
 
@@ -224,6 +294,13 @@ class PostgresIndex(RunIndex):
 
     # ---------------------------------------------------------------- backend hooks
 
+    @property
+    def has_lookup_indexes(self) -> bool:
+        return self.schema_version >= 2
+
+    def meta_field(self, key: str) -> str:
+        return f"(meta::jsonb ->> '{_meta_key(key)}')"
+
     def close(self) -> None:
         self._beat_stop.set()
         with self._lock:
@@ -231,6 +308,11 @@ class PostgresIndex(RunIndex):
 
     def _run(self, sql: str, params: Sequence[Any] = ()) -> Any:
         return self._conn.execute(_translate(sql), _params(params))
+
+    def _run_planned(self, sql: str, params: Sequence[Any] = ()) -> Any:
+        # psycopg prepares a statement it ran five times, and the server may then keep one generic plan for
+        # it that ignores the values. Unprepared, each execution is planned with its values.
+        return self._conn.execute(_translate(sql), _params(params), prepare=False)
 
     def _run_many(self, sql: str, rows: Sequence[Sequence[Any]]) -> int:
         if not rows:
@@ -321,9 +403,6 @@ class _Connection:
 
 class PostgresQueries:
     """Queries on the ``consist`` schema's views: always up to date, nothing to merge."""
-
-    #: SQL that is true when the run's ``tags`` hold the parameter.
-    TAG_CONTAINS = "jsonb_exists(tags::jsonb, ?)"
 
     def __init__(self, index: PostgresIndex) -> None:
         self.index = index

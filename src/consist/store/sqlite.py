@@ -30,8 +30,9 @@ from typing import Any
 
 from ..errors import RunStateError, StoreError
 from .index import RunIndex, no_such_schema
+from .lookups import _meta_key
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 _V3 = """
 CREATE TABLE IF NOT EXISTS index_meta (key TEXT PRIMARY KEY, value TEXT);
 CREATE TABLE IF NOT EXISTS lease (
@@ -46,6 +47,49 @@ CREATE TABLE IF NOT EXISTS heartbeat (run_id TEXT PRIMARY KEY, host TEXT NOT NUL
 CREATE TABLE IF NOT EXISTS claim (signature TEXT PRIMARY KEY, run_id TEXT NOT NULL, host TEXT NOT NULL,
     pid INTEGER NOT NULL, beat_at REAL NOT NULL);
 """
+# Lookups (consist.lookups) answer through these, newest first: an index per filter, ordered by started_at,
+# so that a filter and the order come from one index and a LIMIT stops the scan early. Stage and phase
+# are keys of the meta JSON: the lookups filter on exactly these expressions. run_tag holds each run's
+# tags, kept by triggers (tags are JSON text, which no index reaches).
+_V5 = """
+CREATE INDEX IF NOT EXISTS run_by_started ON run (started_at);
+CREATE INDEX IF NOT EXISTS run_by_status_started ON run (status, started_at);
+CREATE INDEX IF NOT EXISTS run_by_parent_started ON run (parent_run_id, started_at);
+CREATE INDEX IF NOT EXISTS run_by_model_started ON run (model, started_at);
+CREATE INDEX IF NOT EXISTS run_by_year_started ON run (year, started_at);
+CREATE INDEX IF NOT EXISTS run_by_stage ON run (json_extract(meta, '$.stage'), started_at);
+CREATE INDEX IF NOT EXISTS run_by_phase ON run (json_extract(meta, '$.phase'), started_at);
+CREATE INDEX IF NOT EXISTS run_by_config_hash ON run (config_hash, started_at);
+CREATE INDEX IF NOT EXISTS run_by_input_hash ON run (input_hash, started_at);
+CREATE INDEX IF NOT EXISTS run_by_code_version ON run (code_version, started_at);
+CREATE INDEX IF NOT EXISTS artifact_by_hash_created ON artifact (hash, created_at);
+CREATE INDEX IF NOT EXISTS artifact_by_key_created ON artifact (key, created_at);
+CREATE INDEX IF NOT EXISTS artifact_produced_by_key ON artifact (key, created_at) WHERE run_id IS NOT NULL;
+CREATE INDEX IF NOT EXISTS artifact_by_uri ON artifact (uri, created_at);
+CREATE INDEX IF NOT EXISTS artifact_by_run ON artifact (run_id, created_at);
+CREATE INDEX IF NOT EXISTS artifact_by_created ON artifact (created_at);
+CREATE INDEX IF NOT EXISTS link_by_artifact_direction ON run_artifact (artifact_id, direction);
+CREATE TABLE IF NOT EXISTS run_tag (run_id TEXT NOT NULL, tag TEXT NOT NULL, started_at REAL,
+    PRIMARY KEY (run_id, tag)) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS run_tag_by_tag ON run_tag (tag, started_at);
+CREATE TRIGGER IF NOT EXISTS run_tag_insert AFTER INSERT ON run WHEN NEW.tags IS NOT NULL BEGIN
+    INSERT OR IGNORE INTO run_tag (run_id, tag, started_at)
+    SELECT DISTINCT NEW.id, j.value, NEW.started_at FROM json_each(
+        CASE WHEN json_valid(NEW.tags) THEN CASE json_type(NEW.tags) WHEN 'array' THEN NEW.tags END END) j
+    WHERE j.type = 'text';
+END;
+CREATE TRIGGER IF NOT EXISTS run_tag_update AFTER UPDATE OF id, tags, started_at ON run
+WHEN OLD.id IS NOT NEW.id OR OLD.tags IS NOT NEW.tags OR OLD.started_at IS NOT NEW.started_at BEGIN
+    DELETE FROM run_tag WHERE run_id = OLD.id;
+    INSERT OR IGNORE INTO run_tag (run_id, tag, started_at)
+    SELECT DISTINCT NEW.id, j.value, NEW.started_at FROM json_each(
+        CASE WHEN json_valid(NEW.tags) THEN CASE json_type(NEW.tags) WHEN 'array' THEN NEW.tags END END) j
+    WHERE j.type = 'text';
+END;
+CREATE TRIGGER IF NOT EXISTS run_tag_delete AFTER DELETE ON run BEGIN
+    DELETE FROM run_tag WHERE run_id = OLD.id;
+END;
+"""
 # What each schema version adds to the one before, applied in order to older indexes.
 _UPGRADES = {
     2: "ALTER TABLE artifact ADD COLUMN location TEXT;",
@@ -55,6 +99,21 @@ _UPGRADES = {
     3: _V3,
     # heartbeat: running runs' liveness (interrupted runs of other hosts); claim: one execution per signature.
     4: _V4,
+    # The lookups' indexes; five older indexes are replaced by ones that also give the newest first.
+    5: """
+DROP INDEX IF EXISTS run_by_status;
+DROP INDEX IF EXISTS run_by_parent;
+DROP INDEX IF EXISTS artifact_by_hash;
+DROP INDEX IF EXISTS artifact_by_key;
+DROP INDEX IF EXISTS link_by_artifact;
+"""
+    + _V5
+    + """
+INSERT OR IGNORE INTO run_tag (run_id, tag, started_at)
+SELECT DISTINCT run.id, j.value, run.started_at FROM run, json_each(
+    CASE WHEN json_valid(run.tags) THEN CASE json_type(run.tags) WHEN 'array' THEN run.tags END END) j
+WHERE j.type = 'text';
+""",
 }
 
 _DDL = f"""
@@ -69,19 +128,14 @@ CREATE TABLE IF NOT EXISTS run (
     seq INTEGER NOT NULL);
 CREATE INDEX IF NOT EXISTS run_by_signature ON run (signature, status, cache_hit, ended_at);
 CREATE INDEX IF NOT EXISTS run_by_model ON run (model, ended_at);
-CREATE INDEX IF NOT EXISTS run_by_status ON run (status);
 CREATE INDEX IF NOT EXISTS run_by_seq ON run (seq);
-CREATE INDEX IF NOT EXISTS run_by_parent ON run (parent_run_id);
 CREATE TABLE IF NOT EXISTS artifact (
     id TEXT PRIMARY KEY, key TEXT, uri TEXT, hash TEXT, size INTEGER, kind TEXT,
     driver TEXT, run_id TEXT, created_at REAL, meta TEXT, seq INTEGER NOT NULL, location TEXT);
-CREATE INDEX IF NOT EXISTS artifact_by_hash ON artifact (hash);
-CREATE INDEX IF NOT EXISTS artifact_by_key ON artifact (key);
 CREATE INDEX IF NOT EXISTS artifact_by_seq ON artifact (seq);
 CREATE TABLE IF NOT EXISTS run_artifact (
     run_id TEXT NOT NULL, artifact_id TEXT NOT NULL, direction TEXT NOT NULL, key TEXT NOT NULL,
     seq INTEGER NOT NULL, PRIMARY KEY (run_id, direction, key));
-CREATE INDEX IF NOT EXISTS link_by_artifact ON run_artifact (artifact_id);
 CREATE INDEX IF NOT EXISTS link_by_seq ON run_artifact (seq);
 CREATE TABLE IF NOT EXISTS object (
     hash TEXT NOT NULL, store TEXT NOT NULL, size INTEGER, PRIMARY KEY (hash, store));
@@ -90,8 +144,20 @@ CREATE TABLE IF NOT EXISTS hash_memo (
     algo TEXT NOT NULL, hash TEXT NOT NULL, PRIMARY KEY (dev, ino, size, mtime_ns, algo)) WITHOUT ROWID;
 {_V3}
 {_V4}
+{_V5}
 PRAGMA user_version = {SCHEMA_VERSION};
 """
+
+
+def _statements(script: str) -> Iterator[str]:
+    """The statements of an SQL script, one by one (a trigger's body keeps its semicolons)."""
+    pending = ""
+    for piece in script.split(";"):
+        pending += piece + ";"
+        if sqlite3.complete_statement(pending):
+            if pending.strip() != ";":
+                yield pending.strip()
+            pending = ""
 
 
 def _row_dict(cursor: sqlite3.Cursor, row: Sequence[Any]) -> dict[str, Any]:
@@ -156,11 +222,15 @@ class SQLiteIndex(RunIndex):
 
     # The lookup of a model's executed runs reads the partial index, never the model's cache hits.
     _producers_hint = "INDEXED BY run_producers_by_model "
+    #: Before schema version 5 (a read-only look at an older index): tags as JSON text.
+    TAG_CONTAINS = "EXISTS (SELECT 1 FROM json_each(run.tags) WHERE value = ?)"
 
     def __init__(self, path: Path, *, read_only: bool = False) -> None:
         super().__init__()
         self.path = path
         self.location = str(path)
+        #: The schema version of the file (older than :data:`SCHEMA_VERSION` only when opened read-only).
+        self.schema_version = SCHEMA_VERSION
         if read_only:
             self._open_read_only(path)
             return
@@ -211,6 +281,7 @@ class SQLiteIndex(RunIndex):
             version = self._db.execute("PRAGMA user_version").fetchone()["user_version"]
             if version > SCHEMA_VERSION:
                 raise no_such_schema(str(path), version, SCHEMA_VERSION)
+            self.schema_version = version
             row = self._db.execute("SELECT value FROM index_meta WHERE key = 'generation'").fetchone()
         except sqlite3.DatabaseError as exc:
             raise StoreError(
@@ -228,7 +299,7 @@ class SQLiteIndex(RunIndex):
             current = self._db.execute("PRAGMA user_version").fetchone()["user_version"]
             for target in range(current + 1, SCHEMA_VERSION + 1):
                 # One statement at a time: executescript() would commit half-way.
-                for stmt in filter(None, (s.strip() for s in _UPGRADES[target].split(";"))):
+                for stmt in _statements(_UPGRADES[target]):
                     self._db.execute(stmt)
             self._db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
             self._db.execute("COMMIT")
@@ -238,6 +309,17 @@ class SQLiteIndex(RunIndex):
             raise
 
     # ---------------------------------------------------------------- backend hooks
+
+    @property
+    def has_lookup_indexes(self) -> bool:
+        return self.schema_version >= 5
+
+    def meta_field(self, key: str) -> str:
+        return f"json_extract(meta, '$.{_meta_key(key)}')"
+
+    def indexed_by(self, index: str) -> str:
+        # SQLite keeps no statistics here: told which index leads, it never sorts a whole table for a LIMIT.
+        return f"INDEXED BY {index} " if self.has_lookup_indexes else ""
 
     def close(self) -> None:
         self._beat_stop.set()
@@ -261,9 +343,8 @@ class SQLiteIndex(RunIndex):
         return self._db.execute(sql, params)
 
     def _run_many(self, sql: str, rows: Sequence[Sequence[Any]]) -> int:
-        before = self._db.total_changes
-        self._db.executemany(sql, rows)
-        return self._db.total_changes - before
+        # The rows the statement changed itself: total_changes would add those its triggers change (run_tag).
+        return max(self._db.executemany(sql, rows).rowcount, 0)
 
     def _begin_write(self) -> None:
         self._db.execute("BEGIN IMMEDIATE")  # takes the write lock now, not at the first write

@@ -1,0 +1,161 @@
+"""Per call and per process: consist against ``joblib.Memory``, side by side in one run.
+
+    .venv/bin/python benchmarks/bench_calls.py [--quick] [--out FILE]
+
+Per call (one process): a trivial function that writes one small file, cached by
+``tracker.run(...)`` and by ``joblib.Memory(...).cache(fn)``; first every call is
+a miss (a new argument each time), then every call is a hit. The two sides
+alternate which goes first in each round. A bare call of the function is timed
+beside them.
+
+Per process: a script that opens the cache, makes one hit and exits, against
+``python -c pass``, for consist and for joblib, all three interleaved. After
+every consist process, the DuckDB file is read by a separate DuckDB connection
+to check that the hit is visible to outside readers (counted, not timed).
+
+Writes every sample to benchmarks/results/calls-<date>-<time>.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+from _common import interleaved, new_result, write_result  # noqa: E402
+
+PARAMS = {"calls": 1000, "processes": 30}
+QUICK = {"calls": 100, "processes": 5}
+
+STEP = """
+from pathlib import Path
+
+def step(i):
+    p = Path("out") / f"{i}.txt"
+    p.parent.mkdir(exist_ok=True)
+    p.write_text(str(i))
+    return p
+"""
+
+CONSIST_SCRIPT = (
+    STEP
+    + """
+from consist import Tracker
+with Tracker("runs", code_version="v") as t:
+    assert t.run(step, name="step", config={"i": 0}, outputs=["o"]).cache_hit
+"""
+)
+
+JOBLIB_SCRIPT = (
+    STEP
+    + """
+import joblib
+joblib.Memory("jl", verbose=0).cache(step)(0)
+"""
+)
+
+
+def per_call(work: Path, n: int) -> dict[str, Any]:
+    import joblib
+
+    from consist import Tracker
+
+    os.chdir(work)
+    ns: dict[str, Any] = {}
+    exec(STEP, ns)
+    step = ns["step"]
+    tracker = Tracker(work / "runs", code_version="v")
+    cached = joblib.Memory(work / "jl", verbose=0).cache(step)
+
+    def consist_call(i: int, hit: bool) -> float:
+        s = time.perf_counter()
+        r = tracker.run(step, name="step", config={"i": i}, outputs=["o"])
+        elapsed = time.perf_counter() - s
+        assert r.cache_hit == hit
+        return elapsed
+
+    def joblib_call(i: int) -> float:
+        s = time.perf_counter()
+        cached(i)
+        return time.perf_counter() - s
+
+    def bare(i: int) -> float:
+        s = time.perf_counter()
+        step(10**7 + i)
+        return time.perf_counter() - s
+
+    miss = interleaved({"consist": lambda i: consist_call(i, False), "joblib": joblib_call, "bare": bare}, n)
+    hit = interleaved({"consist": lambda i: consist_call(i, True), "joblib": joblib_call}, n)
+    tracker.close()
+    out = {"miss": miss, "hit": hit}
+    for kind in ("miss", "hit"):
+        arms = out[kind]["arms"]
+        out[kind]["ratio_consist_to_joblib"] = arms["consist"]["median_ms"] / arms["joblib"]["median_ms"]
+    return out
+
+
+def per_process(work: Path, n: int) -> dict[str, Any]:
+    import duckdb
+
+    (work / "one_hit_consist.py").write_text(CONSIST_SCRIPT.replace("cache_hit", "cache_hit or True", 1))
+    (work / "one_hit_joblib.py").write_text(JOBLIB_SCRIPT)
+    for script in ("one_hit_consist.py", "one_hit_joblib.py"):  # the first run of each is the miss that makes the hit
+        subprocess.run([sys.executable, script], cwd=work, check=True)
+    (work / "one_hit_consist.py").write_text(CONSIST_SCRIPT)
+    visible = []
+
+    def run(args: list[str]) -> float:
+        s = time.perf_counter()
+        subprocess.run([sys.executable, *args], cwd=work, check=True)
+        return time.perf_counter() - s
+
+    def consist_process(i: int) -> float:
+        elapsed = run(["one_hit_consist.py"])
+        with duckdb.connect(str(work / "runs" / "provenance.duckdb"), read_only=True) as con:
+            visible.append(con.execute("SELECT count(*) FROM run WHERE cache_hit").fetchone()[0])
+        return elapsed
+
+    arms = {"python -c pass": lambda i: run(["-c", "pass"]), "consist": consist_process,
+            "joblib": lambda i: run(["one_hit_joblib.py"])}  # fmt: skip
+    r = interleaved(arms, n)
+    bare = r["arms"]["python -c pass"]["median_ms"]
+    r["added_ms"] = {k: r["arms"][k]["median_ms"] - bare for k in ("consist", "joblib")}
+    r["hits_visible_in_duckdb_after_each_process"] = visible
+    r["every_hit_visible_at_once"] = visible == list(range(1, n + 1))
+    return r
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="small sizes: a smoke test, not for publication")
+    ap.add_argument("--out", help="results file (default: benchmarks/results/calls-<date>-<time>.json)")
+    args = ap.parse_args()
+    params = {**(QUICK if args.quick else PARAMS), "quick": args.quick}
+    with tempfile.TemporaryDirectory(prefix="bench-calls-") as tmp:
+        work = Path(tmp)
+        result = new_result("calls", work, params)
+        (work / "calls").mkdir()
+        (work / "procs").mkdir()
+        result["per_call"] = per_call(work / "calls", params["calls"])
+        result["per_process"] = per_process(work / "procs", params["processes"])
+    path = write_result(result, args.out)
+    pc, pp = result["per_call"], result["per_process"]
+    print(f"per call, median ms: miss consist {pc['miss']['arms']['consist']['median_ms']:.3f} / joblib "
+          f"{pc['miss']['arms']['joblib']['median_ms']:.3f} / bare {pc['miss']['arms']['bare']['median_ms']:.3f}; "
+          f"hit consist {pc['hit']['arms']['consist']['median_ms']:.3f} / joblib "
+          f"{pc['hit']['arms']['joblib']['median_ms']:.3f}")  # fmt: skip
+    print(f"per process, median ms: python -c pass {pp['arms']['python -c pass']['median_ms']:.1f}, consist "
+          f"{pp['arms']['consist']['median_ms']:.1f}, joblib {pp['arms']['joblib']['median_ms']:.1f}; "
+          f"every hit visible in DuckDB at once: {pp['every_hit_visible_at_once']}")  # fmt: skip
+    print(f"results: {path}")
+
+
+if __name__ == "__main__":
+    main()
