@@ -141,6 +141,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench-calls-") as tmp:
         work = Path(tmp)
         result = new_result("calls", work, params)
+        result["targets"] = {"ratio_to_joblib": 1.0, "process_ms": 100}
         (work / "calls").mkdir()
         (work / "procs").mkdir()
         result["per_call"] = per_call(work / "calls", params["calls"])

@@ -438,3 +438,45 @@ def test_export_duckdb_writes_every_row_typed_and_never_overwrites(tmp_path: Pat
     with pytest.raises(Exception):
         export_duckdb(ix, bad)
     assert not bad.exists() and not [p for p in tmp_path.iterdir() if p.name.startswith(".bad.duckdb")]
+
+
+def test_many_pending_runs_merge_window_by_window_and_a_stopped_merge_resumes(
+    tmp_path: Path, ix: SQLiteIndex, duck: DuckStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import consist.store.duck as duck_mod
+
+    monkeypatch.setattr(duck_mod, "MERGE_WINDOW_RUNS", 3)
+    for i in range(10):
+        ix.claim_run_id(f"r{i}", run_row(f"r{i}"))
+        ix.add_artifact(art_row(f"a{i}", run_id=f"r{i}"))
+        ix.link(f"r{i}", f"a{i}", "output", "o")
+    windows = []
+    real = ix.changes_between
+
+    def spy(after: int, upto: int):  # type: ignore[no-untyped-def]
+        got = real(after, upto)
+        windows.append((after, upto, len(got[0]), sum(map(len, got))))
+        if len(windows) == 3 and not getattr(spy, "failed", False):
+            spy.failed = True  # type: ignore[attr-defined]
+            raise consist.StoreError("disk gone", None, None)
+        return got
+
+    monkeypatch.setattr(ix, "changes_between", spy)
+    with pytest.raises(consist.StoreError, match="disk gone"):
+        duck.sync()
+    # The first two windows were committed, with how far they reached: nothing is merged twice or lost.
+    assert [w[2] for w in windows[:2]] == [3, 3]
+    done = windows[1][1]
+    [(synced,)] = rows(tmp_path / "prov.duckdb", "SELECT value FROM consist_meta WHERE key = 'synced_seq'")
+    assert int(synced) == done
+    assert ix.merged_seq() == done
+    assert len(rows(tmp_path / "prov.duckdb", "SELECT id FROM run")) == 6
+    first_two = windows[0][3] + windows[1][3]
+    windows.clear()
+    assert duck.sync() == 30 - first_two  # the rest of the 10 runs, 10 artifacts and 10 links
+    assert windows[0][0] == done and sum(w[2] for w in windows) == 4
+    assert sorted(r[0] for r in rows(tmp_path / "prov.duckdb", "SELECT id FROM run")) == sorted(
+        f"r{i}" for i in range(10)
+    )
+    assert len(rows(tmp_path / "prov.duckdb", "SELECT * FROM run_artifact")) == 10
+    assert duck.sync() == 0

@@ -120,6 +120,12 @@ def _no_space(exc: BaseException) -> bool:
     return "no space left on device" in text or "disk is full" in text or "disk full" in text
 
 
+#: About how many runs one merge transaction carries (memory stays bounded by it; see DuckStore._merge).
+MERGE_WINDOW_RUNS = 5000
+#: DuckDB's memory limit while merging (MB): beyond it, DuckDB writes pages out instead of holding them.
+MERGE_MEMORY_MB = 64
+
+
 class DuckStore:
     """The DuckDB file of a tracker, merged from its run index on demand."""
 
@@ -239,16 +245,38 @@ class DuckStore:
         return (int(seq[0]) if seq else None), (gen[0] if gen else None)
 
     def _merge(self, con: Any, reconcile: bool = False) -> int:
+        """Bring the DuckDB file up to the index, a window of about :data:`MERGE_WINDOW_RUNS` runs at a time.
+
+        Each window is one DuckDB transaction that also records how far the file is merged, so
+        memory stays bounded however many runs wait, and a merge that stops half-way (a full
+        disk, a killed process) loses nothing: the next one continues after the last window.
+        """
         last, generation = self._position(con)
         # The normal case: this index was merged into this file up to `last`, and both say so.
         known = not reconcile and generation == self.index.generation and last == self.index.merged_seq()
-        top, runs, arts, links = self.index.changes_since(last if known and last is not None else -1)
+        top = self.index.max_seq()
         if known and top == last:
             self._synced_seq = top
             return 0
+        done = last if known and last is not None else -1
+        merged = 0
+        first = True
+        # DuckDB keeps the pages a merge writes in memory, up to most of the machine's, unless told otherwise.
+        con.execute(f"SET memory_limit = '{MERGE_MEMORY_MB}MB'")
+        try:
+            while first or done < top:
+                upto = self.index.merge_window(done, top, MERGE_WINDOW_RUNS)
+                merged += self._merge_window(con, done, upto, adopt=first and not known)
+                done, first = upto, False
+        finally:
+            con.execute("RESET memory_limit")
+        return merged
+
+    def _merge_window(self, con: Any, after: int, upto: int, adopt: bool) -> int:
+        runs, arts, links = self.index.changes_between(after, upto)
         con.execute("BEGIN TRANSACTION")
         try:
-            if not known:
+            if adopt:
                 # A new or replaced index, or a replaced DuckDB file: reconcile by primary key.
                 self._adopt(con)
             if runs:
@@ -260,7 +288,7 @@ class DuckStore:
                 self._upsert(con, "run_artifact", LINK_COLUMNS, rows, arrow=not self.exiting)
             con.execute(
                 "INSERT OR REPLACE INTO consist_meta VALUES ('synced_seq', ?), ('schema_version', ?)",
-                [top, DUCK_SCHEMA_VERSION],
+                [upto, DUCK_SCHEMA_VERSION],
             )
             con.execute("INSERT OR REPLACE INTO consist_index VALUES ('generation', ?)", [self.index.generation])
             con.execute("COMMIT")
@@ -276,8 +304,8 @@ class DuckStore:
                 "move the file away: the next query rebuilds it from the run index, which holds every run",
             ) from exc
         # Recorded after the commit: if this process dies in between, the next merge reconciles.
-        self.index.set_meta("merged_seq", str(top))
-        self._synced_seq = top
+        self.index.set_meta("merged_seq", str(upto))
+        self._synced_seq = upto
         return len(runs) + len(arts) + len(links)
 
     def _adopt(self, con: Any) -> dict[str, int]:

@@ -627,6 +627,33 @@ class RunIndex(IndexLookups):
         row = self.query_one("SELECT seq FROM counter WHERE id = 1")
         return int(row["seq"]) if row else 0
 
+    def merge_window(self, after: int, top: int, runs: int = 5000) -> int:
+        """The end of the next window of rows to merge after sequence number ``after``: about ``runs`` runs.
+
+        A window always ends at a whole transaction's sequence number (never beyond ``top``), so
+        merging window by window keeps each transaction's rows together.
+        """
+        row = self.query_one("SELECT seq FROM run WHERE seq > ? ORDER BY seq LIMIT 1 OFFSET ?", (after, runs - 1))
+        return top if row is None else min(int(row["seq"]), top)
+
+    def changes_between(
+        self, after: int, upto: int
+    ) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]]]:
+        """The runs, artifacts and links written with a sequence number in ``(after, upto]``, in one snapshot.
+
+        A row written again later carries a later sequence number: it is left for the next merge.
+        """
+        with self._lock, self._guard():
+            self._begin_snapshot()
+            try:
+                window = (after, upto)
+                runs = self._run("SELECT * FROM run WHERE seq > ? AND seq <= ?", window).fetchall()
+                arts = self._run("SELECT * FROM artifact WHERE seq > ? AND seq <= ?", window).fetchall()
+                links = self._run("SELECT * FROM run_artifact WHERE seq > ? AND seq <= ?", window).fetchall()
+            finally:
+                self._end(commit=True)
+        return runs, arts, links
+
     def changes_since(self, seq: int) -> tuple[int, list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]]]:
         """The current sequence number and the rows written after ``seq``, read in one snapshot.
 
