@@ -480,3 +480,49 @@ def test_many_pending_runs_merge_window_by_window_and_a_stopped_merge_resumes(
     )
     assert len(rows(tmp_path / "prov.duckdb", "SELECT * FROM run_artifact")) == 10
     assert duck.sync() == 0
+
+
+SCRIPT = """
+import sys
+from pathlib import Path
+from consist import Tracker
+t = Tracker("runs", code_version="v")
+t.run(lambda: Path("o.txt").write_text("o") and Path("o.txt"), name="one", outputs=["o"])
+t.close()
+print("duckdb loaded:", "duckdb" in sys.modules)
+"""
+
+
+def _runs_in(db: Path) -> list[str]:
+    try:
+        return [r[0] for r in rows(db, "SELECT id FROM run")]
+    except duckdb.Error:  # not created yet, or the merger holds it
+        return []
+
+
+def test_a_script_that_never_loaded_duckdb_ends_without_it_and_the_file_follows(tmp_path: Path) -> None:
+    (tmp_path / "s.py").write_text(SCRIPT)
+    env = {k: v for k, v in os.environ.items() if k != "CONSIST_MERGE_ON_CLOSE"}
+    out = subprocess.run([sys.executable, "s.py"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "duckdb loaded: False" in out.stdout  # the merge was handed to another process
+    db = tmp_path / "runs" / "provenance.duckdb"
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and not _runs_in(db):
+        time.sleep(0.1)
+    assert len(_runs_in(db)) == 1  # the DuckDB file caught up on its own
+    # A query through consist never waits for that: it sees every run at once.
+    out = subprocess.run([sys.executable, "s.py"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    with consist.Tracker(tmp_path / "runs", code_version="v") as t:
+        assert len(t.find_runs(model="one")) == 2
+        with t.engine.connect() as con:
+            assert con.execute(text("SELECT count(*) FROM run")).scalar() == 2
+
+
+def test_merge_on_close_can_be_made_to_wait(tmp_path: Path) -> None:
+    (tmp_path / "s.py").write_text(SCRIPT)
+    env = {**os.environ, "CONSIST_MERGE_ON_CLOSE": "wait"}
+    out = subprocess.run([sys.executable, "s.py"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "duckdb loaded: True" in out.stdout
+    assert len(_runs_in(tmp_path / "runs" / "provenance.duckdb")) == 1  # at once

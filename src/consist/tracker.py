@@ -166,12 +166,19 @@ class Tracker(LookupMixin, QueryMixin, MaintenanceMixin, RestoreMixin, InflightM
         self.close()
 
     def close(self) -> None:
-        """Merge pending runs into the DuckDB file (if any) and release it. Safe to call twice."""
+        """Merge pending runs into the DuckDB file (if any) and release it. Safe to call twice.
+
+        A process that never loaded DuckDB hands the merge to a detached process instead,
+        so a short script ends at once; the file is current for outside readers a moment
+        later (set ``CONSIST_MERGE_ON_CLOSE=wait`` to merge before close() returns).
+        Queries through consist always see every completed run.
+        """
         if self._closed:
             return
         self._closed = True
         try:
-            self._store.sync(timeout=15.0)
+            if not getattr(self._store, "merge_later", lambda: False)():
+                self._store.sync(timeout=15.0)
         except StoreError as exc:  # locked, damaged or a full disk: nothing is lost
             warnings.warn(
                 f"{exc} The runs stay in the run index and are merged by the next query.", ConsistWarning, stacklevel=2

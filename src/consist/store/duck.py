@@ -30,6 +30,8 @@ from __future__ import annotations
 import datetime as dt
 import os
 import sqlite3
+import subprocess
+import sys
 import time
 import warnings
 from collections.abc import Iterable, Iterator
@@ -227,6 +229,30 @@ class DuckStore:
     def pending(self) -> bool:
         """True when the index holds rows that were not merged into DuckDB yet."""
         return self.index.max_seq() != self._synced_seq or not self.db_path.exists()
+
+    def merge_later(self) -> bool:
+        """Hand the pending merge to a detached process (:mod:`consist.store.merger`); False: merge here.
+
+        Done only when this process has not loaded DuckDB (importing it and merging would be
+        most of a short script's run time) and ``CONSIST_MERGE_ON_CLOSE`` is not ``wait``. The
+        DuckDB file is then current for outside readers (the DuckDB CLI, pandas) about half a
+        second after the process ends, or as soon as another program that holds the file
+        lets go; queries through consist merge what is pending themselves, so they see
+        every completed run at once.
+        """
+        if os.environ.get("CONSIST_MERGE_ON_CLOSE", "").strip().lower() == "wait" or "duckdb" in sys.modules:
+            return False
+        if self.db_path.exists() and self.index.max_seq() == self.index.merged_seq():
+            return True  # nothing pending
+        try:
+            subprocess.Popen(
+                [sys.executable, "-m", "consist.store.merger", str(self.db_path)],
+                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                start_new_session=True, close_fds=True, cwd="/",
+            )  # fmt: skip
+        except OSError:
+            return False
+        return True
 
     def sync(self, timeout: float | None = None) -> int:
         """Merge new index rows into the DuckDB file; returns how many rows were merged."""
