@@ -1232,3 +1232,66 @@ def test_every_use_of_a_closed_index_says_what_to_do(tmp_path: Path) -> None:
             "Fix: open a new Tracker on the same run_dir and database; past runs and cached outputs "
             "are kept."
         )
+
+
+def test_an_upgrade_script_is_split_into_whole_statements() -> None:
+    from consist.store.sqlite import _statements
+
+    script = """
+    CREATE TABLE a (x);
+    CREATE TRIGGER t AFTER INSERT ON a BEGIN INSERT INTO b VALUES (1); INSERT INTO b VALUES (2); END;
+    ;
+    CREATE INDEX i ON a (x)
+    """
+    got = list(_statements(script))
+    assert got == [
+        "CREATE TABLE a (x);",
+        "CREATE TRIGGER t AFTER INSERT ON a BEGIN INSERT INTO b VALUES (1); INSERT INTO b VALUES (2); END;",
+        "CREATE INDEX i ON a (x)\n    ;",
+    ]
+
+
+def test_an_index_knows_where_it_is_and_names_it_when_refusing_a_newer_schema(tmp_path: Path) -> None:
+    path = tmp_path / "index.sqlite"
+    ix = SQLiteIndex(path)
+    assert ix.location == str(path) and ix.path == path
+    ix.close()
+    con = sqlite3.connect(path)
+    con.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 3}")
+    con.close()
+    with pytest.raises(StoreError, match=f"The run index {path} has schema version {SCHEMA_VERSION + 3}"):
+        SQLiteIndex(path)
+
+
+def test_reaping_goes_past_runs_it_cannot_judge(ix: SQLiteIndex) -> None:
+    """Runs without a process id, or of another host without heartbeats, come first here: the rest are reaped."""
+    running(ix, "a-no-pid", HOST, None, None)
+    running(ix, "b-old-consist-there", "elsewhere", 7, None)
+    running(ix, "c-ended-here", HOST, dead_pid(), time.time())
+    assert ix.reap_interrupted() == ["c-ended-here"]
+
+
+def test_switching_a_new_index_to_wal_waits_for_a_lock_then_gives_up_clearly(tmp_path: Path) -> None:
+    from consist.store.sqlite import _switch_to_wal
+
+    path = tmp_path / "new.sqlite"
+    holder = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    holder.execute("CREATE TABLE x (a)")
+    holder.execute("BEGIN EXCLUSIVE")  # another process creating the index holds the file
+    db = sqlite3.connect(path, timeout=0, isolation_level=None, check_same_thread=False)
+    db.row_factory = lambda cur, row: {d[0]: v for d, v in zip(cur.description, row)}
+    started = time.monotonic()
+    with pytest.raises(sqlite3.OperationalError, match="could not switch to WAL within 0 s"):
+        _switch_to_wal(db, wait_s=0.3)
+    assert 0.3 <= time.monotonic() - started < 5  # it tried again until the deadline, no longer
+    releaser = threading.Timer(0.3, lambda: holder.execute("COMMIT"))
+    releaser.start()
+    _switch_to_wal(db, wait_s=10)  # the holder lets go: the switch succeeds
+    releaser.join()
+    assert db.execute("PRAGMA journal_mode").fetchone()["journal_mode"] == "wal"
+    db.close()
+    holder.close()
+    broken = sqlite3.connect(":memory:")
+    broken.close()
+    with pytest.raises(sqlite3.ProgrammingError):  # anything but a lock is raised at once
+        _switch_to_wal(broken, wait_s=10)

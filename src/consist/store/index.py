@@ -82,12 +82,6 @@ class RunIndex(IndexLookups):
     generation: str
     #: SQLite-only: which index the lookup of a model's executed runs reads.
     _producers_hint = ""
-    #: SQL true when the run's ``tags`` (JSON text) hold the parameter: for an index without ``run_tag``.
-    TAG_CONTAINS: str
-    #: The condition of the filter whose index leads a lookup: its expression ``{0}`` equals the parameter.
-    LEADS = "{0} = ?"
-    #: Whether a lookup is ordered by its leading filter's expression too (constant there, so the same order).
-    _ORDER_BY_LEAD = False
 
     def __init__(self) -> None:
         self._lock = threading.RLock()
@@ -106,13 +100,6 @@ class RunIndex(IndexLookups):
     def _run_many(self, sql: str, rows: Sequence[Sequence[Any]]) -> int:
         """Execute one statement per row; returns how many rows it changed."""
         raise NotImplementedError
-
-    def _run_planned(self, sql: str, params: Sequence[Any] = ()) -> Any:
-        """:meth:`_run`, planned for these values: never a plan made once for any value.
-
-        For lookups, whose values are skewed (a tag on half the runs, another on ten).
-        """
-        return self._run(sql, params)
 
     def _begin_write(self) -> None:
         """Begin a transaction that holds the index's write lock until it ends."""
@@ -139,19 +126,6 @@ class RunIndex(IndexLookups):
 
     def close(self) -> None:
         raise NotImplementedError
-
-    @property
-    def has_lookup_indexes(self) -> bool:
-        """Whether the schema has the lookups' indexes and ``run_tag`` (an older one, opened read-only, has not)."""
-        return True
-
-    def meta_field(self, key: str) -> str:
-        """SQL for the value of key ``key`` of a run's ``meta`` JSON: the expression its index is built on."""
-        raise NotImplementedError
-
-    def indexed_by(self, index: str) -> str:
-        """The clause, after a table name, that makes a lookup read ``index`` ("" where the planner chooses)."""
-        return ""
 
     # ---------------------------------------------------------------- transactions
 
@@ -221,13 +195,6 @@ class RunIndex(IndexLookups):
 
     def query_one(self, sql: str, params: Sequence[Any] = ()) -> dict[str, Any] | None:
         return self._read(lambda: self._run(sql, params).fetchone())
-
-    def lookup(self, sql: str, params: Sequence[Any] = ()) -> list[dict[str, Any]]:
-        """:meth:`query`, planned for its values (see :meth:`_run_planned`)."""
-        return self._read(lambda: self._run_planned(sql, params).fetchall())
-
-    def lookup_one(self, sql: str, params: Sequence[Any] = ()) -> dict[str, Any] | None:
-        return self._read(lambda: self._run_planned(sql, params).fetchone())
 
     def execute(self, sql: str, params: Sequence[Any] = ()) -> None:
         with self._lock, self._guard():

@@ -42,24 +42,48 @@ def _meta_key(key: str) -> str:
 
 
 class IndexLookups:
-    """Run and artifact lookups on the run index (see :class:`consist.store.index.RunIndex`)."""
+    """Run and artifact lookups on the run index (see :class:`consist.store.index.RunIndex`).
 
+    Backends override :meth:`meta_field`, and may override :meth:`indexed_by` and
+    :meth:`_run_planned`; ``_read`` and ``_run`` come from the index.
+    """
+
+    _read: Any
+    _run: Any
+
+    #: SQL true when the run's ``tags`` (JSON text) hold the parameter: for an index without ``run_tag``.
     TAG_CONTAINS: str
-    LEADS: str
-    _ORDER_BY_LEAD: bool
-    has_lookup_indexes: bool
+    #: The condition of the filter whose index leads a lookup: its expression ``{0}`` equals the parameter.
+    LEADS = "{0} = ?"
+    #: Whether a lookup is ordered by its leading filter's expression too (constant there, so the same order).
+    _ORDER_BY_LEAD = False
+
+    def _run_planned(self, sql: str, params: Sequence[Any] = ()) -> Any:
+        """:meth:`_run`, planned for these values: never a plan made once for any value.
+
+        For lookups, whose values are skewed (a tag on half the runs, another on ten).
+        """
+        return self._run(sql, params)
+
+    @property
+    def has_lookup_indexes(self) -> bool:
+        """Whether the schema has the lookups' indexes and ``run_tag`` (an older one, opened read-only, has not)."""
+        return True
 
     def meta_field(self, key: str) -> str:
+        """SQL for the value of key ``key`` of a run's ``meta`` JSON: the expression its index is built on."""
         raise NotImplementedError
 
     def indexed_by(self, index: str) -> str:
-        raise NotImplementedError
+        """The clause, after a table name, that makes a lookup read ``index`` ("" where the planner chooses)."""
+        return ""
 
     def lookup(self, sql: str, params: Sequence[Any] = ()) -> list[dict[str, Any]]:
-        raise NotImplementedError
+        """:meth:`query`, planned for its values (see :meth:`_run_planned`)."""
+        return self._read(lambda: self._run_planned(sql, params).fetchall())
 
     def lookup_one(self, sql: str, params: Sequence[Any] = ()) -> dict[str, Any] | None:
-        raise NotImplementedError
+        return self._read(lambda: self._run_planned(sql, params).fetchone())
 
     def _runs_matching(self, filters: Mapping[str, Any], tags: Sequence[str]) -> tuple[str, list[Any], str]:
         """``FROM ... WHERE ...`` of the runs matching every filter and tag, its parameters, and its order.
