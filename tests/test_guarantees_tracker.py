@@ -842,3 +842,63 @@ def test_fast_hashing_never_links_an_input_to_a_producer_by_size_and_time(make_t
     use = t.run(lambda p: None, name="use", inputs={"p": "made.csv"})
     [link] = links(t, use.run_id, "input").values()
     assert link["id"] != made.outputs["made"].id and link["run_id"] is None
+
+
+# --------------------------------------------------------------------- recording, called directly
+
+
+def _plan_for(t: Tracker, inputs: object = None, name: str = "direct") -> object:
+    return t._plan(fn=None, source=None, name=name, model=name, config={"k": 1}, inputs=inputs, year=None,
+                   iteration=None, cache_mode="reuse", code_version="v")  # fmt: skip
+
+
+def test_linking_members_records_new_member_artifacts_and_links_every_member(tracker: Tracker) -> None:
+    tracker._index.claim_run_id("r", {"id": "r", "name": "r", "status": "completed"})
+    known = {"id": "known", "key": "a.csv", "uri": "/d/a.csv", "hash": "sha256:a", "kind": "file", "run_id": "p"}
+    tracker._index.add_artifact(known)
+    fresh = {**known, "id": "fresh", "key": "b.csv", "uri": "/d/b.csv", "hash": "sha256:b", "_new": True}
+    out = {"id": "dir", "_members": [dict(known), fresh]}
+    tracker._index.atomic(lambda: tracker._link_members("r", out))
+    got = links(tracker, "r", "member")
+    assert {k: v["id"] for k, v in got.items()} == {"a.csv": "known", "b.csv": "fresh"}
+    assert tracker._index.query_one("SELECT key FROM artifact WHERE id = 'fresh'") == {"key": "b.csv"}
+    assert "_new" in fresh and out["_members"][1] is fresh  # the caller's rows are left as they were
+    tracker._link_members("r", {"id": "plain"})  # no members: nothing to do
+    assert len(links(tracker, "r", "member")) == 2
+
+
+def test_linking_inputs_directly_links_given_artifacts_and_records_input_metadata(tracker: Tracker) -> None:
+    made = tracker.run(lambda: write("made.csv", "m"), name="make", outputs=["m"])
+    write("raw.csv", "r")
+    plan = _plan_for(tracker, {"given": made.outputs["m"], "raw": "raw.csv"})
+    assert plan.input_artifacts["given"]["id"] == made.outputs["m"].id and "raw" not in plan.input_artifacts
+    tracker._index.claim_run_id("use", {"id": "use", "name": "use", "status": "completed"})
+    meta = {"given": {"role": "demand"}, "raw": {"crs": "EPSG:4326"}}
+    tracker._index.atomic(lambda: tracker._link_inputs("use", plan, meta))
+    got = links(tracker, "use", "input")
+    assert got["given"]["id"] == made.outputs["m"].id
+    assert json.loads(got["given"]["meta"])["role"] == "demand"
+    raw = got["raw"]
+    assert raw["run_id"] is None and raw["uri"] == str(Path("raw.csv").resolve())
+    assert json.loads(raw["meta"]) == {"crs": "EPSG:4326"}
+    # Metadata given again for the same file replaces what was recorded on it.
+    tracker._index.atomic(lambda: tracker._link_inputs("use", plan, {"raw": {"crs": "EPSG:3857"}}))
+    assert json.loads(links(tracker, "use", "input")["raw"]["meta"]) == {"crs": "EPSG:3857"}
+    # Without metadata the recorded artifacts are left as they are.
+    tracker._index.atomic(lambda: tracker._link_inputs("use", plan))
+    assert json.loads(links(tracker, "use", "input")["given"]["meta"])["role"] == "demand"
+
+
+def test_recording_a_hit_directly_gives_its_metadata_and_the_last_run(tracker: Tracker) -> None:
+    made = tracker.run(lambda: write("o.csv", "o"), name="direct", config={"k": 1}, code_version="v", outputs=["o"])
+    plan = _plan_for(tracker)
+    found = tracker._try_reuse(plan, None, ["o"])
+    assert not isinstance(found, str)
+    hit = tracker._record_hit(plan, found, None, None, None, waited_for="w", meta={"stage": "s"})
+    assert hit.cache_hit and hit.cache_source == made.run_id and hit.run_id.startswith("direct_")
+    assert tracker.get_run(hit.run_id).meta == {"stage": "s", "waited_for": "w"}
+    last = tracker.last_run
+    assert last.run_id == hit.run_id and last.is_cached and last.config == {"k": 1}
+    assert sorted(last.outputs) == ["o"] and last.cached_output("o").hash == made.outputs["o"].hash
+    plain = tracker._record_hit(plan, tracker._try_reuse(plan, None, ["o"]), "named", None, None)
+    assert plain.run_id == "named" and tracker.get_run("named").meta is None
