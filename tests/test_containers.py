@@ -291,6 +291,26 @@ def test_container_inside_an_overwrite_run_reexecutes(tracker: Tracker) -> None:
     tracker.end_run()
 
 
+@pytest.mark.parametrize("engine", ENGINES)
+def test_a_container_run_inside_another_run_gives_it_its_inputs_and_outputs(engine: str, tracker: Tracker) -> None:
+    setup_data()
+    write = Path("data/own.csv")
+    write.write_text("own\n")
+    for attempt in ("executes", "hits"):
+        with tracker.start_run(f"outer_{attempt}", "pipeline", inputs={"own": "data/own.csv"}):
+            r = copy_run(tracker, engine)
+        assert r.cache_hit == (attempt == "hits")
+        outer = tracker.get_artifacts_for_run(f"outer_{attempt}")
+        inner = tracker.get_artifacts_for_run(r.run_id)
+        assert set(outer.outputs) == {"result.csv"} and outer.outputs["result.csv"].hash == inner.outputs[
+            "result.csv"].hash  # fmt: skip
+        # The outer run keeps its own input; the container's input joins it under the container's key.
+        assert outer.inputs["own"].uri == str(write.resolve())
+        assert set(inner.inputs) == {"input.csv"} and set(outer.inputs) == {"own", "input.csv"}
+        assert outer.inputs["input.csv"].hash == inner.inputs["input.csv"].hash
+    assert executions() == 1
+
+
 def test_engine_errors_are_clear_and_record_nothing(tracker: Tracker, monkeypatch: pytest.MonkeyPatch) -> None:
     need("docker")
     setup_data()
