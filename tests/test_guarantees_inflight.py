@@ -291,25 +291,7 @@ def test_a_hit_found_right_after_the_claim_frees_releases_the_claim(tmp_path: Pa
     """The holder ends between the waiter's last look and its next claim: the claim is taken, the
     holder's outputs are found right away, and the claim is given back (nobody executes again)."""
 
-    def patch(b: Tracker) -> None:
-        real_reuse, real_claim = b._try_reuse, b._index.try_claim
-        state = {"claimed": False}
-
-        def try_claim(sig: str, token: str) -> Any:
-            claimed, holder = real_claim(sig, token)
-            state["claimed"] = claimed
-            return claimed, holder
-
-        def try_reuse(*args: Any) -> Any:
-            if state.pop("claimed", False):
-                state["claimed"] = False
-                return real_reuse(*args)
-            return "no_match"  # every other look misses, as if the holder were still running
-
-        b._index.try_claim = try_claim  # type: ignore[method-assign]
-        b._try_reuse = try_reuse  # type: ignore[method-assign]
-
-    a, b, results, calls = _hold_and_wait(tmp_path, patch_waiter=patch)
+    a, b, results, calls = _hold_and_wait(tmp_path, patch_waiter=_miss_until_claimed)
     assert calls == ["first"]
     assert results["b"].cache_hit and results["b"].waited_for == results["a"].run_id
     assert _claims(a) == []

@@ -27,38 +27,11 @@ from consist.errors import (
 from consist.store.sqlite import SCHEMA_VERSION, index_path_for
 from engines import need
 from scaleout import fresh_pg_database
+from test_index_hardening_lookup import _V2_DDL
 
-# The run index as schema version 4 created it (consist before the lookups' indexes).
-_V4_DDL = """
-CREATE TABLE counter (id INTEGER PRIMARY KEY CHECK (id = 1), seq INTEGER NOT NULL);
-INSERT INTO counter VALUES (1, 0);
-CREATE TABLE run (
-    id TEXT PRIMARY KEY, name TEXT, model TEXT, status TEXT, parent_run_id TEXT,
-    year INTEGER, iteration INTEGER, tags TEXT, signature TEXT, code_version TEXT,
-    config_hash TEXT, input_hash TEXT, config TEXT, identity TEXT,
-    cache_hit INTEGER, cache_source TEXT, cache_epoch INTEGER, error TEXT, meta TEXT,
-    run_dir TEXT, pid INTEGER, host TEXT, started_at REAL, ended_at REAL,
-    seq INTEGER NOT NULL);
-CREATE INDEX run_by_signature ON run (signature, status, cache_hit, ended_at);
-CREATE INDEX run_by_model ON run (model, ended_at);
-CREATE INDEX run_by_status ON run (status);
-CREATE INDEX run_by_seq ON run (seq);
-CREATE INDEX run_by_parent ON run (parent_run_id);
-CREATE TABLE artifact (
-    id TEXT PRIMARY KEY, key TEXT, uri TEXT, hash TEXT, size INTEGER, kind TEXT,
-    driver TEXT, run_id TEXT, created_at REAL, meta TEXT, seq INTEGER NOT NULL, location TEXT);
-CREATE INDEX artifact_by_hash ON artifact (hash);
-CREATE INDEX artifact_by_key ON artifact (key);
-CREATE INDEX artifact_by_seq ON artifact (seq);
-CREATE TABLE run_artifact (
-    run_id TEXT NOT NULL, artifact_id TEXT NOT NULL, direction TEXT NOT NULL, key TEXT NOT NULL,
-    seq INTEGER NOT NULL, PRIMARY KEY (run_id, direction, key));
-CREATE INDEX link_by_artifact ON run_artifact (artifact_id);
-CREATE INDEX link_by_seq ON run_artifact (seq);
-CREATE TABLE object (hash TEXT NOT NULL, store TEXT NOT NULL, size INTEGER, PRIMARY KEY (hash, store));
-CREATE TABLE hash_memo (
-    dev INTEGER NOT NULL, ino INTEGER NOT NULL, size INTEGER NOT NULL, mtime_ns INTEGER NOT NULL,
-    algo TEXT NOT NULL, hash TEXT NOT NULL, PRIMARY KEY (dev, ino, size, mtime_ns, algo)) WITHOUT ROWID;
+# The run index as schema version 4 created it (consist before the lookups' indexes): schema 2, then
+# what versions 3 and 4 added.
+_V4_DDL = _V2_DDL.replace("PRAGMA user_version = 2;", "") + """
 CREATE TABLE index_meta (key TEXT PRIMARY KEY, value TEXT);
 CREATE TABLE lease (
     hash TEXT NOT NULL, kind TEXT, run_id TEXT, host TEXT NOT NULL, pid INTEGER NOT NULL, thread INTEGER,
