@@ -129,16 +129,7 @@ class RestoreMixin:
         if not plan.missing_inputs:
             return
         dests = {k: Path(p) for k, p, _h in plan.inputs if k in plan.missing_inputs}
-        self._index.lease_restoring((r["hash"], r["kind"]) for r in plan.missing_inputs.values())
-        try:
-            checked = []
-            for key, row in plan.missing_inputs.items():
-                store = self._store_for(row["hash"])
-                item = store.check(row["kind"], row["hash"], row.get("size"), row.get("meta"))
-                checked.append((store, item, dests[key]))
-            restore_all(checked)
-        finally:
-            self._index.end_restore_lease()
+        self._put_back([(row, dests[key]) for key, row in plan.missing_inputs.items()])
         for key in plan.missing_inputs:
             log.info("consist: input %r was not at %s; restored it from the object store", key, dests[key])
 
@@ -186,16 +177,26 @@ class RestoreMixin:
                 dests[k] = Path(target_root).absolute() / fit(name)  # a key never names a place outside
         hasher = FileHasher(self._index, "full")
         needed = {k: outs[k] for k in wanted if not _holds(outs[k], dests[k], hasher)}
-        self._index.lease_restoring((o["hash"], o["kind"]) for o in needed.values())
+        self._put_back([(row, dests[k]) for k, row in needed.items()])
+        return dests
+
+    def _put_back(self, items: Sequence[tuple[Mapping[str, Any], Path]]) -> None:
+        """Restore recorded artifacts (row, destination) from the object stores, leased meanwhile.
+
+        Every object is checked before anything is written, and nothing is published unless all
+        match their hashes (see :func:`consist.objects.restore_all`).
+        """
+        if not items:
+            return
+        self._index.lease_restoring((row["hash"], row["kind"]) for row, _dest in items)
         try:
             checked = []
-            for k, o in needed.items():
-                store = self._store_for(o["hash"])
-                checked.append((store, store.check(o["kind"], o["hash"], o.get("size"), o.get("meta")), dests[k]))
+            for row, dest in items:
+                store = self._store_for(row["hash"])
+                checked.append((store, store.check(row["kind"], row["hash"], row.get("size"), row.get("meta")), dest))
             restore_all(checked)
         finally:
             self._index.end_restore_lease()
-        return dests
 
     def _restore_path(self, row: Mapping[str, Any]) -> Path:
         """Where a recorded output goes in *this* workspace (see :mod:`consist.locations`)."""
