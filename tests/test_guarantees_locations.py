@@ -82,7 +82,9 @@ def test_output_locations_outside_every_root(tmp_path: Path, roots: Roots) -> No
 def test_resolve_places_a_location_in_this_workspace(tmp_path: Path, roots: Roots) -> None:
     project = tmp_path / "project"
     assert roots.resolve("run_dir://a/b.csv") == project / "runs" / "a" / "b.csv"
-    assert roots.resolve("project://") == project
+    for root_itself in ("project://", "run_dir://", "scratch://.", str(project)):
+        with pytest.raises(UnresolvableLocation, match="names a root itself"):  # a restore would replace the root
+            roots.resolve(root_itself)
     assert roots.resolve("scratch://x/./y") == tmp_path / "scratch" / "x" / "y"
     assert roots.resolve(str(project / "in.csv")) == project / "in.csv"  # absolute, inside a root
 

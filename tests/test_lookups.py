@@ -31,7 +31,9 @@ from test_index_hardening_lookup import _V2_DDL
 
 # The run index as schema version 4 created it (consist before the lookups' indexes): schema 2, then
 # what versions 3 and 4 added.
-_V4_DDL = _V2_DDL.replace("PRAGMA user_version = 2;", "") + """
+_V4_DDL = (
+    _V2_DDL.replace("PRAGMA user_version = 2;", "")
+    + """
 CREATE TABLE index_meta (key TEXT PRIMARY KEY, value TEXT);
 CREATE TABLE lease (
     hash TEXT NOT NULL, kind TEXT, run_id TEXT, host TEXT NOT NULL, pid INTEGER NOT NULL, thread INTEGER,
@@ -43,6 +45,7 @@ CREATE TABLE claim (signature TEXT PRIMARY KEY, run_id TEXT NOT NULL, host TEXT 
     pid INTEGER NOT NULL, beat_at REAL NOT NULL);
 PRAGMA user_version = 4;
 """
+)
 _V5_INDEXES = {
     "run_by_started", "run_by_status_started", "run_by_parent_started", "run_by_model_started",
     "run_by_year_started", "run_by_stage", "run_by_phase", "run_by_config_hash",

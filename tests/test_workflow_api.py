@@ -5,6 +5,7 @@ DuckDB and SQLite files, real object stores.
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import os
 from pathlib import Path
@@ -96,13 +97,35 @@ def test_artifact_metadata_is_recorded_queryable_and_restored_with_the_artifact(
     assert art.meta["rows"] == 120 and art.meta["source"] == {"survey": 2019}
     stored = tracker.get_artifacts_for_run("m1")
     assert stored.outputs["trips"].meta == {"rows": 120, "source": {"survey": 2019}}
-    assert stored.inputs["zones"].meta == {"crs": "EPSG:4326"}
+    # An input's metadata is kept with the run that read it: the file may be another run's output.
+    assert stored.inputs["zones"].meta is None
+    assert tracker.get_run("m1").meta["input_meta"] == {"zones": {"crs": "EPSG:4326"}}
     tracker.sync()
     with duckdb.connect(str(tracker.db_path), read_only=True) as con:
         rows = con.execute(
-            "SELECT key, json_extract_string(meta, '$.crs') FROM artifact WHERE json_extract(meta, '$.crs') IS NOT NULL"
+            "SELECT key, json_extract_string(meta, '$.rows') FROM artifact "
+            "WHERE json_extract(meta, '$.rows') IS NOT NULL"
         ).fetchall()
-    assert rows == [("zones", "EPSG:4326")]
+        crs = con.execute("SELECT json_extract_string(meta, '$.input_meta.zones.crs') FROM run").fetchall()
+    assert rows == [("trips", "120")] and crs == [("EPSG:4326",)]
+
+
+def test_a_consumer_never_rewrites_its_producers_record(tracker: Tracker) -> None:
+    made = tracker.run(lambda: write("made.csv", "m"), name="make", outputs=["m"])
+    with tracker.start_run("reader", "m"):
+        tracker.log_input("made.csv", key="made", note="consumer's opinion")
+    assert tracker.get_artifact(made.outputs["m"].id).meta == made.outputs["m"].meta
+    assert tracker.get_run("reader").meta["input_meta"] == {"made": {"note": "consumer's opinion"}}
+
+
+def test_input_metadata_refused_as_too_large_leaves_no_input_behind(tracker: Tracker) -> None:
+    write("a.csv", "a")
+    with tracker.start_run("r", "m"):
+        tracker.log_meta(blob="x" * 60_000)
+        with pytest.raises(consist.MetadataError, match="over the limit"):
+            tracker.log_input("a.csv", key="a", more="y" * 10_000)
+        assert tracker.current_consist.inputs == {}
+    assert tracker.get_artifacts_for_run("r").inputs == {}
 
 
 def test_metadata_keeps_file_modes_for_restores(tracker: Tracker) -> None:
@@ -212,15 +235,44 @@ def test_an_artifact_whose_file_is_gone_is_restored_from_the_store_when_the_step
     read = []
 
     def use(src: Path, n: int) -> None:
-        read.append(src.read_text())
+        read.append((src, src.read_text()))
 
     first = tracker.run(use, name="use", config={"n": 1}, inputs={"src": art})
-    assert read == ["payload"] and Path("made.csv").read_text() == "payload"
+    [(src, text)] = read
+    assert text == "payload" and src.name == "made.csv"
+    # Put back in the workspace's own folder of such inputs, never at the place the artifact names.
+    assert tracker.run_dir / ".consist" / "inputs" in src.parents and not Path("made.csv").exists()
     assert links(tracker, first.run_id, "input")["src"]["id"] == art.id
-    Path("made.csv").unlink()
     hit = tracker.run(use, name="use", config={"n": 1}, inputs={"src": art})
-    assert hit.cache_hit and read == ["payload"]
-    assert not Path("made.csv").exists()  # a hit needs no input bytes: nothing restored
+    assert hit.cache_hit and len(read) == 1  # a hit needs no input bytes
+    tracker.run(use, name="use", config={"n": 2}, inputs={"src": art})  # already in place: used as it is
+    assert read[1] == read[0]
+
+
+def test_two_gone_artifacts_of_one_place_each_give_the_step_their_own_bytes(tracker: Tracker) -> None:
+    v1 = tracker.run(lambda v: write("table.csv", f"version {v}"), name="make", config={"v": 1}, outputs=["t"])
+    v2 = tracker.run(lambda v: write("table.csv", f"version {v}"), name="make", config={"v": 2}, outputs=["t"])
+    Path("table.csv").unlink()
+    seen = {}
+    tracker.run(lambda old, new: seen.update(old=old.read_text(), new=new.read_text()), name="compare",
+                inputs={"old": v1.outputs["t"], "new": v2.outputs["t"]})  # fmt: skip
+    assert seen == {"old": "version 1", "new": "version 2"}
+
+
+def test_an_artifact_object_claiming_other_content_or_place_writes_nothing_there(
+    tracker: Tracker, tmp_path: Path
+) -> None:
+    made = tracker.run(lambda: write("made.csv", "payload"), name="make", outputs=["m"])
+    Path("made.csv").unlink()
+    art = made.outputs["m"]
+    target = tmp_path / "elsewhere" / "authorized_keys"
+    forged = art.model_copy(update={"uri": str(target)})  # the real id and hash, another place
+    got = []
+    tracker.run(lambda src: got.append(src.read_text()), name="use", inputs={"src": forged})
+    assert got == ["payload"] and not target.exists() and not target.parent.exists()
+    wrong = art.model_copy(update={"hash": "sha256:" + "0" * 64})  # the real id, other content
+    with pytest.raises(consist.InputNotFoundError):  # not taken for the recorded artifact
+        tracker.run(lambda src: None, name="use2", inputs={"src": wrong})
 
 
 def test_a_gone_artifact_whose_bytes_are_not_stored_is_a_clear_input_error(tracker: Tracker) -> None:
@@ -446,3 +498,136 @@ def test_metadata_shows_in_json_exports_of_the_run(tracker: Tracker) -> None:
     run = tracker.find_runs(model="s")[0]
     assert json.loads(run.model_dump_json())["meta"]["note"] == "n"
     assert os.fspath(tracker.run_dir)
+
+
+# --------------------------------------------------------------------- attacks on the above
+
+
+def _set_location(t: Tracker, art_id: str, location: str, kind: str | None = None) -> None:
+    t._index.execute("UPDATE artifact SET location = ? WHERE id = ?", (location, art_id))
+    if kind:
+        t._index.execute("UPDATE artifact SET kind = ? WHERE id = ?", (kind, art_id))
+
+
+@pytest.mark.parametrize("location", ["project://", "run_dir://", "run_dir://.consist", "run_dir://.consist/objects"])
+def test_a_record_naming_a_root_or_consists_own_files_never_replaces_them(
+    make_tracker, tmp_path: Path, location: str
+) -> None:
+    t = make_tracker()
+    write("precious.txt", "keep me")
+    made = t.run(lambda: write("out/x.txt", "x"), name="s", outputs=["x"])
+    _set_location(t, made.outputs["x"].id, location)
+    Path("out/x.txt").unlink()
+    with pytest.warns(consist.ConsistWarning, match="cannot be restored"):
+        again = t.run(lambda: write("out/x.txt", "x"), name="s", outputs=["x"])
+    assert not again.cache_hit  # not restorable there: the step ran again
+    assert Path("precious.txt").read_text() == "keep me" and t.run_dir.is_dir()
+    assert t._objects.has(made.outputs["x"].hash)
+    with pytest.raises(consist.ConsistError, match=r"root itself|consist's own files"):
+        t.hydrate_run_outputs(made.run_id)
+    assert Path("precious.txt").read_text() == "keep me"
+
+
+def test_hydrating_never_writes_through_a_link_it_restored(make_tracker, tmp_path: Path) -> None:
+    t = make_tracker()
+    outside = tmp_path.parent / f"{tmp_path.name}-outside"
+    outside.mkdir()
+
+    def step() -> dict[str, Path]:
+        Path("evil").symlink_to(outside)
+        return {"lnk": Path("evil"), "pay": write("payload.txt", "p")}
+
+    made = t.run(step, name="s", outputs=["lnk", "pay"])
+    _set_location(t, made.outputs["pay"].id, "project://evil/payload")
+    Path("evil").unlink()
+    Path("payload.txt").unlink()
+    t.hydrate_run_outputs(made.run_id, keys=["lnk"])  # the link itself comes back
+    assert Path("evil").is_symlink()
+    with pytest.raises(consist.ConsistError, match="symbolic link"):
+        t.hydrate_run_outputs(made.run_id, keys=["pay"])
+    assert list(outside.iterdir()) == []
+
+
+def test_hydrating_keys_that_would_share_a_file_name_is_refused(tracker: Tracker) -> None:
+    made = tracker.run(lambda: {"tables/trips": write("a.csv", "A"), "tables_trips": write("b.csv", "B")},
+                       name="s", outputs=["tables/trips", "tables_trips"])  # fmt: skip
+    with pytest.raises(consist.OutputError, match="to the same place"):
+        tracker.hydrate_run_outputs(made.run_id, target_root="t")
+    assert not Path("t").exists()
+
+
+def test_a_read_only_tracker_never_prunes_or_rebuilds(make_tracker, tmp_path: Path) -> None:
+    t = make_tracker()
+    t.run(lambda: write("o.csv", "o"), name="s", outputs=["o"])
+    t.close()
+    objects = sorted(p for p in (tmp_path / "runs" / ".consist" / "objects").rglob("*") if p.is_file())
+    ro = make_tracker(read_only=True)
+    for attempt in (lambda: ro.prune_store(older_than=0), ro.prune_store, ro.rebuild_index):
+        with pytest.raises(consist.RunStateError, match="read-only"):
+            attempt()
+    assert sorted(p for p in (tmp_path / "runs" / ".consist" / "objects").rglob("*") if p.is_file()) == objects
+
+
+def test_prune_store_takes_seconds_too(tracker: Tracker) -> None:
+    tracker.run(lambda: write("o.csv", "o"), name="s", outputs=["o"])
+    assert tracker.prune_store(older_than=3600, dry_run=True) == tracker.prune_store(
+        older_than=dt.timedelta(hours=1), dry_run=True
+    )
+
+
+def test_self_referencing_metadata_is_a_metadata_error(tracker: Tracker) -> None:
+    loop: list = []
+    loop.append(loop)
+    with tracker.start_run("r", "m"), pytest.raises(consist.MetadataError):
+        tracker.log_meta(loop=loop)
+
+
+def test_the_merger_of_a_removed_workspace_creates_nothing(tmp_path: Path) -> None:
+    from consist.store import merger
+
+    gone = tmp_path / "gone" / "provenance.duckdb"
+    assert merger.main([str(gone)]) == 0
+    assert not (tmp_path / "gone").exists()
+
+
+def test_scenario_inputs_with_one_file_name_keep_both_and_contracts_need_steps(tracker: Tracker) -> None:
+    write("a/data.csv", "A")
+    write("b/data.csv", "B")
+    with pytest.raises(consist.OutputError, match="'result'"):
+        with consist.scenario("s", tracker) as sc:
+            first = sc.add_input("a/data.csv")
+            second = sc.add_input("b/data.csv")
+            assert (first.key, second.key) == ("data.csv", "data.csv#2")
+            sc.add_input("a/data.csv", key="result")  # an input does not fulfil an output contract
+            sc.declare_outputs("result")
+    assert set(tracker.get_artifacts_for_run("s").inputs) == {"data.csv", "data.csv#2", "result"}
+    with consist.scenario("t", tracker) as sc:
+        for bad in ("", "  ", "a\0b"):
+            with pytest.raises(consist.ConsistError, match="printable text"):
+                sc.declare_outputs(bad)
+
+
+def test_a_noop_tracker_behaves_like_a_tracker_where_code_relies_on_it(tmp_path: Path) -> None:
+    t = consist.NoopTracker(tmp_path / "runs")
+    write("data/trips.csv", "t")
+    got = {}
+    with consist.scenario("sc", t) as sc:
+        sc.run(lambda: Path("data/trips.csv"), name="make", outputs=["trips"])
+        sc.run(lambda trips: got.update(trips=trips), name="use", inputs={"trips": "trips"})
+        with sc.trace("look") as step:
+            assert step.cache_hit is False and step.cache_source is None
+            step.log_output("data/trips.csv", key="again")
+            assert set(step.outputs) == {"again"}
+    assert got["trips"] == Path("data/trips.csv").absolute()  # the coupler key, as a Tracker resolves it
+    run = t.begin_run("manual", "m")
+    assert isinstance(run, consist.Run) and run.status == "running" and not run.cache_hit
+    assert t.end_run().status == "completed"
+    with pytest.raises(consist.RunStateError):
+        t.end_run()
+    with pytest.raises(consist.InvalidNameError):
+        t.begin_run("../../evil", "m")
+    with t.start_run("r", "m"), pytest.raises(consist.InvalidNameError):
+        t.output_path("../../escaped")
+    with pytest.raises(consist.OutputError):
+        t.run(lambda: Path("data/trips.csv"), name="two", outputs=["a", "b"])
+    assert not (tmp_path / "evil").exists()

@@ -75,6 +75,8 @@ class RunRecord:
             rows = {r["link_key"]: r for r in self._tracker._index.links_of(self.run_id, "input")}
         for key, path, digest in self._active.plan.inputs:
             rows.setdefault(key, {"id": "", "key": key, "uri": str(path.resolve()), "hash": digest, "kind": "file"})
+            if key in self._active.plan.missing_inputs:  # its bytes were put back in the workspace's own folder
+                rows[key] = {**rows[key], "uri": str(path)}
         return {k: artifact_from_row(r) for k, r in rows.items()}
 
     @property

@@ -78,6 +78,8 @@ class Roots:
             path = Path(location)
             if not path.is_absolute():
                 raise UnresolvableLocation(f"Recorded location {location!r} is not absolute", None, None)
+            if path in self.named.values():
+                raise UnresolvableLocation(f"Recorded location {location!r} names a root itself", "a damaged record")
             if self.locate(path) is not None or self.allow_external:
                 return path
             raise UnresolvableLocation(
@@ -95,7 +97,9 @@ class Roots:
         parts = PurePosixPath(rel).parts
         if rel.startswith("/") or any(p in ("..", "") for p in parts) or "\\" in rel or "\0" in rel:
             raise UnresolvableLocation(f"Recorded location {location!r} leaves its root", "a damaged record", None)
-        return root.joinpath(*parts) if parts else root
+        if not parts:  # restoring there would replace the whole root (the workspace, the project)
+            raise UnresolvableLocation(f"Recorded location {location!r} names a root itself", "a damaged record")
+        return root.joinpath(*parts)
 
 
 def is_portable(location: str | None) -> bool:

@@ -202,8 +202,10 @@ class ManualRunMixin:
     ) -> Artifact:
         """Record a file or directory as an input or output of the active run.
 
-        Keyword arguments are kept as the artifact's metadata (``Artifact.meta``,
-        JSON): ``tracker.log_output("trips.parquet", key="trips", rows=120_000)``.
+        Keyword arguments are kept as metadata (JSON): an output's in its
+        ``Artifact.meta`` (``tracker.log_output("trips.parquet", key="trips", rows=120_000)``),
+        an input's in the run's ``Run.meta["input_meta"][key]``, since an input may be
+        another run's output, whose record is never changed.
         In a cache hit, logging an output the cached run had, by key, returns the
         restored artifact (also when the body skipped writing it); other content
         makes the run a normal one that records what it produced.
@@ -217,11 +219,17 @@ class ManualRunMixin:
         user_meta = check_meta(meta, f"artifact {key!r}", RESERVED_ARTIFACT_KEYS) if meta else {}
         if direction == "input":
             digest = active.plan.hasher.hash_path(p, key)
+            if user_meta:
+                # Kept with this run: the artifact may be another run's output, whose record is never changed.
+                current = loads(active.row.get("meta")) or {}
+                per_input = {**current.get("input_meta", {}), key: user_meta}
+                text = merged(None, {**current, "input_meta": per_input}, f"run {active.id!r}", frozenset())
+                active.row["meta"] = text  # checked as a whole before anything is recorded
             entry = (key, p, digest)
             active.plan.inputs.append(entry)
             if active.persist:
                 one = dataclasses.replace(active.plan, inputs=[entry])
-                self._index.atomic(lambda: self._link_inputs(active.id, one, {key: user_meta} if user_meta else None))
+                self._index.atomic(lambda: self._link_inputs(active.id, one))
             links = {r["link_key"]: r for r in self._index.links_of(active.id, "input")} if active.persist else {}
             row = links.get(key) or {
                 "id": "",

@@ -15,7 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from . import context
-from .names import fit
+from .errors import OutputError
+from .names import check_run_id, fit
 from .planning import _as_path, _bind, normalize_inputs
 from .results import RunResult
 
@@ -66,6 +67,7 @@ class NoopTracker:
     def __init__(self, run_dir: str | os.PathLike[str] = ".", *args: Any, **kwargs: Any) -> None:
         self.run_dir = Path(run_dir).absolute()
         self._stack: list[_NoopRecord] = []
+        self._scenarios: list[_NoopScenario] = []
         self._last: _NoopRecord | None = None
         self._n = 0
 
@@ -97,8 +99,8 @@ class NoopTracker:
     ) -> RunResult:
         """Call ``fn`` as :meth:`Tracker.run` would (config and inputs bound by name) and return its outputs."""
         label = name or getattr(fn, "__name__", "step")
-        rec = _NoopRecord(run_id or self._new_id(label), config)
-        resolved = [(k, p, "") for k, p, _v in normalize_inputs(inputs)]
+        rec = _NoopRecord(check_run_id(run_id) if run_id else self._new_id(label), config)
+        resolved = [(k, p, "") for k, p, _v in normalize_inputs(inputs, self._coupler_path)]
         rec._inputs = {k: _row(k, p, "") for k, p, _h in resolved}
         self._stack.append(rec)
         token = context.set_current(self)  # type: ignore[arg-type]
@@ -113,46 +115,68 @@ class NoopTracker:
         elif outputs:
             keys = [outputs] if isinstance(outputs, str) else list(outputs)
             if isinstance(value, Mapping):
+                missing = [k for k in keys if k not in value]
+                if missing:
+                    raise OutputError(f"The function returned no path for declared outputs {missing}", None,
+                                      "return a dict with every key listed in outputs=")  # fmt: skip
                 for key in keys:
                     rec._outputs[key] = _row(key, _as_path(value[key], key), rec.run_id)
-            elif len(keys) == 1:
+            elif len(keys) == 1 and value is not None:
                 rec._outputs[keys[0]] = _row(keys[0], _as_path(value, keys[0]), rec.run_id)
+            else:
+                raise OutputError(f"The function returned {type(value).__name__} but outputs={keys} were declared",
+                                  None, "return the output path(s) from the function")  # fmt: skip
         self._last = rec
         row = {"id": rec.run_id, "name": label, "model": ignored.get("model") or label, "status": "completed",
                "cache_hit": 0, "config": None, "meta": None}  # fmt: skip
         return RunResult(rec.run_id, False, None, row, dict(rec._outputs))
 
     def begin_run(self, run_id: str, model: str, config: Any = None, inputs: Any = None, **kwargs: Any) -> Any:
-        """Open a run that records nothing; returns its run id."""
-        rec = _NoopRecord(run_id, config)
-        rec._inputs = {k: _row(k, p, "") for k, p, _v in normalize_inputs(inputs)}
+        """Open a run that records nothing; returns it as a :class:`~consist.Run` (never a cache hit)."""
+        rec = _NoopRecord(check_run_id(run_id), config)
+        rec._inputs = {k: _row(k, p, "") for k, p, _v in normalize_inputs(inputs, self._coupler_path)}
         self._stack.append(rec)
-        return run_id
+        return _run(rec, model, "running")
 
     def end_run(self, status: str = "completed", error: Any = None) -> Any:
-        """Close the innermost open run."""
-        if self._stack:
-            self._last = self._stack.pop()
-        return self._last.run_id if self._last else None
+        """Close the innermost open run; returns it as a :class:`~consist.Run`."""
+        if not self._stack:
+            from .errors import RunStateError
+
+            raise RunStateError("end_run() called with no active run", None, "call begin_run() first")
+        self._last = self._stack.pop()
+        return _run(self._last, None, status)
 
     @contextmanager
     def start_run(self, run_id: str, model: str, **kwargs: Any) -> Iterator[Any]:
         """:meth:`begin_run` as a context manager."""
-        self.begin_run(run_id, model, **kwargs)
+        run = self.begin_run(run_id, model, **kwargs)
         token = context.set_current(self)  # type: ignore[arg-type]
         try:
-            yield run_id
-        finally:
+            yield run
+        except BaseException:
             context.reset_current(token)
-            self.end_run()
+            self.end_run("failed")
+            raise
+        context.reset_current(token)
+        self.end_run()
+
+    def _coupler_path(self, value: Any) -> Path | None:
+        sc = self._scenarios[-1] if self._scenarios else None
+        if sc is not None and isinstance(value, str) and value in sc.coupler:
+            return sc.coupler.path(value)
+        return None
 
     @contextmanager
     def scenario(self, name: str, **kwargs: Any) -> Iterator[Any]:
         """A scenario whose steps simply run (see :class:`_NoopScenario`)."""
         self.begin_run(name, "scenario")
+        sc = _NoopScenario(self, name)
+        self._scenarios.append(sc)
         try:
-            yield _NoopScenario(self, name)
+            yield sc
         finally:
+            self._scenarios.remove(sc)
             self.end_run()
 
     # ---------------------------------------------------------------- the open run
@@ -205,7 +229,8 @@ class NoopTracker:
         return path
 
     def output_path(self, key: str, ext: str | None = None) -> Path:
-        return self.output_dir() / (f"{key}.{ext.lstrip('.')}" if ext else key)
+        name = check_run_id(key, "output key")
+        return self.output_dir() / (f"{name}.{ext.lstrip('.')}" if ext else name)
 
     # ---------------------------------------------------------------- lookups find nothing
 
@@ -258,6 +283,34 @@ class NoopTracker:
         raise RunNotFoundError(f"No run {a!r}: a NoopTracker records none", None, "use a Tracker")
 
 
+def _run(rec: _NoopRecord, model: str | None, status: str) -> Any:
+    from .models import run_from_row
+
+    return run_from_row({"id": rec.run_id, "name": rec.run_id, "model": model, "status": status, "cache_hit": 0,
+                         "meta": dict(rec.meta) or None})  # fmt: skip
+
+
+class _NoopStep:
+    """What ``sc.trace`` yields: never a hit; outputs logged in the block are described, not stored."""
+
+    cache_hit = False
+    cache_source = None
+
+    def __init__(self, tracker: NoopTracker) -> None:
+        self._tracker = tracker
+
+    @property
+    def outputs(self) -> dict[str, Any]:
+        rec = self._tracker.current_consist
+        return rec.outputs if rec is not None else {}
+
+    def log_output(self, path: Any, key: str | None = None, **meta: Any) -> Any:
+        return self._tracker.log_output(path, key, **meta)
+
+    def log_input(self, path: Any, key: str | None = None, **meta: Any) -> Any:
+        return self._tracker.log_input(path, key, **meta)
+
+
 class _NoopCoupler(dict):  # type: ignore[type-arg]
     """A plain dict with the coupler's calls."""
 
@@ -288,8 +341,9 @@ class _NoopScenario:
 
     @contextmanager
     def trace(self, name: str, **kwargs: Any) -> Iterator[Any]:
-        with self.tracker.start_run(f"{self.name}_{name}", name):
-            yield self.tracker.current_consist
+        """A step whose body is the block; it is never a cache hit."""
+        with self.tracker.start_run(f"{self.name}_{check_run_id(name, 'step name')}", name):
+            yield _NoopStep(self.tracker)
 
     def add_input(self, path_or_artifact: Any, key: str | None = None) -> Any:
         art = self.tracker.log_input(path_or_artifact, key)

@@ -138,23 +138,32 @@ def normalize_inputs(inputs: Any, resolve: Callable[[Any], Path | None] | None =
 
 
 def resolve_inputs(
-    inputs: Any, hasher: FileHasher, index: RunIndex, resolve: Callable[[Any], Path | None] | None = None
+    inputs: Any,
+    hasher: FileHasher,
+    index: RunIndex,
+    resolve: Callable[[Any], Path | None] | None = None,
+    stash: Path | None = None,
 ) -> tuple[list[tuple[str, Path, str]], dict[str, dict[str, Any]], dict[str, dict[str, Any]]]:
     """Hash the inputs: ``(key, path, hash)`` each, the recorded artifacts among them, and those whose file is gone.
 
     An :class:`~consist.Artifact` (or a run result's output) that consist recorded is
     linked as that artifact. When its file was moved or deleted, its recorded hash
     stands for it if the object store still holds the bytes: nothing is read then,
-    and the bytes are restored only if the step executes.
+    and the bytes are restored only if the step executes, into ``stash`` (the
+    workspace's own folder of such inputs, one subfolder per content), never to the
+    place the artifact names.
     """
     resolved: list[tuple[str, Path, str]] = []
     recorded: dict[str, dict[str, Any]] = {}
     missing: dict[str, dict[str, Any]] = {}
     for key, path, value in normalize_inputs(inputs, resolve):
         row = _recorded_artifact(value, index)
-        if row is not None and not os.path.lexists(path) and row.get("hash") and row.get("kind") in ("file", "dir"):
+        gone = row is not None and stash is not None and not os.path.lexists(path)
+        if gone and row is not None and row.get("hash") and row.get("kind") in ("file", "dir"):
             digest = row["hash"]
             missing[key] = row
+            name = Path(row["uri"]).name or "input"
+            path = stash / digest.split(":")[-1][:32] / (name if name not in (".", "..") else "input")
         else:
             digest = hasher.hash_path(path, key)
         if row is not None and row.get("hash") == digest:
@@ -173,7 +182,11 @@ def _recorded_artifact(value: Any, index: RunIndex) -> dict[str, Any] | None:
         return None
     if not art_id:
         return None
-    return index.query_one("SELECT * FROM artifact WHERE id = ?", (art_id,))
+    row = index.query_one("SELECT * FROM artifact WHERE id = ?", (art_id,))
+    claimed = getattr(value, "hash", None) if not isinstance(value, RunResult) else None
+    if row is not None and claimed is not None and claimed != row.get("hash"):
+        return None  # an object that says other content than its record: taken as a plain path
+    return row
 
 
 def _input_path(value: Any) -> Path:

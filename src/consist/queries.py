@@ -8,6 +8,7 @@ see :mod:`consist.lookups`.
 
 from __future__ import annotations
 
+import datetime as dt
 import errno
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -145,6 +146,7 @@ class MaintenanceMixin:
     _index: RunIndex
     _objects: ObjectStore
     _store: Any
+    _writable: Any
 
     def _store_leased(self, run_id: str, path: Path, hasher: FileHasher) -> tuple[str, int, list[list[Any]]]:
         """Store an output of the running run ``run_id`` and lease it; returns (hash, size, manifest).
@@ -184,7 +186,7 @@ class MaintenanceMixin:
         """Delete stored objects no completed run needs any more.
 
         Objects referenced by the outputs of completed runs that ended within
-        ``older_than`` (a ``datetime.timedelta``; None keeps every completed run)
+        ``older_than`` (a ``datetime.timedelta`` or a number of seconds; None keeps every completed run)
         are kept; everything else in this tracker's store is removed (outputs of
         failed or interrupted runs, damaged objects with ``verify=True``). Runs
         whose objects are removed simply execute again on their next call.
@@ -192,6 +194,9 @@ class MaintenanceMixin:
         Objects that a run in progress, in any process sharing the database, has
         stored or is restoring are never removed (they are counted as ``in_use``).
         """
+        self._writable("prune the object store")
+        if isinstance(older_than, (int, float)) and not isinstance(older_than, bool):
+            older_than = dt.timedelta(seconds=older_than)  # a number of seconds
         cutoff = time.time() - older_than.total_seconds() if older_than is not None else None
         # Read the sequence number first: whatever is recorded after it is looked at again under the lock.
         start_seq = self._index.max_seq()
@@ -297,6 +302,7 @@ class MaintenanceMixin:
         A damaged index cannot be opened by a Tracker: use
         :func:`consist.store.rebuild_index` with the ``db_path`` instead.
         """
+        self._writable("rebuild the run index")
         return self._store.rebuild(object_stores=[self._objects.root]) or {}
 
 

@@ -25,7 +25,6 @@ from .objects import (
 )
 from .planning import _Active, _as_path, _Plan, driver_for
 from .results import RunResult
-from .runmeta import RESERVED_ARTIFACT_KEYS, merged
 from .store.columns import HOST
 
 log = logging.getLogger("consist")
@@ -94,22 +93,14 @@ class RecordingMixin:
         active = _Active(row=row, plan=plan)
         return active
 
-    def _link_inputs(self, run_id: str, plan: _Plan, meta: Mapping[str, Mapping[str, Any]] | None = None) -> None:
-        """Link the plan's inputs to the run: a recorded artifact as itself, content a run produced to that output.
-
-        ``meta`` (key -> metadata) is recorded on the input artifacts of those keys.
-        """
+    def _link_inputs(self, run_id: str, plan: _Plan) -> None:
+        """Link the plan's inputs to the run: a recorded artifact as itself, content a run produced to that output."""
         for key, path, digest in plan.inputs:
             given = plan.input_artifacts.get(key)
             if given is not None:
                 produced: dict[str, Any] | None = given
             else:
                 produced = self._index.output_artifact_with_hash(digest) if plan.hasher.strategy == "full" else None
-            extra = (meta or {}).get(key)
-            if produced is not None and extra:
-                row = _plain_row(produced)
-                row["meta"] = merged(row.get("meta"), extra, f"artifact {key!r}", RESERVED_ARTIFACT_KEYS)
-                self._index.add_artifact(row, replace=True)
             if produced is not None:
                 art_id = produced["id"]
             else:
@@ -119,9 +110,9 @@ class RecordingMixin:
                 self._index.add_artifact({
                     "id": art_id, "key": key, "uri": uri, "hash": digest,
                     "size": None if is_dir else path.stat().st_size, "kind": "dir" if is_dir else "file",
-                    "driver": driver_for(path, is_dir), "run_id": None, "created_at": time.time(),
-                    "meta": dumps(extra) if extra else None, "location": self.roots.locate(Path(uri)),
-                }, replace=bool(extra))  # fmt: skip
+                    "driver": driver_for(path, is_dir), "run_id": None, "created_at": time.time(), "meta": None,
+                    "location": self.roots.locate(Path(uri)),
+                })  # fmt: skip
             self._index.link(run_id, art_id, "input", key)
 
     def _store_output(

@@ -129,7 +129,9 @@ class RestoreMixin:
         if not plan.missing_inputs:
             return
         dests = {k: Path(p) for k, p, _h in plan.inputs if k in plan.missing_inputs}
-        self._put_back([(row, dests[key]) for key, row in plan.missing_inputs.items()])
+        hasher = FileHasher(self._index, "full")
+        todo = [(row, dests[k]) for k, row in plan.missing_inputs.items() if not _holds(row, dests[k], hasher)]
+        self._put_back(todo)
         for key in plan.missing_inputs:
             log.info("consist: input %r was not at %s; restored it from the object store", key, dests[key])
 
@@ -175,6 +177,15 @@ class RestoreMixin:
             else:
                 name = k if Path(k).suffix or outs[k]["kind"] == "dir" else k + Path(outs[k]["uri"]).suffix
                 dests[k] = Path(target_root).absolute() / fit(name)  # a key never names a place outside
+                self._check_destination(dests[k], within=Path(target_root).absolute())
+        same = sorted({d for d in dests.values() if list(dests.values()).count(d) > 1})
+        if same:
+            clash = {str(d): sorted(k for k, v in dests.items() if v == d) for d in same}
+            raise OutputError(
+                f"Outputs of {run_id!r} would be hydrated to the same place: {clash}",
+                "their keys differ only in characters a file name cannot hold, or they were recorded at one place",
+                "hydrate them one at a time with keys=[...] into different target_root folders",
+            )
         hasher = FileHasher(self._index, "full")
         needed = {k: outs[k] for k in wanted if not _holds(outs[k], dests[k], hasher)}
         self._put_back([(row, dests[k]) for k, row in needed.items()])
@@ -200,7 +211,36 @@ class RestoreMixin:
 
     def _restore_path(self, row: Mapping[str, Any]) -> Path:
         """Where a recorded output goes in *this* workspace (see :mod:`consist.locations`)."""
-        return self.roots.resolve(row.get("location") or row["uri"])
+        dest = self.roots.resolve(row.get("location") or row["uri"])
+        self._check_destination(dest)
+        return dest
+
+    def _check_destination(self, dest: Path, within: Path | None = None) -> None:
+        """Refuse to restore to a root itself, into consist's own files, or through a link that leaves the roots.
+
+        ``within``: the destination must lie in that folder (a ``target_root``) instead of the roots.
+        Raises UnresolvableLocation, which a hit treats as outputs it cannot restore (the step runs).
+        """
+        real = dest.parent.resolve() / dest.name  # links among the parents are followed
+        index_dir = self.db_path.parent / f".{self.db_path.name}.consist"
+        for own in (self.store_dir, index_dir, self.db_path):
+            if real == own or own in real.parents or real in own.parents:
+                raise UnresolvableLocation(
+                    f"A restore to {dest} would write into consist's own files ({own})",
+                    "the record of the run is damaged or was made to point there",
+                    "check the run's outputs with `consist show RUN`",
+                )
+        if within is not None:
+            inside = within.resolve() in real.parents
+        else:
+            inside = self.roots.locate(real) is not None and real not in self.roots.named.values()
+        if not inside and not (within is None and self.roots.allow_external):
+            raise UnresolvableLocation(
+                f"A restore to {dest} would write to {real}, outside "
+                + (f"{within}" if within is not None else "the tracker's roots"),
+                "a folder on the way is a symbolic link (for example one restored from the same record)",
+                "remove the link, or check the run's outputs with `consist show RUN`",
+            )
 
 
 def _holds(row: dict[str, Any], dest: Path, hasher: FileHasher) -> bool:

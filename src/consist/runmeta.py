@@ -22,7 +22,7 @@ MAX_KEY_CHARS = 128
 #: Run fields kept in ``Run.meta`` and their longest text.
 RUN_TEXT_FIELDS = {"description": 10_000, "stage": 128, "phase": 128}
 #: Names consist writes into ``Run.meta`` itself.
-RESERVED_RUN_KEYS = frozenset({"cache_miss_explanation", "waited_for", "container", "scenario"})
+RESERVED_RUN_KEYS = frozenset({"cache_miss_explanation", "waited_for", "container", "scenario", "input_meta"})
 #: Names consist writes into ``Artifact.meta`` itself (restores give files their recorded modes).
 RESERVED_ARTIFACT_KEYS = frozenset({"files", "mode", "modes", "member_of", "restored_from"})
 
@@ -47,13 +47,23 @@ def check_meta(meta: Mapping[str, Any], what: str, reserved: frozenset[str]) -> 
                 f"names are non-empty text of at most {MAX_KEY_CHARS} characters",
                 "use a short text name",
             )
+        if key in RUN_TEXT_FIELDS and key in reserved:
+            raise MetadataError(
+                f"Metadata name {key!r} of {what} is a run field",
+                f"{key} has an argument of its own",
+                f"pass {key}=... instead of meta={{{key!r}: ...}}",
+            )
         if key in reserved:
             raise MetadataError(
                 f"Metadata name {key!r} of {what} is one consist records itself",
-                f"the names {', '.join(sorted(reserved))} are reserved",
+                f"the names {', '.join(sorted(reserved - set(RUN_TEXT_FIELDS)))} are reserved",
                 "choose another name",
             )
-        if not _finite(value):
+        try:
+            finite = _finite(value)
+        except RecursionError:
+            finite = True  # too deep to walk: json.dumps below refuses it with a clear error
+        if not finite:
             raise MetadataError(
                 f"Metadata {key!r} of {what} holds NaN, infinity or a non-text key",
                 "JSON has no such values",
@@ -62,7 +72,7 @@ def check_meta(meta: Mapping[str, Any], what: str, reserved: frozenset[str]) -> 
         out[key] = value
     try:
         text = json.dumps(out, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-    except (TypeError, ValueError) as exc:
+    except (TypeError, ValueError, RecursionError) as exc:
         raise MetadataError(
             f"Metadata of {what} cannot be stored as JSON ({exc})",
             "values must be text, numbers, booleans, None, lists or dicts of those",
@@ -84,8 +94,9 @@ def run_fields(description: str | None, stage: str | None, phase: str | None) ->
         if value is None:
             continue
         if not isinstance(value, str) or len(value) > RUN_TEXT_FIELDS[name]:
+            shown = repr(value) if len(repr(value)) <= 60 else f"{repr(value)[:57]}... ({len(value):,} characters)"
             raise MetadataError(
-                f"{name}={value!r} cannot be recorded",
+                f"{name}={shown} cannot be recorded",
                 f"{name} is text of at most {RUN_TEXT_FIELDS[name]:,} characters",
                 f"pass a shorter text as {name}=",
             )

@@ -235,7 +235,8 @@ class ScenarioContext:
             t.end_run("failed", "left open when its scenario ended")  # a begin_run without end_run
         header = t._stack[-1]
         summary = self._summarise(header)
-        missing = [k for k, required in self.declared_outputs.items() if required and k not in self.coupler]
+        produced = set(header.outputs)  # what the steps recorded as outputs (see _summarise)
+        missing = [k for k, required in self.declared_outputs.items() if required and k not in produced]
         if exc is not None:
             t.end_run("failed", exc)
         elif self.failed_steps:
@@ -308,13 +309,20 @@ class ScenarioContext:
         it as an input by that key.
         """
         from .models import artifact_from_row
-        from .planning import resolve_inputs
+        from .planning import normalize_inputs, resolve_inputs
 
         t = self.tracker
         header = self._header()
-        value = {key: path_or_artifact} if key else [path_or_artifact]
+        if key is None:  # the artifact's key or the file name; made unique like a list of inputs
+            taken = {k for k, _p, _h in header.plan.inputs}
+            first = normalize_inputs([path_or_artifact])[0][0]
+            key, n = first, 1
+            while key in taken:
+                n += 1
+                key = f"{first}#{n}"
+        value = {key: path_or_artifact}
         hasher = t._hasher(header.plan.cache_mode)
-        resolved, recorded, missing = resolve_inputs(value, hasher, t._index, None)
+        resolved, recorded, missing = resolve_inputs(value, hasher, t._index, None, t._stash)
         k, path, digest = resolved[0]
         header.plan.inputs.append((k, path, digest))
         header.plan.input_artifacts.update(recorded)
@@ -331,13 +339,13 @@ class ScenarioContext:
         return artifact_from_row(plain)
 
     def declare_outputs(self, *keys: str, required: bool = True) -> None:
-        """Promise outputs by coupler key: when the scenario ends without a required one, its header fails.
+        """Promise outputs by key: when no step of the scenario produced a required one, its header fails.
 
         The error names what is missing; ``required=False`` only records the promise.
         """
         for k in keys:
-            if not isinstance(k, str) or not k:
-                raise ConsistError(f"declare_outputs() got {k!r}", None, "pass output keys as text")
+            if not isinstance(k, str) or not k.strip() or not k.isprintable():
+                raise ConsistError(f"declare_outputs() got {k!r}", None, "pass output keys as printable text")
             self.declared_outputs[k] = required or self.declared_outputs.get(k, False)
 
     def _header(self) -> Any:

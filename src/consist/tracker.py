@@ -187,6 +187,11 @@ class Tracker(LookupMixin, QueryMixin, MaintenanceMixin, RestoreMixin, InflightM
             self._store.dispose()
             self._index.close()
 
+    @property
+    def _stash(self) -> Path:
+        """Where inputs given as artifacts whose file is gone are put back (one folder per content)."""
+        return self.run_dir / ".consist" / "inputs"
+
     def _writable(self, doing: str) -> None:
         """Refuse, clearly, what a read-only tracker must not do."""
         if self.read_only:
@@ -335,7 +340,7 @@ class Tracker(LookupMixin, QueryMixin, MaintenanceMixin, RestoreMixin, InflightM
         check_option("validate_cached_outputs", validate_cached_outputs, VALIDATE_MODES)
         self._writable(f"record the run {name!r}")
         hasher = self._hasher(cache_mode)
-        resolved, recorded, missing = resolve_inputs(inputs, hasher, self._index, self._coupler_path)
+        resolved, recorded, missing = resolve_inputs(inputs, hasher, self._index, self._coupler_path, self._stash)
         cfg = self._canonical_config(config, hasher)
         config_hash = hash_canonical(cfg)
         code = code_version or self.code_version or code_identity(fn, self.project_root, source)

@@ -360,7 +360,7 @@ def run_container(
     hasher = tracker._hasher(cache_mode)
     from ..planning import _Plan, resolve_inputs
 
-    resolved, recorded, gone = resolve_inputs(inputs, hasher, tracker._index, tracker._coupler_path)
+    resolved, recorded, gone = resolve_inputs(inputs, hasher, tracker._index, tracker._coupler_path, tracker._stash)
     components: dict[str, Any] = {
         "kind": "container",
         "image_digest": ref.digest,

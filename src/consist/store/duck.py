@@ -244,13 +244,14 @@ class DuckStore:
             return False
         if self.db_path.exists() and self.index.max_seq() == self.index.merged_seq():
             return True  # nothing pending
+        # `setsid -f` forks the merger off and returns at once: it is nobody's child to reap.
         try:
-            subprocess.Popen(
-                [sys.executable, "-m", "consist.store.merger", str(self.db_path)],
+            subprocess.run(
+                ["setsid", "-f", sys.executable, "-m", "consist.store.merger", str(self.db_path)],
                 stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                start_new_session=True, close_fds=True, cwd="/",
+                close_fds=True, cwd="/", check=True, timeout=10,
             )  # fmt: skip
-        except OSError:
+        except (OSError, subprocess.SubprocessError):
             return False
         return True
 

@@ -18,6 +18,8 @@ def main(argv: list[str]) -> int:
     from .sqlite import SQLiteIndex, index_path_for
 
     db = Path(argv[0])
+    if not index_path_for(db).is_file():  # the workspace was removed meanwhile: create nothing
+        return 0
     index = SQLiteIndex(index_path_for(db))
     try:
         DuckStore(db, index).sync()
