@@ -897,3 +897,68 @@ def test_recording_a_hit_directly_gives_its_metadata_and_the_last_run(tracker: T
     assert sorted(last.outputs) == ["o"] and last.cached_output("o").hash == made.outputs["o"].hash
     plain = tracker._record_hit(plan, tracker._try_reuse(plan, None, ["o"]), "named", None, None)
     assert plain.run_id == "named" and tracker.get_run("named").meta is None
+
+
+def test_a_sweeps_hit_only_look_records_hits_and_nothing_else(tracker: Tracker) -> None:
+    """``_run_step(hit_only=True)``: what a sweep's all-hit pass uses before it executes anything."""
+    calls = []
+
+    def step(k: int) -> Path:
+        calls.append(k)
+        return write(f"o{k}.csv", str(k))
+
+    common = dict(name="swept", run_id=None, model=None, inputs=None, outputs=["o"], year=None, iteration=None,
+                  code_version="v", parent_run_id=None)  # fmt: skip
+    assert tracker._run_step(step, config={"k": 1}, cache_mode="reuse", tags=None, hit_only=True, **common) is None
+    assert calls == [] and tracker._index.query("SELECT id FROM run") == []  # a miss: nothing ran, nothing recorded
+    made = tracker.run(step, name="swept", config={"k": 1}, outputs=["o"], code_version="v")
+    Path("o1.csv").unlink()
+    ids = {"run_id": "row1", "parent_run_id": "batch"}
+    hit = tracker._run_step(step, config={"k": 1}, cache_mode="reuse", tags=["t"], hit_only=True,
+                            meta={"stage": "sweep"}, **{**common, **ids})  # fmt: skip
+    assert hit is not None and hit.cache_hit is True and hit.cache_source == made.run_id and hit.run_id == "row1"
+    assert Path("o1.csv").read_text() == "1" and calls == [1]
+    row = tracker._index.run("row1")
+    assert (row["parent_run_id"], json.loads(row["tags"]), json.loads(row["meta"])) == (
+        "batch",
+        ["t"],
+        {"stage": "sweep"},
+    )
+    elsewhere = tracker._run_step(step, config={"k": 1}, cache_mode="reuse", tags=None, hit_only=True,
+                                  **{**common, "outputs": {"o": "moved/o.csv"}})  # fmt: skip
+    assert elsewhere is not None and Path("moved/o.csv").read_text() == "1"
+    more = tracker._run_step(step, config={"k": 1}, cache_mode="reuse", tags=None, hit_only=True,
+                             **{**common, "outputs": ["o", "p"]})  # fmt: skip
+    assert more is None  # the earlier run lacks an output asked for
+    forced = tracker._run_step(step, config={"k": 1}, cache_mode="overwrite", tags=None, hit_only=True, **common)
+    assert forced is None and calls == [1]
+
+
+def test_hits_and_misses_log_their_decision(tracker: Tracker, caplog: pytest.LogCaptureFixture) -> None:
+    import ast
+    import logging
+
+    caplog.set_level(logging.DEBUG, logger="consist")
+    miss = tracker.run(lambda: write("l.csv", "l"), name="logged", outputs=["o"], code_version="v")
+    hit = tracker.run(lambda: write("l.csv", "l"), name="logged", outputs=["o"], code_version="v")
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("logged:")]
+    assert lines[2] == f"logged: cache hit, reusing the outputs of {miss.run_id}"
+    head = f"logged: signature {hit.run.signature}, components "
+    assert lines[3].startswith(head) and ast.literal_eval(lines[3].removeprefix(head)) == hit.run.identity
+
+
+def test_run_metadata_reaches_misses_and_hits_and_a_miss_is_plainly_not_a_hit(tracker: Tracker) -> None:
+    miss = tracker.run(lambda: write("m.csv", "m"), name="meta", outputs="o", code_version="v", meta={"a": 1})
+    assert miss.cache_hit is False and set(miss.outputs) == {"o"}  # one key may be given as a string
+    assert tracker._index.run(miss.run_id)["meta"] and json.loads(tracker._index.run(miss.run_id)["meta"])["a"] == 1
+    hit = tracker.run(lambda: write("m.csv", "m"), name="meta", outputs="o", code_version="v", meta={"a": 2})
+    assert hit.cache_hit is True and json.loads(tracker._index.run(hit.run_id)["meta"]) == {"a": 2}
+
+
+def test_step_names_are_checked_as_names_and_nameless_callables_are_steps(tracker: Tracker) -> None:
+    import functools
+
+    with pytest.raises(consist.InvalidNameError, match=r"^name '\.\./x' is not allowed"):
+        tracker.run(lambda: None, name="../x")
+    r = tracker.run(functools.partial(lambda k: None, 1), code_version="v")
+    assert r.run.model == "step" and r.run_id.startswith("step_")
