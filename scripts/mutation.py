@@ -122,6 +122,24 @@ def report() -> int:
     return 0 if worst >= 90.0 else 1
 
 
+def pending(modules: list[str] | None) -> list[str]:
+    """The mutants in scope that no run has killed yet, after mutmut brought mutants/ up to date.
+
+    mutmut regenerates the mutants of changed functions (their verdicts reset) and collects
+    coverage for new tests when it starts; naming one already-killed mutant makes it do only that.
+    """
+    by_module = results()
+    killed = [k for statuses in by_module.values() for k, v in statuses.items() if v == "killed"]
+    if killed:  # update mutants/ (changed code, new tests) at the cost of one mutant
+        subprocess.run([sys.executable, "-m", "mutmut", "run", killed[0]], cwd=ROOT, check=False)
+    out = []
+    for module, statuses in results().items():
+        if modules and module.removeprefix("consist.") not in modules:
+            continue
+        out += sorted(k for k, v in statuses.items() if v != "killed")
+    return out
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--report", action="store_true", help="only report on the last run")
@@ -132,12 +150,24 @@ def main() -> int:
         metavar="MODULE",
         help="only these modules of the scope, e.g. store.index recording (re-measuring what changed)",
     )
+    parser.add_argument(
+        "--pending",
+        action="store_true",
+        help="keep mutants/ and run only the mutants in scope not killed yet (new, changed, survived, "
+        "timed out): after adding tests or changing code, the rest of an earlier run's verdicts stand",
+    )
     parser.add_argument("--max-children", type=int, default=None, help="parallel workers (default: CPU count)")
     args = parser.parse_args()
     if not args.report:
-        if not args.keep:
+        if not args.keep and not args.pending:
             shutil.rmtree(ROOT / "mutants", ignore_errors=True)
-        cmd = [sys.executable, "-m", "mutmut", "run", *patterns(args.modules)]
+        names = patterns(args.modules)
+        if args.pending:
+            names = pending(args.modules)
+            print(f"{len(names)} mutants to run", flush=True)
+            if not names:
+                return report()
+        cmd = [sys.executable, "-m", "mutmut", "run", *names]
         if args.max_children:
             cmd[4:4] = ["--max-children", str(args.max_children)]
         started = time.monotonic()
