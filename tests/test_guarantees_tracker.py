@@ -880,8 +880,86 @@ def test_linking_inputs_directly_links_given_artifacts_and_never_changes_them(tr
     assert tracker._index.artifact(made.outputs["m"].id) == before  # the producer's record is left alone
     raw = got["raw"]
     assert raw["run_id"] is None and raw["uri"] == str(Path("raw.csv").resolve()) and raw["meta"] is None
+    uri, digest = str(Path("raw.csv").resolve()), sha(b"r")
+    assert raw["id"] == hash_canonical([uri, digest], "consist-input-artifact-v1").split(":")[1][:32]
+    assert (raw["key"], raw["hash"], raw["size"], raw["kind"], raw["driver"], raw["location"]) == (
+        "raw",
+        digest,
+        1,
+        "file",
+        "csv",
+        "project://raw.csv",
+    )
+    assert time.time() - 60 < raw["created_at"] <= time.time()
     tracker._index.atomic(lambda: tracker._link_inputs("use", plan))  # again: the same links, no new rows
     assert {k: v["id"] for k, v in links(tracker, "use", "input").items()} == {k: v["id"] for k, v in got.items()}
+
+
+def test_a_directory_input_no_run_produced_is_recorded_as_a_directory(tracker: Tracker) -> None:
+    write("zones/a.csv", "a")
+    plan = _plan_for(tracker, {"zones": "zones"})
+    tracker._index.claim_run_id("use", {"id": "use", "name": "use", "status": "completed"})
+    tracker._index.atomic(lambda: tracker._link_inputs("use", plan))
+    zones = links(tracker, "use", "input")["zones"]
+    assert (zones["kind"], zones["size"], zones["driver"], zones["key"]) == ("dir", None, "dir", "zones")
+
+
+def test_linking_by_size_and_time_never_takes_anothers_output(make_tracker) -> None:
+    t = make_tracker(hashing_strategy="fast")
+    t.run(lambda: write("made.csv", "m"), name="make", outputs=["m"])
+    plan = _plan_for(t, {"p": "made.csv"})
+    t._index.claim_run_id("use", {"id": "use", "name": "use", "status": "completed"})
+    t._index.atomic(lambda: t._link_inputs("use", plan))
+    assert links(t, "use", "input")["p"]["run_id"] is None
+
+
+def test_finishing_a_step_marks_its_scenario_and_cleans_its_output_rows(tracker: Tracker) -> None:
+    with consist.scenario("sc", tracker) as sc:
+        header = tracker._stack[-1]
+        tracker.begin_run("step_ok", "m")
+        ok = tracker._stack[-1]
+        ok.outputs["o"] = {"id": "a", "key": "o", "uri": "/x", "hash": "sha256:x", "kind": "file",
+                           "run_id": "step_ok", "_new": True, "_members": []}  # fmt: skip
+        tracker._finish(tracker._stack.pop(), "completed")
+        assert sc.failed_steps == [] and tracker.last_run.run_id == "step_ok"
+        assert "_new" not in ok.outputs["o"] and "_members" not in ok.outputs["o"]
+        tracker.begin_run("step_bad", "m2")
+        tracker._finish(tracker._stack.pop(), "failed", "boom")
+        assert sc.failed_steps == ["step_bad"] and tracker._index.run("step_bad")["error"] == "boom"
+        tracker._finish(header, "failed", "header")  # the header itself is not one of its steps
+        assert sc.failed_steps == ["step_bad"]
+        tracker._stack.remove(header)
+        tracker._stack.append(header)  # put back for the with block to close
+        header.row["status"] = "running"
+    assert tracker.last_run.run_id == "sc"
+
+
+def test_a_hit_recorded_for_a_sweep_waits_in_its_batch(tracker: Tracker) -> None:
+    made = tracker.run(lambda: write("o.csv", "o"), name="direct", config={"k": 1}, code_version="v", outputs=["o"])
+    plan = _plan_for(tracker)
+    tracker._deferred_hits = []
+    try:
+        hit = tracker._record_hit(plan, tracker._try_reuse(plan, None, ["o"]), "later", None, None)
+        assert hit.cache_hit and hit.run_id == "later" and tracker._index.run("later") is None  # not yet recorded
+        [(record, result, _announce)] = tracker._deferred_hits
+        assert result is hit and callable(record)
+        tracker._flush_hits()
+        assert tracker._index.run("later")["cache_source"] == made.run_id
+    finally:
+        tracker._deferred_hits = None
+
+
+def test_a_hit_restored_at_a_new_place_records_its_copy_as_the_producers(make_tracker) -> None:
+    first = make_tracker()
+    made = first.run(lambda: write("out/o.csv", "o"), name="direct", config={"k": 1}, code_version="v",
+                     outputs={"o": "out/o.csv"})  # fmt: skip
+    plan = _plan_for(first)
+    found = first._try_reuse(plan, {"o": Path("elsewhere/o.csv")}, ["o"])
+    hit = first._record_hit(plan, found, None, None, None)
+    copy = links(first, hit.run_id, "output")["o"]
+    assert copy["uri"] == str(Path("elsewhere/o.csv").resolve()) and copy["id"] != made.outputs["o"].id
+    assert copy["run_id"] == made.run_id  # the same producer, another place
+    assert hit.run_id in {r["id"] for r in first._index.query("SELECT id FROM run")}
 
 
 def test_recording_a_hit_directly_gives_its_metadata_and_the_last_run(tracker: Tracker) -> None:
