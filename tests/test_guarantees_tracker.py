@@ -1040,3 +1040,103 @@ def test_step_names_are_checked_as_names_and_nameless_callables_are_steps(tracke
         tracker.run(lambda: None, name="../x")
     r = tracker.run(functools.partial(lambda k: None, 1), code_version="v")
     assert r.run.model == "step" and r.run_id.startswith("step_")
+
+
+# --------------------------------------------------------------------- hydrating, eager checks, gone inputs
+
+
+def _damage(t: Tracker, digest: str, text: str = "evil") -> None:
+    obj = t._objects.path_of(digest)
+    obj.chmod(0o644)
+    obj.write_text(text)
+
+
+def test_hydrating_puts_outputs_back_where_they_belong_or_under_a_target(tracker: Tracker) -> None:
+    made = tracker.run(lambda: {"t": write("out/t.csv", "t"), "d": write("out/d/a.txt", "a").parent},
+                       name="h", outputs=["t", "d"])  # fmt: skip
+    Path("out/t.csv").unlink()
+    got = tracker.hydrate_run_outputs(made.run_id, keys=["t"])
+    assert got == {"t": Path("out/t.csv").resolve()} and got["t"].read_text() == "t"
+    assert tracker._index.query("SELECT * FROM lease") == []  # the restore's lease ended
+    into = tracker.hydrate_run_outputs(made.run_id, target_root="restart")
+    assert into == {"t": Path("restart/t.csv").absolute(), "d": Path("restart/d").absolute()}
+    assert (into["d"] / "a.txt").read_text() == "a" and into["t"].read_text() == "t"
+    again = tracker.hydrate_run_outputs(made.run_id, target_root="restart")  # in place: left as it is
+    assert again == into
+    with pytest.raises(consist.OutputError, match=r"recorded no output 'x'\. Likely cause: its outputs are 'd', 't'"):
+        tracker.hydrate_run_outputs(made.run_id, keys=["x"])
+    with pytest.raises(consist.RunNotFoundError, match="No run with id 'nope'"):
+        tracker.hydrate_run_outputs("nope")
+
+
+def test_hydrating_damaged_bytes_publishes_nothing(tracker: Tracker) -> None:
+    made = tracker.run(lambda: write("o.csv", "good"), name="h", outputs=["o"])
+    _damage(tracker, made.outputs["o"].hash)
+    with pytest.raises(consist.IntegrityError):
+        tracker.hydrate_run_outputs(made.run_id, target_root="t")
+    assert not Path("t/o.csv").exists() and tracker._index.query("SELECT * FROM lease") == []
+
+
+@pytest.mark.parametrize(
+    ("dest", "within", "match"),
+    [
+        ("runs/.consist/objects/x", None, "consist's own files"),
+        ("runs", None, "consist's own files"),
+        ("runs/sub/x", "elsewhere", "outside /.*/elsewhere"),
+        ("/", None, "consist's own files"),
+    ],
+)
+def test_a_destination_in_consists_files_or_outside_is_refused(
+    tracker: Tracker, dest: str, within: str | None, match: str
+) -> None:
+    from consist.locations import UnresolvableLocation
+
+    with pytest.raises(UnresolvableLocation, match=match):
+        tracker._check_destination(Path(dest).absolute(), within=Path(within).absolute() if within else None)
+    tracker._check_destination(Path("data/ok.csv").absolute())  # an ordinary place in the project
+    tracker._check_destination(Path("t/ok.csv").absolute(), within=Path("t").absolute())
+
+
+def test_a_destination_reached_through_a_link_out_of_the_roots_is_refused(tracker: Tracker, tmp_path: Path) -> None:
+    from consist.locations import UnresolvableLocation
+
+    outside = tmp_path.parent / f"{tmp_path.name}-out"
+    outside.mkdir()
+    Path("hop").symlink_to(outside)
+    with pytest.raises(UnresolvableLocation, match="symbolic link"):
+        tracker._check_destination(Path("hop/x.csv").absolute())
+    Path("t").mkdir()
+    Path("t/hop").symlink_to(outside)
+    with pytest.raises(UnresolvableLocation, match="symbolic link"):
+        tracker._check_destination(Path("t/hop/x.csv").absolute(), within=Path("t").absolute())
+
+
+def test_eager_validation_reads_every_stored_object_of_files_and_folders(tracker: Tracker) -> None:
+    made = tracker.run(lambda: {"f": write("f.csv", "f"), "d": write("d/a.txt", "a").parent}, name="e",
+                       outputs=["f", "d"])  # fmt: skip
+    tracker._verify_output(made.run_id, tracker._index.outputs_of(made.run_id)[0])
+    rows = {r["link_key"]: r for r in tracker._index.outputs_of(made.run_id)}
+    for row in rows.values():
+        tracker._verify_output(made.run_id, row)  # intact: no error
+    member = tracker._index.members_of(made.run_id, rows["d"]["id"])[0]
+    _damage(tracker, member["hash"])
+    with pytest.raises(consist.IntegrityError):
+        tracker._verify_output(made.run_id, rows["d"])
+    _damage(tracker, rows["f"]["hash"], "x")  # the same size, other bytes
+    with pytest.raises(consist.IntegrityError):
+        tracker._verify_output(made.run_id, rows["f"])
+
+
+def test_gone_inputs_are_put_back_once_in_their_own_folder(tracker: Tracker) -> None:
+    made = tracker.run(lambda: write("g.csv", "gone"), name="g", outputs=["o"])
+    Path("g.csv").unlink()
+    plan = _plan_for(tracker, {"src": made.outputs["o"]})
+    [(_key, path, digest)] = plan.inputs
+    assert path == tracker.run_dir / ".consist" / "inputs" / digest.split(":")[1][:32] / "g.csv"
+    assert plan.missing_inputs["src"]["id"] == made.outputs["o"].id
+    tracker._materialize_inputs(plan)
+    assert path.read_text() == "gone" and tracker._index.query("SELECT * FROM lease") == []
+    before = path.stat().st_mtime_ns
+    tracker._materialize_inputs(plan)  # already there with the right bytes: left alone
+    assert path.stat().st_mtime_ns == before
+    tracker._put_back([])  # nothing to put back: nothing happens
