@@ -307,3 +307,11 @@ def write_result(result: dict[str, Any], out: str | None = None) -> Path:
         path = RESULTS / f"{result['benchmark']}-{now.strftime('%Y-%m-%d-%H%M')}{quick}.json"
     path.write_text(json.dumps(result, indent=1) + "\n")
     return path
+
+
+def print_block(result: dict[str, Any], path: Path) -> None:
+    """Print the BENCHMARKS.md block that benchmarks/render.py makes of a results file just written."""
+    from render import render
+
+    root = Path(__file__).resolve().parent.parent
+    print(render(result, str(path.relative_to(root)) if path.is_relative_to(root) else str(path)))

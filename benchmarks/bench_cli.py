@@ -32,7 +32,7 @@ from typing import Any
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from _common import new_result, summary, write_result  # noqa: E402
+from _common import new_result, print_block, summary, write_result  # noqa: E402
 
 PARAMS = {"small_runs": 10_000, "large_runs": 100_000, "repeats": 15, "json_limit": 20}
 QUICK = {"small_runs": 1_000, "large_runs": 10_000, "repeats": 3, "json_limit": 20}
@@ -128,9 +128,7 @@ def main() -> None:
     finally:
         shutil.rmtree(base, ignore_errors=True)
     path = write_result(result, args.out)
-    from render import render
-
-    print(render(result, str(path.relative_to(HERE.parent)) if path.is_relative_to(HERE.parent) else str(path)))
+    print_block(result, path)
 
 
 if __name__ == "__main__":

@@ -52,7 +52,7 @@ from urllib.parse import urlsplit, urlunsplit
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 import cluster_steps  # noqa: E402
-from _common import interleaved, new_result, summary, write_result  # noqa: E402
+from _common import interleaved, new_result, print_block, summary, write_result  # noqa: E402
 
 PARAMS = {
     "run_rounds": 200,
@@ -417,9 +417,7 @@ def main() -> None:
         shutil.rmtree(base, ignore_errors=True)
     path = write_result(result, args.out)
     say(f"wrote {path}")
-    from render import render
-
-    print(render(result, str(path.relative_to(HERE.parent)) if path.is_relative_to(HERE.parent) else str(path)))
+    print_block(result, path)
 
 
 if __name__ == "__main__":

@@ -29,7 +29,7 @@ from typing import Any
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from _common import ROOT, Worker, compare, interleaved, new_result, summary, upstream_python, write_result  # noqa: E402
+from _common import ROOT, Worker, compare, interleaved, new_result, print_block, summary, upstream_python, write_result  # noqa: E402
 
 IMAGE = os.environ.get("BENCH_IMAGE", "local/busybox:test")
 SIF = os.environ.get("BENCH_SIF", "/tmp/ci-containers/busybox.sif")
@@ -143,9 +143,7 @@ def main() -> None:
         shutil.rmtree(base, ignore_errors=True)
     path = write_result(result, args.out)
     say(f"wrote {path}")
-    from render import render
-
-    print(render(result, str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)))
+    print_block(result, path)
 
 
 if __name__ == "__main__":

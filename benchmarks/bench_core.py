@@ -35,6 +35,7 @@ from _common import (  # noqa: E402
     interleaved,
     make_big_file,
     new_result,
+    print_block,
     rotation,
     summary,
     upstream_python,
@@ -202,9 +203,7 @@ def main() -> None:
         shutil.rmtree(base, ignore_errors=True)
     path = write_result(result, args.out)
     say(f"wrote {path}")
-    from render import render
-
-    print(render(result, str(path.relative_to(HERE.parent)) if path.is_relative_to(HERE.parent) else str(path)))
+    print_block(result, path)
 
 
 if __name__ == "__main__":

@@ -41,7 +41,7 @@ from typing import Any
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from _common import interleaved, new_result, stopwatch, write_result  # noqa: E402
+from _common import interleaved, new_result, print_block, stopwatch, write_result  # noqa: E402
 
 PARAMS = {"runs": 100_000, "rounds": 60, "chunk": 20_000}
 QUICK = {"runs": 10_000, "rounds": 50, "chunk": 20_000}
@@ -365,9 +365,7 @@ def main() -> None:
     finally:
         shutil.rmtree(base, ignore_errors=True)
     path = write_result(result, args.out)
-    from render import render
-
-    print(render(result, str(path.relative_to(HERE.parent)) if path.is_relative_to(HERE.parent) else str(path)))
+    print_block(result, path)
 
 
 if __name__ == "__main__":

@@ -34,7 +34,7 @@ from typing import Any
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from _common import interleaved, new_result, write_result  # noqa: E402
+from _common import interleaved, new_result, print_block, write_result  # noqa: E402
 
 PARAMS = {"hits": 40_000, "miss_rounds": 45, "lookup_rounds": 200}
 QUICK = {"hits": 4_000, "miss_rounds": 20, "lookup_rounds": 30}
@@ -140,9 +140,7 @@ def main() -> None:
         shutil.rmtree(base, ignore_errors=True)
     path = write_result(result, args.out)
     say(f"wrote {path}")
-    from render import render
-
-    print(render(result, str(path.relative_to(HERE.parent)) if path.is_relative_to(HERE.parent) else str(path)))
+    print_block(result, path)
 
 
 if __name__ == "__main__":

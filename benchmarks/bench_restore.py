@@ -38,7 +38,18 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import ROOT, Worker, compare, fs_type, interleaved, make_big_file, new_result, serve, write_result
+from _common import (
+    ROOT,
+    Worker,
+    compare,
+    fs_type,
+    interleaved,
+    make_big_file,
+    new_result,
+    print_block,
+    serve,
+    write_result,
+)
 
 SMALL = 4096
 PREVIOUS = "0bca8d4bfe3afe1f8a3b05e4c5f79713f1af6393"  # the last commit whose restores trusted the hash memo
@@ -224,9 +235,7 @@ def main() -> None:
                 subprocess.run(["umount", str(xfs)], check=False)
     path = write_result(results, args.out)
     print(f"wrote {path}", file=sys.stderr)
-    from render import render
-
-    print(render(results, str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)))
+    print_block(results, path)
 
 
 if __name__ == "__main__":
