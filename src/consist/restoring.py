@@ -178,9 +178,11 @@ class RestoreMixin:
                 name = k if Path(k).suffix or outs[k]["kind"] == "dir" else k + Path(outs[k]["uri"]).suffix
                 dests[k] = Path(target_root).absolute() / fit(name)  # a key never names a place outside
                 self._check_destination(dests[k], within=Path(target_root).absolute())
-        same = sorted({d for d in dests.values() if list(dests.values()).count(d) > 1})
-        if same:
-            clash = {str(d): sorted(k for k, v in dests.items() if v == d) for d in same}
+        by_place: dict[Path, list[str]] = {}
+        for k, d in dests.items():
+            by_place.setdefault(d, []).append(k)
+        clash = {str(d): sorted(keys) for d, keys in by_place.items() if len(keys) > 1}
+        if clash:
             raise OutputError(
                 f"Outputs of {run_id!r} would be hydrated to the same place: {clash}",
                 "their keys differ only in characters a file name cannot hold, or they were recorded at one place",

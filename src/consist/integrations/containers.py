@@ -613,8 +613,6 @@ def _attach_to_parent(tracker: Tracker, parent: Any, outputs: Mapping[str, dict[
         have = {r["link_key"] for r in tracker._index.links_of(parent.id, "input")}
         new = [entry for entry in plan.inputs if entry[0] not in have]
         if new:
-            import dataclasses
-
             sub = dataclasses.replace(plan, inputs=new)
             tracker._index.atomic(lambda: tracker._link_inputs(parent.id, sub))
 
