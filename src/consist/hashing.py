@@ -278,17 +278,7 @@ def walk_files(root: Path, *, follow_links: bool = True) -> Iterator[tuple[str, 
     top = os.fspath(root)
     found: list[tuple[str, Path, os.stat_result]] = []
     if not follow_links:
-        pending = [(top, "")]
-        while pending:
-            d, prefix = pending.pop()
-            with os.scandir(d) as it:
-                for e in it:
-                    if e.is_dir(follow_symlinks=False):
-                        pending.append((e.path, f"{prefix}{e.name}/"))
-                    else:
-                        found.append((prefix + e.name, Path(e.path), e.stat(follow_symlinks=False)))
-        found.sort(key=lambda t: t[0])
-        return iter(found)
+        return iter([(rel, Path(full), st) for rel, full, st in walk_unfollowed(top)])
     st = os.stat(top)
     # Each directory carries the (device, inode) of the directories above it, to see a loop coming.
     stack: list[tuple[str, str, dict[tuple[int, int], str]]] = [(top, "", {(st.st_dev, st.st_ino): top})]
@@ -321,6 +311,22 @@ def walk_files(root: Path, *, follow_links: bool = True) -> Iterator[tuple[str, 
                     raise not_regular(e.path, st.st_mode)
     found.sort(key=lambda t: t[0])
     return iter(found)
+
+
+def walk_unfollowed(top: str) -> list[tuple[str, str, os.stat_result]]:
+    """``walk_files(top, follow_links=False)`` with plain string paths, as a sorted list (many small files)."""
+    found: list[tuple[str, str, os.stat_result]] = []
+    pending = [(top, "")]
+    while pending:
+        d, prefix = pending.pop()
+        with os.scandir(d) as it:
+            for e in it:
+                if e.is_dir(follow_symlinks=False):
+                    pending.append((e.path, f"{prefix}{e.name}/"))
+                else:
+                    found.append((prefix + e.name, e.path, e.stat(follow_symlinks=False)))
+    found.sort(key=lambda t: t[0])
+    return found
 
 
 def manifest_bytes(entries: list[list[Any]]) -> bytes:

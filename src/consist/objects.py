@@ -73,6 +73,7 @@ from .hashing import (
     sha256_bytes,
     stat_key,
     walk_files,
+    walk_unfollowed,
 )
 from .progress import ByteProgress
 
@@ -350,6 +351,10 @@ class Staged:
 class ObjectStore:
     """Objects named by content under ``root``; ``memo`` remembers verified hashes."""
 
+    #: The mode of every object; the hash memo's name for the hash of a stored object.
+    object_mode = OBJECT_MODE
+    memo_algo = "sha256/object-v1"
+
     def __init__(self, root: Path, memo: HashMemo | None = None) -> None:
         self.root = root
         self._root_str = os.fspath(root)
@@ -374,12 +379,25 @@ class ObjectStore:
             self._made = True
         return self.root / "tmp" / uuid.uuid4().hex
 
-    def _install(self, tmp: Path, digest: str) -> Path:
-        final = self.path_of(digest)
-        if not final.parent.is_dir():
-            _private_dir(final.parent.parent)
-            _private_dir(final.parent)
-        os.chmod(tmp, OBJECT_MODE)
+    def _install(
+        self, tmp: str | Path, digest: str, *, memo: bool = True, made: set[str] | None = None, chmod: bool = True
+    ) -> str:
+        """Rename a complete temporary file into place under its hash; returns the object's path.
+
+        ``memo=False`` leaves the hash memo alone (the caller remembers in bulk, or not at all);
+        ``made`` collects the shard directories known to exist (a caller storing many objects);
+        ``chmod=False``: the temporary file is read-only already.
+        """
+        final = self._path_str(digest)
+        shard = final.rpartition("/")[0]
+        if made is None or shard not in made:
+            if not os.path.isdir(shard):
+                _private_dir(Path(shard).parent)
+                _private_dir(Path(shard))
+            if made is not None:
+                made.add(shard)
+        if chmod:
+            os.chmod(tmp, OBJECT_MODE)
         try:
             os.replace(tmp, final)
         except OSError as exc:
@@ -390,9 +408,10 @@ class ObjectStore:
             os.replace(final, aside)
             _remove(aside)
             os.replace(tmp, final)
-        # The store wrote and hashed these bytes itself and keeps them read-only,
-        # so the memo may trust this stat right away (no racy-timestamp wait).
-        self.memo.memo_put(stat_key(final.stat()), _object_algo(), digest)
+        if memo:
+            # The store wrote and hashed these bytes itself and keeps them read-only,
+            # so the memo may trust this stat right away (no racy-timestamp wait).
+            self.memo.memo_put(stat_key(os.stat(final)), _object_algo(), digest)
         return final
 
     def has(self, digest: str, size: int | None = None) -> bool:
@@ -470,28 +489,44 @@ class ObjectStore:
         listed as ``[relpath, hash, size, {"symlink": target}]``, whatever it points
         to. Pipes, sockets and devices are left out with a ConsistWarning. The
         manifest returned is a :class:`Manifest`: its ``modes`` give each file's mode.
+        Small files are stored together (see :mod:`consist.dirstore`), large ones
+        one at a time; nothing is visible in the store before its bytes are on disk.
         """
+        from .dirstore import Batch
+
         entries = Manifest()
         entries.modes = modes = {}
         total = 0
-        for rel, full, st in walk_files(src, follow_links=False):
-            if _stat.S_ISLNK(st.st_mode):
-                target = os.readlink(full)
-                self.put_bytes(link_bytes(target))
-                entries.append(link_entry(rel, target))
-            elif _stat.S_ISREG(st.st_mode):
-                digest, size = self.put_file(full, hasher)
-                entries.append([rel, digest, size])
-                total += size
-                modes[rel] = st.st_mode
-            else:
-                warnings.warn(
-                    f"{not_regular(full, st.st_mode).problem}: the object store keeps regular files, directories "
-                    "and symbolic links only, so it is left out of the stored directory",
-                    ConsistWarning,
-                    stacklevel=2,
-                )
-        return self.put_bytes(manifest_bytes(entries)), total, entries
+        walked = walk_unfollowed(os.fspath(src))
+        batch = Batch(self)
+        try:
+            with ByteProgress(f"storing {src.name}", sum(st.st_size for _, _, st in walked)) as bar:
+                regular = [(full, st.st_size) for _, full, st in walked if _stat.S_ISREG(st.st_mode)]
+                small = iter(batch.add_files(regular))
+                for rel, full, st in walked:
+                    if _stat.S_ISLNK(st.st_mode):
+                        target = os.readlink(full)
+                        batch.add_bytes(link_bytes(target))
+                        entries.append(link_entry(rel, target))
+                    elif _stat.S_ISREG(st.st_mode):
+                        stored = next(small)
+                        digest, size = stored if stored is not None else self.put_file(Path(full), hasher)
+                        entries.append([rel, digest, size])
+                        total += size
+                        modes[rel] = st.st_mode
+                        bar.advance(size)
+                    else:
+                        warnings.warn(
+                            f"{not_regular(full, st.st_mode).problem}: the object store keeps regular files, "
+                            "directories and symbolic links only, so it is left out of the stored directory",
+                            ConsistWarning,
+                            stacklevel=2,
+                        )
+                digest = batch.add_bytes(manifest_bytes(entries))
+                batch.publish()
+        finally:
+            batch.discard()
+        return digest, total, entries
 
     # ---------------------------------------------------------------- verify
 
@@ -722,27 +757,40 @@ class ObjectStore:
         Directory outputs are often thousands of small files, where per-file Python
         overhead dominates: the build directory is not visible yet, so files are
         written under their final names (no temporary name or rename; each file is
-        created with its recorded mode, the umask applies) and each parent is made once.
+        created with its recorded mode, the umask applies), each parent is made once,
+        and many files are copied on a few threads (:func:`consist.dirstore.in_threads`).
         """
+        from .dirstore import in_threads
+
         base = os.fspath(build)
         made = {base}
-        damage: IntegrityError | None = None
-        with ByteProgress(f"restoring {label}", sum(size for _, _, size in sources)) as bar:
-            for rel, src, size in sources:
-                target = os.path.join(base, rel)
-                parent = os.path.dirname(target)
-                if parent not in made:
-                    os.makedirs(parent, exist_ok=True)
-                    made.add(parent)
-                if isinstance(src, Link):
-                    os.symlink(src, target)
-                    continue
-                try:
-                    self._restore_file(src, target, size, bar)
-                except IntegrityError as exc:  # go on: every damaged object is found and dropped now
-                    damage = damage or exc
+        files: list[tuple[str, str, int]] = []
+        for rel, src, size in sources:  # folders and links first, in order; then the files
+            target = os.path.join(base, rel)
+            parent = os.path.dirname(target)
+            if parent not in made:
+                os.makedirs(parent, exist_ok=True)
+                made.add(parent)
+            if isinstance(src, Link):
+                os.symlink(src, target)
+            else:
+                files.append((src, target, size))
+        with ByteProgress(f"restoring {label}", sum(size for _, _, size in files)) as bar:
+
+            def restore(chunk: list[tuple[str, str, int]]) -> list[IntegrityError | None]:
+                return [self._restore_checked(src, target, size, bar) for src, target, size in chunk]
+
+            # Every damaged object is found and dropped now, then the first damage is raised.
+            damage = next((d for d in in_threads(restore, files) if d is not None), None)
         if damage is not None:
             raise damage
+
+    def _restore_checked(self, src: str, target: str, size: int, bar: ByteProgress) -> IntegrityError | None:
+        try:
+            self._restore_file(src, target, size, bar)
+        except IntegrityError as exc:
+            return exc
+        return None
 
     # ---------------------------------------------------------------- prune
 
@@ -850,7 +898,7 @@ def _digest_at(path: str) -> str:
 
 
 def _object_algo() -> str:
-    return "sha256/object-v1"
+    return ObjectStore.memo_algo
 
 
 _UMASK: int | None = None

@@ -39,6 +39,13 @@ def driver_for(path: Path, is_dir: bool = False) -> str | None:
     return _DRIVERS.get(path.suffix.lower())
 
 
+def driver_for_name(rel: str) -> str | None:
+    """:func:`driver_for` of a file's relative name, without building a Path (directory members)."""
+    name = rel.rpartition("/")[2]
+    dot = name.rfind(".")
+    return _DRIVERS.get(name[dot:].lower()) if 0 < dot < len(name) - 1 else None
+
+
 @dataclasses.dataclass
 class _Plan:
     """Everything needed to identify a run, computed before any decision."""

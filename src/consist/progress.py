@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import sys
+import threading
 import time
 from types import TracebackType
 from typing import Any
@@ -82,14 +83,16 @@ class ByteProgress(_Delayed):
         self.total = total
         self.done = 0
         self._task: Any = None
+        self._lock = threading.Lock()
 
     def advance(self, nbytes: int) -> None:
-        self.done += nbytes
-        if self._bar is None:
-            if not self._due():
-                return
-            self._open()
-        self._bar.update(self._task, completed=self.done)
+        with self._lock:  # several threads may copy the files of one directory
+            self.done += nbytes
+            if self._bar is None:
+                if not self._due():
+                    return
+                self._open()
+            self._bar.update(self._task, completed=self.done)
 
     def _open(self) -> None:
         from rich.progress import (

@@ -23,7 +23,7 @@ from .objects import (
     modes_meta,
     place,
 )
-from .planning import _Active, _as_path, _Plan, driver_for
+from .planning import _Active, _as_path, _Plan, driver_for, driver_for_name
 from .results import RunResult
 from .store.columns import HOST
 
@@ -175,10 +175,9 @@ class RecordingMixin:
 
         Changes nothing in ``out``, so a transaction that is tried again records the same.
         """
-        for m in out.get("_members") or ():
-            if m.get("_new"):
-                self._index.add_artifact(_plain_row(m))
-            self._index.link(run_id, m["id"], "member", m["key"])
+        members = out.get("_members") or ()
+        self._index.add_artifacts([_plain_row(m) for m in members if m.get("_new")])
+        self._index.link_many(run_id, [(m["id"], m["key"]) for m in members], "member")
 
     def _finish(self, active: _Active, status: str, error: BaseException | str | None = None) -> None:
         if status == "failed" and active.scenario is None:
@@ -336,11 +335,14 @@ def _member_rows(dir_row: Mapping[str, Any], manifest: Sequence[Sequence[Any]]) 
     """
     base_uri, base_loc = dir_row["uri"], dir_row.get("location")
     rows = []
-    for rel, digest, size in manifest:
+    meta = dumps({"member_of": dir_row["id"]})
+    run_id, created = dir_row.get("run_id"), dir_row.get("created_at")
+    prefix = uuid.uuid4().hex[:24]  # one random prefix, then a counter: unique ids without a uuid per file
+    for n, (rel, digest, size) in enumerate(manifest):
         rows.append({
-            "id": uuid.uuid4().hex, "key": rel, "uri": f"{base_uri}/{rel}",
+            "id": f"{prefix}{n:08x}", "key": rel, "uri": f"{base_uri}/{rel}",
             "location": _join_location(base_loc, rel) if base_loc else None, "hash": digest, "size": size,
-            "kind": "file", "driver": driver_for(Path(rel)), "run_id": dir_row.get("run_id"),
-            "created_at": dir_row.get("created_at"), "meta": dumps({"member_of": dir_row["id"]}), "_new": True,
+            "kind": "file", "driver": driver_for_name(rel), "run_id": run_id,
+            "created_at": created, "meta": meta, "_new": True,
         })  # fmt: skip
     return rows

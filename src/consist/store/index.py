@@ -266,6 +266,20 @@ class RunIndex(IndexLookups):
     def link(self, run_id: str, artifact_id: str, direction: str, key: str) -> None:
         self.atomic(lambda: self._run(_LINK_UPSERT, (run_id, artifact_id, direction, key, self._seq)))
 
+    def add_artifacts(self, rows: Sequence[dict[str, Any]]) -> None:
+        """Insert many new artifacts in one statement batch (the members of a directory output)."""
+        if rows:
+            self.atomic(
+                lambda: self._run_many(_ART_INSERT, [[r.get(c) for c in ARTIFACT_COLUMNS] + [self._seq] for r in rows])
+            )
+
+    def link_many(self, run_id: str, links: Sequence[tuple[str, str]], direction: str) -> None:
+        """Link many ``(artifact id, key)`` pairs to a run in one direction, in one statement batch."""
+        if links:
+            self.atomic(
+                lambda: self._run_many(_LINK_UPSERT, [(run_id, art, direction, key, self._seq) for art, key in links])
+            )
+
     def add_object(self, digest: str, store: str, size: int) -> None:
         self.atomic(lambda: self._run(_OBJECT_INSERT, (digest, store, size)), stamp=False)
 
@@ -538,6 +552,12 @@ class RunIndex(IndexLookups):
         # The memo needs no sequence number: a plain autocommit statement (or the open transaction) is enough.
         with self._lock, self._guard():
             self._run(_MEMO_UPSERT, (*key, algo, digest))
+
+    def memo_put_many(self, items: Sequence[tuple[tuple[int, int, int, int], str, str]]) -> None:
+        """Remember many ``(stat key, algo, hash)`` at once, in one transaction."""
+        rows = [(*key, algo, digest) for key, algo, digest in items]
+        if rows:
+            self.atomic(lambda: self._run_many(_MEMO_UPSERT, rows), stamp=False)
 
     # ---------------------------------------------------------------- reads
 

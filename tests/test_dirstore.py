@@ -1,0 +1,236 @@
+"""Storing and restoring directories of many small files (consist.dirstore): the same guarantees as one file at a time.
+
+Real files, a real object store and a real SQLite run index as the memo. The
+threaded path is taken by every directory of at least ``PARALLEL_MIN`` files;
+the tests below cross that line on purpose.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import os
+import stat
+from pathlib import Path
+
+import pytest
+
+from consist import dirstore
+from consist import hashing as H
+from consist.errors import IntegrityError
+from consist.objects import ObjectStore
+from consist.store.sqlite import SQLiteIndex
+
+
+def sha(data: bytes) -> str:
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+@pytest.fixture
+def index(tmp_path: Path):
+    ix = SQLiteIndex(tmp_path / "ix" / "index.sqlite")
+    yield ix
+    ix.close()
+
+
+@pytest.fixture
+def store(tmp_path: Path, index: SQLiteIndex) -> ObjectStore:
+    return ObjectStore(tmp_path / "objects", memo=index)
+
+
+def make_tree(root: Path, n: int, *, size: int = 512) -> dict[str, bytes]:
+    """n files in 10 subfolders, every file's bytes distinct; returns relative name -> bytes."""
+    files = {}
+    for i in range(n):
+        rel = f"d{i % 10}/f{i:05d}.bin"
+        data = (f"{i}:".encode() * (size // 4 + 1))[:size]
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_bytes(data)
+        files[rel] = data
+    return files
+
+
+def objects_in(store: ObjectStore) -> set[str]:
+    return {d for d, _ in store.all_objects()}
+
+
+@pytest.mark.parametrize("n", [3, dirstore.PARALLEL_MIN + 45])
+def test_a_directory_is_stored_file_by_file_and_restored_byte_for_byte(
+    tmp_path: Path, store: ObjectStore, index: SQLiteIndex, n: int
+) -> None:
+    src = tmp_path / "out"
+    files = make_tree(src, n)
+    (src / "d0" / "link").symlink_to("/etc/passwd")
+    digest, total, manifest = store.put_dir(src, H.FileHasher(index))
+
+    assert total == sum(len(b) for b in files.values())
+    by_rel = {e[0]: e for e in manifest}
+    for rel, data in files.items():
+        assert by_rel[rel][1:3] == [sha(data), len(data)]
+        obj = store.path_of(sha(data))
+        assert obj.read_bytes() == data
+        assert stat.S_IMODE(obj.stat().st_mode) == 0o444
+    assert by_rel["d0/link"][3] == {"symlink": "/etc/passwd"}
+    assert digest == sha(H.manifest_bytes(manifest))
+    assert sorted(by_rel) == sorted([*files, "d0/link"])  # the manifest is sorted and complete
+    assert [e[0] for e in manifest] == sorted(e[0] for e in manifest)
+    assert list((store.root / "tmp").iterdir()) == []  # every temporary file was renamed into place
+
+    dest = tmp_path / "restored"
+    store.write(store.check("dir", digest, total), dest)
+    for rel, data in files.items():
+        assert (dest / rel).read_bytes() == data
+    assert os.readlink(dest / "d0" / "link") == "/etc/passwd"
+
+
+def test_content_met_twice_or_already_stored_is_written_once(
+    tmp_path: Path, store: ObjectStore, index: SQLiteIndex, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    src = tmp_path / "out"
+    for i in range(dirstore.PARALLEL_MIN + 10):
+        (src / f"s{i % 3}").mkdir(parents=True, exist_ok=True)
+        (src / f"s{i % 3}" / f"{i}.txt").write_bytes(b"same bytes")
+    (src / "other.txt").write_bytes(b"other")
+    store.put_bytes(b"other")  # stored before
+    writes: list[str] = []
+    real_open = os.open
+
+    def counting_open(path, flags, *args, **kw):
+        if flags & os.O_CREAT:
+            writes.append(os.fspath(path))
+        return real_open(path, flags, *args, **kw)
+
+    monkeypatch.setattr(dirstore.os, "open", counting_open)
+    digest, _, manifest = store.put_dir(src, H.FileHasher(index))
+    monkeypatch.undo()
+    assert len(writes) == 2  # "same bytes" once, and the manifest; "other" was in the store
+    assert objects_in(store) == {sha(b"same bytes"), sha(b"other"), digest}
+    assert {e[1] for e in manifest} == {sha(b"same bytes"), sha(b"other")}
+
+
+def test_large_files_in_a_directory_are_streamed_and_remembered(
+    tmp_path: Path, store: ObjectStore, index: SQLiteIndex
+) -> None:
+    src = tmp_path / "out"
+    src.mkdir()
+    big = os.urandom(dirstore.SMALL_FILE + 1)
+    mid = os.urandom(dirstore.MEMO_MIN)
+    small = b"small"
+    (src / "big.bin").write_bytes(big)
+    (src / "mid.bin").write_bytes(mid)
+    (src / "small.bin").write_bytes(small)
+    store.put_dir(src, H.FileHasher(index))
+    for data in (big, mid, small):
+        assert store.path_of(sha(data)).read_bytes() == data
+    algo = ObjectStore.memo_algo
+    remembered = {
+        r["hash"] for r in index.query("SELECT hash FROM hash_memo WHERE algo = ?", (algo,))
+    }  # objects the memo trusts without reading them again
+    assert sha(big) in remembered and sha(mid) in remembered
+    assert sha(small) not in remembered  # re-hashing 5 bytes costs less than a database write
+
+
+def test_a_failure_while_storing_publishes_nothing_and_leaves_no_temporary_file(
+    tmp_path: Path, store: ObjectStore, index: SQLiteIndex, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    src = tmp_path / "out"
+    make_tree(src, dirstore.PARALLEL_MIN + 20)
+    real_write = os.write
+    calls = {"n": 0}
+
+    def full_disk(fd: int, data) -> int:
+        calls["n"] += 1
+        if calls["n"] == 150:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_write(fd, data)
+
+    monkeypatch.setattr(dirstore.os, "write", full_disk)
+    with pytest.raises(OSError) as info:
+        store.put_dir(src, H.FileHasher(index))
+    monkeypatch.undo()
+    assert info.value.errno == errno.ENOSPC
+    assert objects_in(store) == set()  # nothing was renamed into place
+    assert list((store.root / "tmp").iterdir()) == []
+
+
+def test_objects_are_flushed_to_disk_before_they_are_renamed_into_place(
+    tmp_path: Path, store: ObjectStore, index: SQLiteIndex, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    src = tmp_path / "out"
+    make_tree(src, 20)
+    events: list[str] = []
+    real_flush, real_replace = dirstore._flush, os.replace
+
+    def flush(st: ObjectStore, paths: list[str]) -> None:
+        assert all(os.path.exists(p) for p in paths) and not objects_in(st)
+        events.append(f"flush {len(paths)}")
+        real_flush(st, paths)
+
+    def replace(a, b) -> None:
+        events.append("rename")
+        real_replace(a, b)
+
+    monkeypatch.setattr(dirstore, "_flush", flush)
+    monkeypatch.setattr("consist.objects.os.replace", replace)
+    store.put_dir(src, H.FileHasher(index))
+    assert events[0] == "flush 21"  # 20 files and the manifest, in one flush, before any rename
+    assert events[1:] == ["rename"] * 21
+
+
+def test_without_syncfs_every_file_is_fsynced(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    paths = []
+    for i in range(3):
+        p = tmp_path / f"{i}"
+        p.write_bytes(b"x")
+        paths.append(os.fspath(p))
+    synced: list[int] = []
+    real_fsync = os.fsync
+    monkeypatch.setattr(dirstore, "_SYNCFS", False)
+    monkeypatch.setattr(dirstore.os, "fsync", lambda fd: (synced.append(fd), real_fsync(fd)))
+    dirstore._flush(None, paths)  # type: ignore[arg-type]
+    assert len(synced) == 3
+    monkeypatch.setattr(dirstore, "_SYNCFS", lambda fd: -1)  # syncfs failing falls back too
+    dirstore._flush(None, paths)  # type: ignore[arg-type]
+    assert len(synced) == 6
+
+
+def test_damaged_objects_among_many_are_all_found_and_nothing_is_published(
+    tmp_path: Path, store: ObjectStore, index: SQLiteIndex
+) -> None:
+    src = tmp_path / "out"
+    files = make_tree(src, dirstore.PARALLEL_MIN + 30)
+    digest, total, _ = store.put_dir(src, H.FileHasher(index))
+    damaged = [sha(files[rel]) for rel in sorted(files)[::97]]
+    for d in damaged:  # same size, other bytes: only hashing finds it
+        p = store.path_of(d)
+        p.chmod(0o644)
+        p.write_bytes(b"\0" * p.stat().st_size)
+    checked = store.check("dir", digest, total)
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    (dest / "keep.txt").write_text("mine")
+    with pytest.raises(IntegrityError):
+        store.write(checked, dest)
+    assert [p.name for p in dest.iterdir()] == ["keep.txt"]  # the destination is as it was
+    assert [p.name for p in tmp_path.iterdir() if ".consist-" in p.name] == []  # no build directory left
+    for d in damaged:  # every damaged object was dropped, so the next store repairs it
+        assert not store.path_of(d).exists()
+    healthy = set(map(sha, files.values())) - set(damaged)
+    assert all(store.path_of(d).exists() for d in healthy)
+
+
+def test_in_threads_keeps_order_and_raises_the_first_error() -> None:
+    items = list(range(dirstore.PARALLEL_MIN * 3 + 7))
+    assert dirstore.in_threads(lambda chunk: [i * 2 for i in chunk], items) == [i * 2 for i in items]
+    seen: list[int] = []
+
+    def work(chunk):
+        seen.extend(chunk)
+        if 500 in chunk:
+            raise ValueError("boom")
+        return list(chunk)
+
+    with pytest.raises(ValueError, match="boom"):
+        dirstore.in_threads(work, items)
+    assert sorted(seen) == items  # every chunk ran before the error came back
+    assert dirstore.in_threads(lambda chunk: [len(chunk)], [1, 2]) == [2]  # few items: one call, no threads
