@@ -214,7 +214,7 @@ def make_big_file(path: Path, size: int) -> None:
 
 def fs_type(path: Path) -> str:
     found = subprocess.run(["findmnt", "-n", "-o", "FSTYPE", "--target", str(path)], capture_output=True, text=True)
-    return found.stdout.strip() or "unknown"
+    return (found.stdout.split() or ["unknown"])[-1]  # the innermost of stacked mounts
 
 
 # ---------------------------------------------------------------------------- results files

@@ -435,7 +435,29 @@ def merge(r: dict[str, Any]) -> list[str]:
     ]  # fmt: skip
 
 
-RENDERERS = {"calls": calls, "merge": merge, "cli": cli, "core": core, "containers": containers, "restore": restore,
+def dirs(r: dict[str, Any]) -> list[str]:
+    p, t = r["parameters"], r["targets"]
+    rows = []
+    for label, d in r["places"].items():
+        arms = d["arms"]
+        for arm, what in (("store", "store (a miss)"), ("restore", "restore (a hit)")):
+            ratio = d[f"{arm}_ratio_of_medians"]
+            rows.append(row(f"{label} ({d['file_system']})", what, arms[arm]["n"], ms(arms[arm]["median_ms"]),
+                            ms(arms["cp -r"]["median_ms"]), times(ratio), times(d[f"{arm}_median_paired_ratio"]),
+                            f"≤ {times(t[arm + '_ratio'])}", met(ratio <= t[arm + "_ratio"])))  # fmt: skip
+    return [
+        f"A directory of {p['files']:,} files of {p['kib']} KiB. N is the number of rounds: in each, `cp -r`, a "
+        "miss that stores a new directory and a hit that restores one ran once each, in rotating order; "
+        "ratios are consist / `cp -r` of the same round.",
+        "",
+        row("file system", "consist call", "N", THIS, "`cp -r`", "ratio of medians", "median paired ratio",
+            "target", "met"),
+        row(*["---"] * 9),
+        *rows,
+    ]  # fmt: skip
+
+
+RENDERERS = {"calls": calls, "dirs": dirs, "merge": merge, "cli": cli, "core": core, "containers": containers, "restore": restore,
              "miss": miss, "cluster": cluster, "lookups": lookups}  # fmt: skip
 
 

@@ -30,6 +30,7 @@ SMOKE: dict[str, list[str]] = {
     "cluster": ["--quick"],
     "containers": ["--n", "1", "--no-upstream"],
     "core": ["--quick", "--no-upstream"],
+    "dirs": ["--files", "200", "--rounds", "1"],
     "lookups": ["--runs", "2000"],
     "merge": ["--runs", "500"],
     "miss": ["--quick"],
