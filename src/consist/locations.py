@@ -46,14 +46,21 @@ class Roots:
         named = {"run_dir": run_dir, "project": project_root, **{check_mount_name(k): v for k, v in mounts.items()}}
         self.named = named
         # Longest root first, so run_dir (usually inside the project) wins over the project.
-        self._order = sorted(named.items(), key=lambda kv: len(kv[1].parts), reverse=True)
+        order = sorted(named.items(), key=lambda kv: len(kv[1].parts), reverse=True)
+        # Compared as strings: a hit looks up its output's place in every root, and Path comparisons
+        # cost more than the rest of the hit. Path strings are normalised, so this is the same test.
+        self._order = [(name, str(root), under_prefix(str(root))) for name, root in order]
+        self.root_strings = frozenset(str(root) for root in named.values())
         self.allow_external = allow_external
 
     def locate(self, path: Path) -> str | None:
         """The location of an absolute path, or None when it lies outside every root."""
-        for name, root in self._order:
-            if path == root or path.is_relative_to(root):
-                return f"{name}://{path.relative_to(root).as_posix()}" if path != root else f"{name}://"
+        text = str(path)
+        for name, root, prefix in self._order:
+            if text == root:
+                return f"{name}://"
+            if text.startswith(prefix):
+                return f"{name}://{text[len(prefix) :]}"
         return None
 
     def location_for_output(self, path: Path, key: str) -> str:
@@ -102,8 +109,18 @@ class Roots:
         return root.joinpath(*parts)
 
 
+def under_prefix(root: str) -> str:
+    """What every path strictly inside the normalised absolute path ``root`` starts with."""
+    return root if root.endswith("/") else root + "/"
+
+
+def is_inside(path: str, root: str) -> bool:
+    """Whether the normalised absolute path ``path`` lies strictly inside ``root`` (compared as text)."""
+    return path.startswith(under_prefix(root))
+
+
 def is_portable(location: str | None) -> bool:
     return bool(location) and "://" in (location or "")
 
 
-__all__ = ["Roots", "UnresolvableLocation", "check_mount_name", "is_portable"]
+__all__ = ["Roots", "UnresolvableLocation", "check_mount_name", "is_inside", "is_portable", "under_prefix"]

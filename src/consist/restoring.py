@@ -15,7 +15,7 @@ from .errors import (
     warn_caller,
 )
 from .hashing import FileHasher, dumps
-from .locations import UnresolvableLocation
+from .locations import UnresolvableLocation, is_inside
 from .names import fit
 from .objects import (
     ObjectStore,
@@ -224,18 +224,20 @@ class RestoreMixin:
         Raises UnresolvableLocation, which a hit treats as outputs it cannot restore (the step runs).
         """
         real = dest.parent.resolve() / dest.name  # links among the parents are followed
+        text = str(real)  # paths compared as normalised strings (see Roots.locate)
         index_dir = self.db_path.parent / f".{self.db_path.name}.consist"
         for own in (self.store_dir, index_dir, self.db_path):
-            if real == own or own in real.parents or real in own.parents:
+            own_text = str(own)
+            if text == own_text or is_inside(text, own_text) or is_inside(own_text, text):
                 raise UnresolvableLocation(
                     f"A restore to {dest} would write into consist's own files ({own})",
                     "the record of the run is damaged or was made to point there",
                     "check the run's outputs with `consist show RUN`",
                 )
         if within is not None:
-            inside = within.resolve() in real.parents
+            inside = is_inside(text, str(within.resolve()))
         else:
-            inside = self.roots.locate(real) is not None and real not in self.roots.named.values()
+            inside = self.roots.locate(real) is not None and text not in self.roots.root_strings
         if not inside and not (within is None and self.roots.allow_external):
             raise UnresolvableLocation(
                 f"A restore to {dest} would write to {real}, outside "
