@@ -457,8 +457,8 @@ def dirs(r: dict[str, Any]) -> list[str]:
     ]  # fmt: skip
 
 
-RENDERERS = {"calls": calls, "dirs": dirs, "merge": merge, "cli": cli, "core": core, "containers": containers, "restore": restore,
-             "miss": miss, "cluster": cluster, "lookups": lookups}  # fmt: skip
+RENDERERS = {"calls": calls, "dirs": dirs, "merge": merge, "cli": cli, "core": core, "containers": containers,
+             "restore": restore, "miss": miss, "cluster": cluster, "lookups": lookups}  # fmt: skip
 
 
 def render(result: dict[str, Any], path: str) -> str:
