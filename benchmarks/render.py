@@ -457,8 +457,41 @@ def dirs(r: dict[str, Any]) -> list[str]:
     ]  # fmt: skip
 
 
-RENDERERS = {"calls": calls, "dirs": dirs, "merge": merge, "cli": cli, "core": core, "containers": containers,
-             "restore": restore, "miss": miss, "cluster": cluster, "lookups": lookups}  # fmt: skip
+def growth(r: dict[str, Any]) -> list[str]:
+    p, t, m, g, b = r["parameters"], r["targets"], r["measurements"], r["growth"], r["builds"]
+    sizes = [str(n) for n in p["sizes"]]
+    names = {
+        "open": "open a `Tracker`, first query",
+        "hit": "`tracker.run` hit",
+        "miss": "`tracker.run` miss",
+        "lookup": "`find_runs(model=..., limit=20)`",
+        "close": "close (merges the round's runs into DuckDB)",
+    }
+    rows = []
+    for kind, name in names.items():
+        target = kind != "close"
+        rows.append(row(name, *(f"{ms(m[n][kind]['median_ms'])} ({m[n][kind]['n']})" for n in sizes),
+                        times(g[kind]), f"≤ {times(t['growth'])}" if target else NA,
+                        met(g[kind] <= t["growth"]) if target else NA))  # fmt: skip
+    rows.append(row("run index on disk, per run", *(f"{b[n]['index_kb_per_run']:.2f} kB" for n in sizes),
+                    NA, f"≤ {t['index_kb_per_run']:g} kB",
+                    met(b[sizes[-1]]["index_kb_per_run"] <= t["index_kb_per_run"])))  # fmt: skip
+    rows.append(row("DuckDB file, per run", *(f"{b[n]['duckdb_kb_per_run']:.2f} kB" for n in sizes), NA, NA, NA))
+    return [
+        f"Each cell is a median (number of samples). {p['rounds']} rounds; in each, every history took its turn in "
+        f"rotating order, opening a tracker, then {p['per_round']} hits, {p['per_round']} misses and "
+        f"{p['per_round']} lookups, then closing it. Growth is the median at {int(sizes[-1]):,} runs over the "
+        f"median at {int(sizes[0]):,}.",
+        "",
+        row("measurement", *(f"{int(n):,} runs" for n in sizes), "growth", "target", "met"),
+        row(*["---"] * (len(sizes) + 4)),
+        *rows,
+    ]
+
+
+RENDERERS = {"calls": calls, "dirs": dirs, "growth": growth, "merge": merge, "cli": cli, "core": core,
+             "containers": containers, "restore": restore, "miss": miss, "cluster": cluster,
+             "lookups": lookups}  # fmt: skip
 
 
 def render(result: dict[str, Any], path: str) -> str:

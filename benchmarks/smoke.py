@@ -31,6 +31,7 @@ SMOKE: dict[str, list[str]] = {
     "containers": ["--n", "1", "--no-upstream"],
     "core": ["--quick", "--no-upstream"],
     "dirs": ["--files", "200", "--rounds", "1"],
+    "growth": ["--quick"],
     "lookups": ["--runs", "2000"],
     "merge": ["--runs", "500"],
     "miss": ["--quick"],
