@@ -34,7 +34,7 @@ from _common import ROOT, Worker, compare, interleaved, new_result, print_block,
 IMAGE = os.environ.get("BENCH_IMAGE", "local/busybox:test")
 SIF = os.environ.get("BENCH_SIF", "/tmp/ci-containers/busybox.sif")
 CMD = ["sh", "-c", "echo $STEP >> /counter/n; echo $STEP > /out/result.txt"]
-TARGETS = {"miss_overhead": {"max_pct": 10}, "hit": {"max_ms": 15, "starts": 0}}
+TARGETS = {"miss_overhead": {"max_pct": 5}, "hit": {"max_ms": 15, "starts": 0}}
 FIRST_HIT_PROCESSES = 5
 
 

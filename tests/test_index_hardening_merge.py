@@ -243,3 +243,41 @@ def test_a_process_still_using_a_moved_index_loses_nothing(tmp_path: Path, make_
     assert duck_ids(db) == {f"a{n}" for n in range(8)} | {f"b{n}" for n in range(7)}
     statuses = {r[0] for r in duck(db, "SELECT DISTINCT status FROM run")}
     assert statuses == {"completed"}
+
+
+def test_a_merge_larger_than_its_memory_preference_still_completes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One transaction of many rows is one merge window: beyond DuckDB's limit it is merged again without it."""
+    from consist.store import duck
+    from consist.store.columns import ARTIFACT_COLUMNS, RUN_COLUMNS
+    from consist.store.sqlite import SQLiteIndex
+
+    db = tmp_path / "prov.duckdb"
+    index = SQLiteIndex(index_path_for(db))
+    n = 4000
+    run_sql = f"INSERT INTO run ({','.join([*RUN_COLUMNS, 'seq'])}) VALUES ({','.join('?' * (len(RUN_COLUMNS) + 1))})"
+    art_sql = (
+        f"INSERT INTO artifact ({','.join([*ARTIFACT_COLUMNS, 'seq'])}) "
+        f"VALUES ({','.join('?' * (len(ARTIFACT_COLUMNS) + 1))})"
+    )
+    with index.write() as seq:  # one sequence number: the merge cannot split it
+        runs, arts = [], []
+        for i in range(n):
+            row = {c: None for c in RUN_COLUMNS}
+            row.update(id=f"r{i:06d}", name=f"r{i}", model="m", status="completed", signature=f"sig{i}",
+                       cache_hit=0, config=json.dumps({"i": i, "pad": "x" * 200}), started_at=1e9 + i)  # fmt: skip
+            art = {c: None for c in ARTIFACT_COLUMNS}
+            art.update(id=f"a{i:06d}", key="out", uri=f"/w/{i}.csv", hash=f"sha256:{i:064x}", size=1, kind="file",
+                       run_id=f"r{i:06d}", created_at=1e9 + i)  # fmt: skip
+            runs.append([row[c] for c in RUN_COLUMNS] + [seq])
+            arts.append([art[c] for c in ARTIFACT_COLUMNS] + [seq])
+        index._run_many(run_sql, runs)
+        index._run_many(art_sql, arts)
+    index.close()
+    monkeypatch.setattr(duck, "MERGE_MEMORY_MB", 1)  # far too little for this window
+    with Tracker(tmp_path / "runs", db_path=db) as t:
+        assert t.sync() == 2 * n
+    with duckdb.connect(str(db), read_only=True) as con:
+        assert con.execute("SELECT count(*) FROM run").fetchone()[0] == n
+        assert con.execute("SELECT count(*) FROM artifact").fetchone()[0] == n

@@ -117,6 +117,19 @@ def _looks_damaged(exc: BaseException) -> bool:
 _DAMAGE_SIGNS = ("corrupt database file", "checksum", "not a valid duckdb database", "could not read enough bytes")
 
 
+def _out_of_memory(exc: BaseException | None) -> bool:
+    """Whether DuckDB ran out of its memory limit somewhere in this chain of exceptions."""
+    while exc is not None:
+        if "out of memory" in str(exc).lower():
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
+class _WindowOutOfMemory(Exception):
+    """A merge window did not fit in :data:`MERGE_MEMORY_MB` (rolled back; see DuckStore._merge)."""
+
+
 def _no_space(exc: BaseException) -> bool:
     text = str(exc).lower()
     return "no space left on device" in text or "disk is full" in text or "disk full" in text
@@ -289,14 +302,26 @@ class DuckStore:
         merged = 0
         first = True
         # DuckDB keeps the pages a merge writes in memory, up to most of the machine's, unless told otherwise.
+        # The limit is a preference, never a reason to fail: a window that does not fit in it (one
+        # transaction of very many rows, or primary-key indexes of a large file, which DuckDB cannot
+        # write out) is rolled back and merged again without the limit.
         con.execute(f"SET memory_limit = '{MERGE_MEMORY_MB}MB'")
+        limited = True
         try:
             while first or done < top:
                 upto = self.index.merge_window(done, top, MERGE_WINDOW_RUNS)
-                merged += self._merge_window(con, done, upto, adopt=first and not known)
+                try:
+                    merged += self._merge_window(con, done, upto, adopt=first and not known)
+                except _WindowOutOfMemory as exc:
+                    if not limited:
+                        raise self._merge_error(exc.__cause__ or exc) from exc.__cause__
+                    con.execute("RESET memory_limit")
+                    limited = False
+                    continue
                 done, first = upto, False
         finally:
-            con.execute("RESET memory_limit")
+            if limited:
+                con.execute("RESET memory_limit")
         return merged
 
     def _merge_window(self, con: Any, after: int, upto: int, adopt: bool) -> int:
@@ -325,15 +350,20 @@ class DuckStore:
                 raise
             if _no_space(exc) or _looks_damaged(exc):
                 raise self._open_error(exc) from exc
-            raise StoreError(
-                f"Merging runs into {self.db_path} failed: {exc}",
-                "the DuckDB file is damaged or was written by an incompatible program",
-                "move the file away: the next query rebuilds it from the run index, which holds every run",
-            ) from exc
+            if _out_of_memory(exc):
+                raise _WindowOutOfMemory() from exc
+            raise self._merge_error(exc) from exc
         # Recorded after the commit: if this process dies in between, the next merge reconciles.
         self.index.set_meta("merged_seq", str(upto))
         self._synced_seq = upto
         return len(runs) + len(arts) + len(links)
+
+    def _merge_error(self, exc: BaseException) -> StoreError:
+        return StoreError(
+            f"Merging runs into {self.db_path} failed: {exc}",
+            "the DuckDB file is damaged or was written by an incompatible program",
+            "move the file away: the next query rebuilds it from the run index, which holds every run",
+        )
 
     def _adopt(self, con: Any) -> dict[str, int]:
         """Copy the DuckDB file's rows that the index lacks into the index."""
