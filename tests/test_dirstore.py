@@ -153,9 +153,10 @@ def test_a_failure_while_storing_publishes_nothing_and_leaves_no_temporary_file(
     assert list((store.root / "tmp").iterdir()) == []
 
 
-def test_objects_are_flushed_to_disk_before_they_are_renamed_into_place(
-    tmp_path: Path, store: ObjectStore, index: SQLiteIndex, monkeypatch: pytest.MonkeyPatch
+def test_a_durable_store_flushes_objects_to_disk_before_they_are_renamed_into_place(
+    tmp_path: Path, index: SQLiteIndex, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    store = ObjectStore(tmp_path / "objects", memo=index, durable=True)
     src = tmp_path / "out"
     make_tree(src, 20)
     events: list[str] = []
@@ -175,6 +176,35 @@ def test_objects_are_flushed_to_disk_before_they_are_renamed_into_place(
     store.put_dir(src, H.FileHasher(index))
     assert events[0] == "flush 21"  # 20 files and the manifest, in one flush, before any rename
     assert events[1:] == ["rename"] * 21
+
+
+def test_a_store_that_is_not_durable_flushes_nothing(
+    tmp_path: Path, store: ObjectStore, index: SQLiteIndex, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    src = tmp_path / "out"
+    make_tree(src, 20)
+    (tmp_path / "one.txt").write_bytes(b"one file")
+    flushed: list[object] = []
+    monkeypatch.setattr(dirstore, "_flush", lambda st, paths: flushed.append(paths))
+    monkeypatch.setattr(os, "fsync", lambda fd: flushed.append(fd))
+    digest, _, _ = store.put_dir(src, H.FileHasher(index))
+    store.put_file(tmp_path / "one.txt", H.FileHasher(index))
+    store.put_bytes(b"some bytes")
+    assert flushed == []
+    assert store.path_of(digest).is_file() and store.path_of(sha(b"one file")).read_bytes() == b"one file"
+
+
+def test_a_durable_store_fsyncs_single_files_and_bytes(
+    tmp_path: Path, index: SQLiteIndex, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = ObjectStore(tmp_path / "objects", memo=index, durable=True)
+    (tmp_path / "one.txt").write_bytes(b"one file")
+    synced: list[int] = []
+    real_fsync = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: (synced.append(fd), real_fsync(fd)))
+    store.put_file(tmp_path / "one.txt", H.FileHasher(index))
+    store.put_bytes(b"some bytes")
+    assert len(synced) == 2
 
 
 def test_without_syncfs_every_file_is_fsynced(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -234,3 +264,28 @@ def test_in_threads_keeps_order_and_raises_the_first_error() -> None:
         dirstore.in_threads(work, items)
     assert sorted(seen) == items  # every chunk ran before the error came back
     assert dirstore.in_threads(lambda chunk: [len(chunk)], [1, 2]) == [2]  # few items: one call, no threads
+
+
+def test_tracker_durable_flushes_outputs_and_commits(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from consist import Tracker
+
+    def step() -> Path:
+        out = tmp_path / "runs" / "o.txt"
+        out.write_text("x")
+        return out
+
+    with Tracker(tmp_path / "runs") as t:
+        assert not t.durable and not t._objects.durable
+        assert t._index.query_one("PRAGMA synchronous")["synchronous"] == 1  # NORMAL
+    monkeypatch.setenv("CONSIST_DURABLE", "1")
+    synced: list[int] = []
+    real_fsync = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: (synced.append(fd), real_fsync(fd)))
+    with Tracker(tmp_path / "runs") as t:
+        assert t.durable and t._objects.durable
+        assert t.spec().kwargs()["durable"] is True  # workers of a sweep open it durable too
+        assert t._index.query_one("PRAGMA synchronous")["synchronous"] == 2  # FULL
+        t.run(step, name="s", outputs=["o"])
+    assert synced  # the output's object was flushed before it was renamed into place
+    with Tracker(tmp_path / "runs", durable=False) as t:
+        assert not t.durable

@@ -11,10 +11,11 @@ plain copy:
   file that is or grows larger goes the streaming way of ``put_file``), hashed
   from that buffer and written from the same buffer, so the stored bytes are
   exactly the bytes hashed, whatever the file does meanwhile;
-- new objects are written under temporary names in the store, flushed to disk
-  together (one ``syncfs`` of the store's file system, or an ``fsync`` per file
-  where that call is missing) and only then renamed into place: after a crash an
-  object is whole or absent, as with ``put_file``;
+- new objects are written under temporary names in the store and renamed into
+  place once all are written; in a durable store (``Tracker(durable=True)``) they
+  are first flushed to disk together (one ``syncfs`` of the store's file system,
+  or an ``fsync`` per file where that call is missing), so that after a power
+  failure an object is whole or absent, as with ``put_file``;
 - content the store holds already, or met twice in the same directory, is
   written once;
 - the memo learns only the objects large enough that a lookup beats re-hashing
@@ -108,10 +109,11 @@ class Batch:
         return digest
 
     def publish(self) -> None:
-        """Flush every new object to disk, then rename each into place under its hash."""
+        """Rename every new object into place under its hash (in a durable store, flushed to disk first)."""
         if not self.pending:
             return
-        _flush(self.store, list(self.pending.values()))
+        if self.store.durable:
+            _flush(self.store, list(self.pending.values()))
         memo: list[tuple[tuple[int, int, int, int], str]] = []
         made: set[str] = set()
         for digest, tmp in list(self.pending.items()):

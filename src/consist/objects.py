@@ -9,7 +9,7 @@ run produced, even after the original file was overwritten or deleted.
   nobody else can reach an object, whatever mode the output had. Objects are
   read-only (0444) inside it.
 - An object is copied into a temporary file in the store, hashed as copied (a
-  large copy is read back), flushed to disk (fsync) and renamed into place under
+  large copy is read back), closed and renamed into place under
   the hash of exactly those bytes: a reader never sees half an object, and a
   file that changes while it is stored is stored as the bytes that were copied,
   never as a mix or a truncated copy under an older hash. The temporary file is
@@ -17,6 +17,12 @@ run produced, even after the original file was overwritten or deleted.
   lock is needed: processes on several nodes storing the same content at once
   each rename a complete copy of the same bytes into place (the store may live
   on a shared file system, ``Tracker(store_dir=...)``).
+- Durability matches the run index's: an object renamed into place survives the
+  death of any process. With ``durable=True`` (``Tracker(durable=True)``) it is
+  also flushed to disk (fsync) before the rename, so that a power failure leaves
+  every object whole or absent. Without it a power failure may leave a damaged
+  object; a restore verifies every byte, so the step then runs again (and stores
+  the object anew) instead of restoring it.
 - Copies use ``copy_file_range``, which clones (reflinks) on file systems that
   support it (XFS, btrfs) and copies in the kernel elsewhere.
 - A directory is stored as its files plus a manifest object (relative path,
@@ -355,8 +361,9 @@ class ObjectStore:
     object_mode = OBJECT_MODE
     memo_algo = "sha256/object-v1"
 
-    def __init__(self, root: Path, memo: HashMemo | None = None) -> None:
+    def __init__(self, root: Path, memo: HashMemo | None = None, *, durable: bool = False) -> None:
         self.root = root
+        self.durable = durable  # fsync every object before it is renamed into place
         self._root_str = os.fspath(root)
         self.memo: HashMemo = memo or NullMemo()
         self._made = False
@@ -449,9 +456,10 @@ class ObjectStore:
                 try:
                     with ByteProgress(f"copying {src.name}", st.st_size) as bar:
                         hexd, size = _copy_hashed(fd, outfd, None, bar, expect=st.st_size, readback=True)
-                    # On disk before the rename makes it visible: after a crash (or on a network file
-                    # system whose server restarts) an object is whole or absent, never a stub.
-                    os.fsync(outfd)
+                    if self.durable:
+                        # On disk before the rename makes it visible: after a power failure (or on a network
+                        # file system whose server restarts) an object is whole or absent, never a stub.
+                        os.fsync(outfd)
                 finally:
                     os.close(outfd)
                 digest = f"sha256:{hexd}"
@@ -470,8 +478,9 @@ class ObjectStore:
             try:
                 with open(tmp, "wb") as f:
                     f.write(data)
-                    f.flush()
-                    os.fsync(f.fileno())
+                    if self.durable:
+                        f.flush()
+                        os.fsync(f.fileno())
                 self._install(tmp, digest)
             finally:
                 tmp.unlink(missing_ok=True)

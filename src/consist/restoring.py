@@ -39,7 +39,7 @@ class RestoreMixin:
         if self._objects.has(digest):
             return self._objects
         for root in self._index.object_stores(digest):
-            store = ObjectStore(Path(root), memo=self._index)
+            store = ObjectStore(Path(root), memo=self._index, durable=self._objects.durable)
             if store.has(digest):
                 return store
         return self._objects  # verify() then reports the object as missing

@@ -96,6 +96,14 @@ class Tracker(LookupMixin, QueryMixin, MaintenanceMixin, RestoreMixin, InflightM
         Part of every signature: bump it to invalidate all cached runs.
     code_version:
         Pins the code identity of every run instead of asking git.
+    durable:
+        Flush every stored output and every record to disk before a run counts as
+        recorded, so that even a power failure loses no recorded run (a few
+        milliseconds per run on most disks). Without it nothing recorded is lost
+        when any process dies; a power failure may lose the last runs or damage
+        stored outputs, and a hit verifies every byte it restores, so a damaged
+        output makes the step run again, never a wrong result. None reads
+        ``CONSIST_DURABLE=1``. A PostgreSQL database (``db_url``) always commits durably.
     read_only:
         Open an existing history for looking only (analysis notebooks): queries and
         lookups work, while anything that would record, restore into the workspace
@@ -116,6 +124,7 @@ class Tracker(LookupMixin, QueryMixin, MaintenanceMixin, RestoreMixin, InflightM
         allow_external_paths: bool | None = None,
         cache_epoch: int = 1,
         code_version: str | None = None,
+        durable: bool | None = None,
         read_only: bool = False,
     ) -> None:
         check_option("hashing_strategy", hashing_strategy, ("full", "fast"))
@@ -135,15 +144,21 @@ class Tracker(LookupMixin, QueryMixin, MaintenanceMixin, RestoreMixin, InflightM
         self.roots = Roots(self.run_dir, self.project_root, self.mounts, allow_external=self.allow_external_paths)
         self.db_url = db_url if db_url is not None else os.environ.get("CONSIST_DB_URL") or None
         self.store_dir = Path(store_dir).resolve() if store_dir is not None else self.run_dir / ".consist" / "objects"
+        if durable is None:
+            durable = _truthy(os.environ.get("CONSIST_DURABLE"))
+        self.durable = bool(durable)
         self._index, self._store = open_backend(self.db_path, self.db_url, read_only=self.read_only)
+        if self.durable and not self.read_only:
+            self._index.make_durable()
         # How a worker process opens this same tracker (see spec()).
         self._spec = {
             "run_dir": str(self.run_dir), "db_path": str(self.db_path), "db_url": self.db_url,
             "store_dir": str(self.store_dir), "mounts": {k: str(v) for k, v in self.mounts.items()},
             "project_root": str(self.project_root), "hashing_strategy": hashing_strategy,
             "allow_external_paths": self.allow_external_paths, "cache_epoch": cache_epoch, "code_version": code_version,
+            "durable": self.durable,
         }  # fmt: skip
-        self._objects = ObjectStore(self.store_dir, memo=self._index)
+        self._objects = ObjectStore(self.store_dir, memo=self._index, durable=self.durable)
         self._stack: list[_Active] = []
         self._hooks: dict[str, list[Callable[..., Any]]] = {"start": [], "complete": [], "failed": []}
         self._closed = False

@@ -101,6 +101,9 @@ class RunIndex(IndexLookups):
         """Execute one statement per row; returns how many rows it changed."""
         raise NotImplementedError
 
+    def make_durable(self) -> None:
+        """Make every commit wait until it is on disk (a server database does so already)."""
+
     def _begin_write(self) -> None:
         """Begin a transaction that holds the index's write lock until it ends."""
         raise NotImplementedError

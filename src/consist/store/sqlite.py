@@ -220,6 +220,8 @@ def _nearly_full(directory: Path) -> bool:
 class SQLiteIndex(RunIndex):
     """The run index in a SQLite file (WAL mode): one machine, many processes."""
 
+    _durable = False  # see make_durable()
+
     # The lookup of a model's executed runs reads the partial index, never the model's cache hits.
     _producers_hint = "INDEXED BY run_producers_by_model "
     #: Before schema version 5 (a read-only look at an older index): tags as JSON text.
@@ -241,7 +243,8 @@ class SQLiteIndex(RunIndex):
             self._db.execute("PRAGMA busy_timeout = 60000")
             if self._db.execute("PRAGMA journal_mode").fetchone()["journal_mode"] != "wal":
                 _switch_to_wal(self._db)
-            self._db.execute("PRAGMA synchronous = NORMAL")
+            # WAL with NORMAL: a commit survives the death of any process; FULL also a power failure.
+            self._db.execute(f"PRAGMA synchronous = {'FULL' if self._durable else 'NORMAL'}")
             version = self._db.execute("PRAGMA user_version").fetchone()["user_version"]
             if version == 0:
                 # Idempotent DDL: two processes creating the index at once both succeed.
@@ -320,6 +323,12 @@ class SQLiteIndex(RunIndex):
     def indexed_by(self, index: str) -> str:
         # SQLite keeps no statistics here: told which index leads, it never sorts a whole table for a LIMIT.
         return f"INDEXED BY {index} " if self.has_lookup_indexes else ""
+
+    def make_durable(self) -> None:
+        """Wait for every commit to reach the disk (``PRAGMA synchronous = FULL``)."""
+        self._durable = True
+        with self._lock:
+            self._db.execute("PRAGMA synchronous = FULL")
 
     def close(self) -> None:
         self._beat_stop.set()
