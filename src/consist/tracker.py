@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import atexit
+import functools
 import logging
 import os
 import warnings
@@ -49,6 +50,13 @@ VALIDATE_MODES = ("lazy", "eager")
 
 def _truthy(value: str | None) -> bool:
     return (value or "").strip().lower() in {"1", "true", "yes", "on"}
+
+
+@functools.lru_cache(maxsize=4096)
+def _loads_recorded(text: str) -> Any:
+    """``loads`` of a recorded run's identity or config, remembered: a run of misses of one model
+    compares itself with the same recent runs each time. Callers only read what it returns."""
+    return loads(text)
 
 
 def _freeze(value: Any) -> Any:
@@ -395,7 +403,7 @@ class Tracker(LookupMixin, QueryMixin, MaintenanceMixin, RestoreMixin, InflightM
 
     def _explain(self, plan: _Plan, reason: str) -> dict[str, Any]:
         candidates = self._index.recent_runs_of_model(plan.model)
-        expl = explain_miss(plan.components, plan.config, candidates, loads=loads)
+        expl = explain_miss(plan.components, plan.config, candidates, loads=_loads_recorded)
         if plan.cache_mode == "overwrite":
             expl["reason"] = "cache_mode_overwrite"
         elif reason in ("outputs_unavailable", "outputs_not_recorded", "outputs_pruned"):

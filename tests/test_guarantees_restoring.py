@@ -1,0 +1,323 @@
+"""Guarantees of consist.restoring: where a restore may write, and what it puts back.
+
+A restore never writes into consist's own files, nor outside the tracker's roots (or
+outside the ``target_root`` it was given), and says why in full; ``allow_external_paths``
+opens the roots, never a ``target_root``. Hydrating names each output under its key
+(keeping the recorded extension), refuses two outputs bound for one place, and leaves an
+output in place alone when its content is right, whatever the memo holds for other
+hashing modes. Every object is checked against its recorded size and modes before
+anything is written; eager validation reads every object of files, links and folders.
+Real trackers, files and databases throughout.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import stat
+from pathlib import Path
+
+import pytest
+
+import consist
+from consist import Tracker
+from consist.hashing import FileHasher, stat_key
+from consist.locations import UnresolvableLocation
+from consist.objects import ObjectStore, _restored_perm
+
+
+def sha(data: bytes) -> str:
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+def write(path: str | Path, data: str | bytes) -> Path:
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    p.write_bytes(data.encode() if isinstance(data, str) else data)
+    return p
+
+
+def aged(path: Path) -> Path:
+    """Move a file's mtime out of the racy window, so the memo remembers its hash."""
+    st = path.stat()
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns - 10 * 10**9))
+    return path
+
+
+def outputs(t: Tracker, run_id: str) -> dict[str, dict]:
+    return {r["link_key"]: r for r in t._index.outputs_of(run_id)}
+
+
+def rewrite_object(t: Tracker, digest: str, data: bytes) -> Path:
+    obj = t._objects.path_of(digest)
+    obj.chmod(0o644)
+    obj.write_bytes(data)
+    return obj
+
+
+def outside(tmp_path: Path, name: str) -> Path:
+    """A folder beside the test's project directory: outside every root of the tracker."""
+    p = tmp_path.parent / f"{tmp_path.name}-{name}"
+    p.mkdir(exist_ok=True)
+    return p
+
+
+def plan_for(t: Tracker, inputs: object) -> object:
+    return t._plan(fn=None, source=None, name="direct", model="direct", config={"k": 1}, inputs=inputs, year=None,
+                   iteration=None, cache_mode="reuse", code_version="v")  # fmt: skip
+
+
+# --------------------------------------------------------------------- where a restore may write
+
+
+def test_a_restore_into_consists_own_files_names_the_cause_and_the_fix(tracker: Tracker) -> None:
+    dest = tracker.store_dir / "sha256" / "x"
+    with pytest.raises(UnresolvableLocation) as err:
+        tracker._check_destination(dest)
+    assert str(err.value) == (
+        f"A restore to {dest} would write into consist's own files ({tracker.store_dir}). "
+        "Likely cause: the record of the run is damaged or was made to point there. "
+        "Fix: check the run's outputs with `consist show RUN`."
+    )
+    index_dir = tracker.db_path.parent / f".{tracker.db_path.name}.consist"
+    for own, dest in (
+        (index_dir, index_dir / "x"),
+        (tracker.db_path, tracker.db_path),
+        (tracker.store_dir, index_dir.parent),  # a folder holding consist's files
+    ):
+        with pytest.raises(UnresolvableLocation, match=rf"would write into consist's own files \({own}\)\."):
+            tracker._check_destination(dest)
+
+
+def test_a_restore_outside_the_roots_names_the_roots_the_link_and_the_fix(tracker: Tracker, tmp_path: Path) -> None:
+    away = outside(tmp_path, "away")
+    Path("hop").symlink_to(away)
+    dest = Path("hop/x.csv").absolute()
+    with pytest.raises(UnresolvableLocation) as err:
+        tracker._check_destination(dest)
+    assert str(err.value) == (
+        f"A restore to {dest} would write to {away / 'x.csv'}, outside the tracker's roots. "
+        "Likely cause: a folder on the way is a symbolic link (for example one restored from the same record). "
+        "Fix: remove the link, or check the run's outputs with `consist show RUN`."
+    )
+
+
+def test_a_restore_outside_its_target_root_names_the_target_root(tracker: Tracker, tmp_path: Path) -> None:
+    target = Path("t").absolute()
+    dest = Path("elsewhere/x.csv").absolute()
+    with pytest.raises(UnresolvableLocation) as err:
+        tracker._check_destination(dest, within=target)
+    assert str(err.value).startswith(f"A restore to {dest} would write to {dest}, outside {target}. Likely cause: ")
+
+
+def test_allow_external_paths_opens_the_roots_but_never_a_target_root(make_tracker, tmp_path: Path) -> None:
+    t = make_tracker(allow_external_paths=True)
+    away = outside(tmp_path, "ext")
+    t._check_destination(away / "x.csv")  # outside the roots, allowed: no error
+    with pytest.raises(UnresolvableLocation, match=rf"would write to {away}/x\.csv, outside {tmp_path}/t\. "):
+        t._check_destination(away / "x.csv", within=tmp_path / "t")
+    with pytest.raises(UnresolvableLocation, match="consist's own files"):  # still never into consist's files
+        t._check_destination(t.store_dir / "x")
+
+
+# --------------------------------------------------------------------- hydrating: refusals
+
+
+def test_a_read_only_tracker_refuses_to_hydrate_naming_the_run(make_tracker) -> None:
+    w = make_tracker()
+    made = w.run(lambda: write("o.csv", "o"), name="h", outputs=["o"])
+    w.close()
+    ro = make_tracker(read_only=True)
+    with pytest.raises(consist.RunStateError) as err:
+        ro.hydrate_run_outputs(made.run_id)
+    assert str(err.value).startswith(f"Cannot hydrate the outputs of {made.run_id!r}: this tracker is read-only. ")
+
+
+def test_hydrating_an_unknown_run_names_the_cause_and_the_fix(tracker: Tracker) -> None:
+    with pytest.raises(consist.RunNotFoundError) as err:
+        tracker.hydrate_run_outputs("nope")
+    assert str(err.value) == (
+        f"No run with id 'nope' in {tracker._index.location}. "
+        "Likely cause: the id is misspelled, or the run was recorded in another database. "
+        "Fix: list runs with tracker.find_runs() or `consist runs`."
+    )
+
+
+def test_hydrating_unknown_keys_lists_them_and_the_recorded_ones(tracker: Tracker) -> None:
+    made = tracker.run(lambda: {"a": write("a.csv", "a"), "b": write("b.csv", "b")}, name="h", outputs=["a", "b"])
+    with pytest.raises(consist.OutputError) as err:
+        tracker.hydrate_run_outputs(made.run_id, keys=["x", "a", "y"])
+    assert str(err.value) == (
+        f"Run {made.run_id!r} recorded no output 'x', 'y'. "
+        "Likely cause: its outputs are 'a', 'b'. Fix: pass keys= from that list."
+    )
+    empty = tracker.run(lambda: None, name="nothing")
+    with pytest.raises(consist.OutputError) as err:
+        tracker.hydrate_run_outputs(empty.run_id, keys=["a"])
+    assert str(err.value) == (
+        f"Run {empty.run_id!r} recorded no output 'a'. Likely cause: its outputs are none. "
+        "Fix: pass keys= from that list."
+    )
+    assert tracker.hydrate_run_outputs(empty.run_id) == {}
+
+
+def test_two_outputs_bound_for_one_place_are_refused_naming_both_keys(tracker: Tracker) -> None:
+    made = tracker.run(lambda: {"t": write("x.csv", "1"), "t.csv": write("y.csv", "2")}, name="h",
+                       outputs=["t", "t.csv"])  # fmt: skip
+    target = Path("restart").absolute()
+    with pytest.raises(consist.OutputError) as err:
+        tracker.hydrate_run_outputs(made.run_id, target_root="restart")
+    assert str(err.value) == (
+        f"Outputs of {made.run_id!r} would be hydrated to the same place: {{'{target / 't.csv'}': ['t', 't.csv']}}. "
+        "Likely cause: their keys differ only in characters a file name cannot hold, or they were recorded "
+        "at one place. Fix: hydrate them one at a time with keys=[...] into different target_root folders."
+    )
+    assert not target.exists()  # nothing was written
+    assert tracker.hydrate_run_outputs(made.run_id, target_root="restart", keys=["t"]) == {"t": target / "t.csv"}
+    assert (target / "t.csv").read_text() == "1"
+
+
+# --------------------------------------------------------------------- hydrating: where each output goes
+
+
+def test_hydrated_outputs_are_named_by_key_keeping_the_recorded_extension(tracker: Tracker) -> None:
+    def step() -> dict[str, Path]:
+        return {
+            "plain": write("out/p.txt", "p"),  # no extension in the key: the recorded one is added
+            "named.csv": write("out/n.txt", "n"),  # the key's own extension is kept as it is
+            "store": write("out/s.zarr/a.bin", "a").parent,  # a folder is named by its key alone
+            "d.v1": write("out/d.v2/b.bin", "b").parent,
+        }
+
+    made = tracker.run(step, name="h", outputs=["plain", "named.csv", "store", "d.v1"])
+    got = tracker.hydrate_run_outputs(made.run_id, target_root="restart")
+    root = Path("restart").absolute()
+    assert got == {"plain": root / "plain.txt", "named.csv": root / "named.csv", "store": root / "store",
+                   "d.v1": root / "d.v1"}  # fmt: skip
+    assert sorted(p.name for p in root.iterdir()) == ["d.v1", "named.csv", "plain.txt", "store"]
+    assert (root / "store" / "a.bin").read_text() == "a" and (root / "named.csv").read_text() == "n"
+
+
+def test_a_target_root_outside_the_project_is_allowed(tracker: Tracker, tmp_path: Path) -> None:
+    made = tracker.run(lambda: write("o.csv", "o"), name="h", outputs=["o"])
+    target = outside(tmp_path, "restart")
+    assert tracker.hydrate_run_outputs(made.run_id, target_root=target) == {"o": target / "o.csv"}
+    assert (target / "o.csv").read_text() == "o"
+
+
+def test_hydrating_keeps_recorded_modes(tracker: Tracker) -> None:
+    def step() -> dict[str, Path]:
+        p = write("private.csv", "secret")
+        os.chmod(p, 0o600)
+        x = write("tool.sh", "#!/bin/sh\n")
+        os.chmod(x, 0o755)
+        return {"p": p, "x": x}
+
+    made = tracker.run(step, name="h", outputs=["p", "x"])
+    got = tracker.hydrate_run_outputs(made.run_id, target_root="restart")
+    assert stat.S_IMODE(got["p"].stat().st_mode) == _restored_perm(0o600)
+    assert stat.S_IMODE(got["x"].stat().st_mode) == _restored_perm(0o755)
+
+
+def test_a_content_right_output_in_place_is_left_alone_whatever_the_fast_memo_holds(tracker: Tracker) -> None:
+    made = tracker.run(lambda: write("out/o.csv", "content"), name="h", outputs=["o"])
+    placed = aged(write("restart/o.csv", "content"))
+    os.chmod(placed, 0o644 & ~_umask_bits())
+    fast = FileHasher(tracker._index, "fast")
+    fast.hash_file(placed)  # the memo now holds a fast-mode hash for its stat
+    assert tracker._index.memo_get(stat_key(placed.stat()), fast.algo) not in (None, made.outputs["o"].hash)
+    before = placed.stat()
+    assert tracker.hydrate_run_outputs(made.run_id, target_root="restart") == {"o": placed.absolute()}
+    after = placed.stat()
+    assert (after.st_ino, after.st_mtime_ns) == (before.st_ino, before.st_mtime_ns)
+
+
+def _umask_bits() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+# --------------------------------------------------------------------- what is checked before writing
+
+
+def test_a_truncated_object_is_refused_by_its_recorded_size_before_anything_is_written(tracker: Tracker) -> None:
+    made = tracker.run(lambda: write("o.csv", "good"), name="h", outputs=["o"])
+    obj = rewrite_object(tracker, made.outputs["o"].hash, b"bad")
+    with pytest.raises(consist.IntegrityError) as err:
+        tracker.hydrate_run_outputs(made.run_id, target_root="t")
+    assert str(err.value).startswith(f"Stored object {obj} has 3 bytes, expected 4. ")
+    assert not Path("t/o.csv").exists() and tracker._index.query("SELECT * FROM lease") == []
+
+
+def test_eager_validation_checks_a_links_recorded_target_length(tracker: Tracker) -> None:
+    def step() -> Path:
+        write("real.csv", "r")
+        if not Path("lnk").is_symlink():
+            os.symlink("real.csv", "lnk")
+        return Path("lnk")
+
+    made = tracker.run(step, name="h", outputs=["l"])
+    row = outputs(tracker, made.run_id)["l"]
+    assert row["kind"] == "link" and row["size"] == len("real.csv")
+    tracker._verify_output(made.run_id, row)  # intact: no error
+    with pytest.raises(consist.IntegrityError) as err:
+        tracker._verify_output(made.run_id, {**row, "size": 99})
+    assert str(err.value).startswith(f"Stored link {row['hash']} has a target of 8 bytes, expected 99. ")
+
+
+def test_eager_validation_rehashes_every_member_of_a_folder(tracker: Tracker) -> None:
+    made = tracker.run(lambda: write("d/a.txt", "a").parent, name="h", outputs=["d"])
+    row = outputs(tracker, made.run_id)["d"]
+    tracker._verify_output(made.run_id, row)  # intact: no error
+    [member] = tracker._index.members_of(made.run_id, row["id"])
+    obj = rewrite_object(tracker, member["hash"], b"b")  # the same size, other bytes
+    with pytest.raises(consist.IntegrityError) as err:
+        tracker._verify_output(made.run_id, row)
+    assert str(err.value).startswith(f"Stored object {obj} hashes to {sha(b'b')}, not {member['hash']}. ")
+
+
+def test_eager_validation_checks_each_member_against_its_recorded_size(
+    tracker: Tracker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    made = tracker.run(lambda: write("d/a.txt", "a").parent, name="h", outputs=["d"])
+    row = outputs(tracker, made.run_id)["d"]
+    members_of = tracker._index.members_of
+    monkeypatch.setattr(  # a member row damaged in the index
+        tracker._index, "members_of", lambda run, art: [{**m, "size": 2} for m in members_of(run, art)]
+    )
+    [member] = tracker._index.members_of(made.run_id, row["id"])
+    with pytest.raises(consist.IntegrityError) as err:
+        tracker._verify_output(made.run_id, row)
+    assert str(err.value).startswith(f"Stored object {tracker._objects.path_of(member['hash'])} has 1 bytes, expected 2. ")
+
+
+def test_an_object_verified_in_another_store_is_remembered_in_the_index(make_tracker) -> None:
+    a = make_tracker(run_dir="runs_a")
+    b = make_tracker(run_dir="runs_b")
+    made = a.run(lambda: write("o.txt", "o"), name="h", outputs=["o"])
+    digest = made.outputs["o"].hash
+    obj = a._objects.path_of(digest)
+    aged(obj)  # a stat the memo has not seen
+    key = stat_key(obj.stat())
+    assert b._index.memo_get(key, ObjectStore.memo_algo) is None
+    b._verify_output(made.run_id, outputs(b, made.run_id)["o"])
+    assert b._store_for(digest).root == a._objects.root
+    assert b._index.memo_get(key, ObjectStore.memo_algo) == digest
+
+
+# --------------------------------------------------------------------- inputs put back
+
+
+def test_a_gone_input_put_back_is_logged_with_its_key_and_place(tracker: Tracker, caplog) -> None:
+    made = tracker.run(lambda: write("g.csv", "gone"), name="g", outputs=["o"])
+    Path("g.csv").unlink()
+    plan = plan_for(tracker, {"src": made.outputs["o"]})
+    [(_key, path, _digest)] = plan.inputs
+    caplog.set_level(logging.INFO, logger="consist")
+    tracker._materialize_inputs(plan)
+    assert path.read_text() == "gone"
+    assert [r.getMessage() for r in caplog.records if r.name == "consist"] == [
+        f"consist: input 'src' was not at {path}; restored it from the object store"
+    ]
