@@ -482,6 +482,44 @@ def test_many_pending_runs_merge_window_by_window_and_a_stopped_merge_resumes(
     assert duck.sync() == 0
 
 
+
+def test_a_merge_window_is_bounded_by_artifacts_and_links_too(
+    tmp_path: Path, ix: SQLiteIndex, duck: DuckStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Runs with many member files: a window ends after about 2x its runs in artifacts, 4x in links."""
+    import consist.store.duck as duck_mod
+
+    monkeypatch.setattr(duck_mod, "MERGE_WINDOW_RUNS", 3)
+    for i in range(4):  # each run, its 7 artifacts and 7 links in one transaction
+        with ix.write():
+            ix.claim_run_id(f"r{i}", run_row(f"r{i}"))
+            for j in range(7):
+                ix.add_artifact(art_row(f"a{i}_{j}", run_id=f"r{i}"))
+                ix.link(f"r{i}", f"a{i}_{j}", "member", f"m{j}")
+    windows = []
+    real = ix.changes_between
+
+    def spy(after: int, upto: int):  # type: ignore[no-untyped-def]
+        got = real(after, upto)
+        windows.append((len(got[0]), len(got[1]), len(got[2])))
+        return got
+
+    monkeypatch.setattr(ix, "changes_between", spy)
+    assert duck.sync() == 4 * 15
+    assert windows == [(1, 7, 7)] * 4  # 7 artifacts pass the bound of 6: every transaction is a window
+    assert len(rows(tmp_path / "prov.duckdb", "SELECT * FROM artifact")) == 28
+
+    windows.clear()
+    monkeypatch.setattr(duck_mod, "MERGE_WINDOW_RUNS", 2)
+    for i in range(4, 8):  # one artifact and nine links per transaction: links pass their bound of 8
+        with ix.write():
+            ix.claim_run_id(f"r{i}", run_row(f"r{i}"))
+            ix.add_artifact(art_row(f"a{i}", run_id=f"r{i}"))
+            for j in range(9):
+                ix.link(f"r{i}", f"a{i}", "member", f"m{j}")
+    assert duck.sync() == 4 * 11
+    assert windows == [(1, 1, 9)] * 4
+
 SCRIPT = """
 import sys
 from pathlib import Path

@@ -619,13 +619,20 @@ class RunIndex(IndexLookups):
         return int(row["seq"]) if row else 0
 
     def merge_window(self, after: int, top: int, runs: int = 5000) -> int:
-        """The end of the next window of rows to merge after sequence number ``after``: about ``runs`` runs.
+        """The end of the next window of rows to merge after sequence number ``after``.
 
+        About ``runs`` runs, ``2 * runs`` artifacts or ``4 * runs`` links, whichever comes first
+        (a run with a directory output of many files records as many member artifacts and links).
         A window always ends at a whole transaction's sequence number (never beyond ``top``), so
         merging window by window keeps each transaction's rows together.
         """
-        row = self.query_one("SELECT seq FROM run WHERE seq > ? ORDER BY seq LIMIT 1 OFFSET ?", (after, runs - 1))
-        return top if row is None else min(int(row["seq"]), top)
+        end = top
+        for table, rows in (("run", runs), ("artifact", 2 * runs), ("run_artifact", 4 * runs)):
+            sql = f"SELECT seq FROM {table} WHERE seq > ? ORDER BY seq LIMIT 1 OFFSET ?"
+            row = self.query_one(sql, (after, rows - 1))
+            if row is not None:
+                end = min(end, int(row["seq"]))
+        return end
 
     def changes_between(
         self, after: int, upto: int
