@@ -114,7 +114,7 @@ def test_large_files_in_a_directory_are_streamed_and_remembered(
     src = tmp_path / "out"
     src.mkdir()
     big = os.urandom(dirstore.SMALL_FILE + 1)
-    mid = os.urandom(dirstore.MEMO_MIN)
+    mid = os.urandom(ObjectStore.memo_min)
     small = b"small"
     (src / "big.bin").write_bytes(big)
     (src / "mid.bin").write_bytes(mid)

@@ -12,6 +12,7 @@ import datetime as dt
 import enum
 import hashlib
 import os
+import time
 import uuid
 import warnings
 from pathlib import Path, PurePosixPath
@@ -143,6 +144,8 @@ def test_bytes_hashed_adds_up_over_files(tmp_path: Path) -> None:
 def test_a_file_changed_while_hashed_gets_the_hash_of_its_new_content(tmp_path: Path) -> None:
     f = tmp_path / "moving.bin"
     f.write_bytes(b"old")
+    past = time.time_ns() - 10 * H.RACY_WINDOW_NS  # old enough for the memo to be asked
+    os.utime(f, ns=(past, past))
 
     class RewriteOnFirstLookup(Memo):
         def memo_get(self, key, algo):
@@ -564,3 +567,22 @@ def test_inputs_holding_loops_or_pipes_are_named(tmp_path: Path) -> None:
     with pytest.raises(consist.ConsistError) as err:
         list(H.walk_files(d))
     assert str(err.value).startswith(f"{d / 'feed'} is a named pipe (FIFO), not a regular file.")
+
+
+def test_a_file_changed_within_the_racy_window_is_never_looked_up_in_the_memo(tmp_path: Path) -> None:
+    f = tmp_path / "fresh.bin"
+    f.write_bytes(b"fresh")
+    asked: list[tuple[int, int, int, int]] = []
+
+    class Watching(Memo):
+        def memo_get(self, key, algo):
+            asked.append(key)
+            return super().memo_get(key, algo)
+
+    memo = Watching()
+    assert H.FileHasher(memo).hash_path(f) == sha(b"fresh")
+    assert asked == [] and memo.puts == []  # it cannot be there, and is not remembered either
+    past = time.time_ns() - 10 * H.RACY_WINDOW_NS
+    os.utime(f, ns=(past, past))
+    assert H.FileHasher(memo).hash_path(f) == sha(b"fresh")
+    assert asked == [H.stat_key(f.stat())] and len(memo.puts) == 1

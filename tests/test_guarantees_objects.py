@@ -70,8 +70,14 @@ def test_put_file_stores_read_only_bytes_under_their_hash(
     assert obj.read_bytes() == b"a,b\n1,2\n" and mode(obj) == 0o444
     assert store.has(digest) and not store.has(sha(b"other"))
     assert list((store.root / "tmp").iterdir()) == []  # the temporary copy was renamed into place
-    # The store trusts its own write: the object's stat is memoised under the object algorithm.
-    assert index.memo_get(H.stat_key(obj.stat()), "sha256/object-v1") == digest
+    # A small object is not remembered: hashing it again costs less than a database write.
+    assert index.memo_get(H.stat_key(obj.stat()), "sha256/object-v1") is None
+    # The store trusts its own write of a larger one: its stat is memoised under the object algorithm.
+    big = tmp_path / "big.bin"
+    big.write_bytes(b"b" * ObjectStore.memo_min)
+    digest, _ = store.put_file(big, hasher(index))
+    assert index.memo_get(H.stat_key(store.path_of(digest).stat()), "sha256/object-v1") == digest
+    assert ObjectStore.memo_min == 64 * 1024
 
 
 def test_storing_known_content_again_copies_nothing(tmp_path: Path, store: ObjectStore, index: SQLiteIndex) -> None:
@@ -170,9 +176,10 @@ def test_verify_reports_missing_short_and_damaged_objects(store: ObjectStore, tm
 def test_a_verified_object_is_not_read_again_while_its_stat_is_unchanged(
     store: ObjectStore, index: SQLiteIndex
 ) -> None:
-    digest = store.put_bytes(b"original")
+    pad = b"." * ObjectStore.memo_min  # large enough to be remembered when stored
+    digest = store.put_bytes(b"original" + pad)
     obj = store.path_of(digest)
-    other = store.put_bytes(b"verified")
+    other = store.put_bytes(b"verified" + pad)
     assert store.verify(other) == store.path_of(other)
     st = obj.stat()
     os.chmod(obj, 0o644)
@@ -183,6 +190,15 @@ def test_a_verified_object_is_not_read_again_while_its_stat_is_unchanged(
     index.execute("DELETE FROM hash_memo")
     with pytest.raises(consist.IntegrityError, match="hashes to"):
         store.verify(digest)
+    # A small object is never remembered when stored: changed in place, verify reads it and says so.
+    small = store.put_bytes(b"small")
+    path = store.path_of(small)
+    st = path.stat()
+    os.chmod(path, 0o644)
+    path.write_bytes(b"SMALL")
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+    with pytest.raises(consist.IntegrityError, match="hashes to"):
+        store.verify(small)
 
 
 def test_a_successful_check_is_memoised(tmp_path: Path, index: SQLiteIndex) -> None:

@@ -19,7 +19,7 @@ plain copy:
 - content the store holds already, or met twice in the same directory, is
   written once;
 - the memo learns only the objects large enough that a lookup beats re-hashing
-  them (:data:`MEMO_MIN`), in one transaction.
+  them (``consist.objects.MEMO_MIN``), in one transaction.
 """
 
 from __future__ import annotations
@@ -43,8 +43,6 @@ R = TypeVar("R")
 #: From this many small files on, they are stored (and restored) on THREADS threads.
 PARALLEL_MIN = 256
 THREADS = 4
-#: Objects from this size on are remembered in the hash memo; re-hashing smaller ones is cheaper.
-MEMO_MIN = 64 << 10
 
 
 class Batch:
@@ -119,7 +117,7 @@ class Batch:
         for digest, tmp in list(self.pending.items()):
             final = self.store._install(tmp, digest, memo=False, made=made, chmod=False)
             del self.pending[digest]
-            if self.sizes[digest] >= MEMO_MIN:
+            if self.sizes[digest] >= self.store.memo_min:
                 memo.append((stat_key(os.stat(final)), digest))
         if memo:
             algo = self.store.memo_algo
@@ -203,4 +201,4 @@ def _flush(store: ObjectStore, paths: list[str]) -> None:
             os.close(fd)
 
 
-__all__ = ["MEMO_MIN", "SMALL_FILE", "Batch"]
+__all__ = ["SMALL_FILE", "Batch", "in_threads"]

@@ -221,7 +221,9 @@ class FileHasher:
         if hit is not None:
             return hit
         algo = self.algo
-        digest = self.memo.memo_get(key, algo)
+        # A file changed within the racy window cannot be in the memo (see below): no lookup for fresh outputs.
+        fresh = time.time_ns() - st.st_mtime_ns <= RACY_WINDOW_NS
+        digest = None if fresh else self.memo.memo_get(key, algo)
         if digest is None:
             if self.strategy == "fast":
                 digest = sha256_bytes(f"{FAST_FORMAT}\0{st.st_size}\0{st.st_mtime_ns}".encode())

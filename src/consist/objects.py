@@ -85,6 +85,8 @@ from .progress import ByteProgress
 
 COPY_CHUNK = 64 << 20
 READ_CHUNK = 1 << 20
+#: Objects from this size on are remembered in the hash memo when stored; re-hashing smaller ones is cheaper.
+MEMO_MIN = 64 << 10
 ORDINARY_MODE = 0o644  # what a restore gives a file without a recorded mode; never recorded itself
 STORE_DIR_MODE = 0o700
 OBJECT_MODE = 0o444
@@ -360,6 +362,7 @@ class ObjectStore:
     #: The mode of every object; the hash memo's name for the hash of a stored object.
     object_mode = OBJECT_MODE
     memo_algo = "sha256/object-v1"
+    memo_min = MEMO_MIN
 
     def __init__(self, root: Path, memo: HashMemo | None = None, *, durable: bool = False) -> None:
         self.root = root
@@ -418,7 +421,9 @@ class ObjectStore:
         if memo:
             # The store wrote and hashed these bytes itself and keeps them read-only,
             # so the memo may trust this stat right away (no racy-timestamp wait).
-            self.memo.memo_put(stat_key(os.stat(final)), _object_algo(), digest)
+            st = os.stat(final)
+            if st.st_size >= MEMO_MIN:  # re-hashing a smaller object costs less than remembering it
+                self.memo.memo_put(stat_key(st), _object_algo(), digest)
         return final
 
     def has(self, digest: str, size: int | None = None) -> bool:
