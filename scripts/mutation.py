@@ -8,7 +8,7 @@ Usage (from the repository root, with the test dependencies and mutmut installed
 
 mutmut is configured under ``[tool.mutmut]`` in pyproject.toml (which files it
 mutates, which tests it runs). This script picks the mutants in scope: every
-function of hashing, identity, objects, store/index, store/sqlite, store/duck,
+function of hashing, identity, objects, dirstore, store/index, store/sqlite, store/duck,
 inflight, locations, restoring and containers/mounts, and the functions of tracker.py, planning.py, recording.py and
 integrations/containers.py that decide identity, hits, restores, storage and
 mounts. It prints one table row per module and every mutant that was not killed.
@@ -34,6 +34,7 @@ SCOPE: dict[str, list[str] | None] = {
     "consist.hashing": None,
     "consist.identity": None,
     "consist.objects": None,
+    "consist.dirstore": None,
     # The run index (its shared logic and the embedded backend) and the DuckDB mirror.
     "consist.store.index": None,
     "consist.store.sqlite": None,
@@ -77,6 +78,11 @@ def patterns(modules: list[str] | None = None) -> list[str]:
     return out
 
 
+def patterns_of(functions: list[str]) -> list[str]:
+    """mutmut name patterns of ``module:function`` items (``objects:ObjectStore.put_dir``)."""
+    return [f"{mangled('consist.' + m, f)}__mutmut_*" for m, _, f in (x.partition(":") for x in functions)]
+
+
 def in_scope(key: str) -> str | None:
     for module, functions in SCOPE.items():
         if functions is None and key.startswith(module + ".x"):
@@ -99,8 +105,12 @@ def results() -> dict[str, dict[str, str]]:
     return by_module
 
 
-def report() -> int:
+def report(functions: list[str] | None = None) -> int:
     by_module = results()
+    if functions:  # only the mutants of these functions
+        wanted = tuple(n.removesuffix("*") for n in patterns_of(functions))
+        by_module = {m: {k: v for k, v in st.items() if k.startswith(wanted)} for m, st in by_module.items()}
+        by_module = {m: st for m, st in by_module.items() if st}
     print("| module | mutants | killed | survived | timeout | other | score |")
     print("|---|---:|---:|---:|---:|---:|---:|")
     worst = 100.0
@@ -156,24 +166,36 @@ def main() -> int:
         help="keep mutants/ and run only the mutants in scope not killed yet (new, changed, survived, "
         "timed out): after adding tests or changing code, the rest of an earlier run's verdicts stand",
     )
+    parser.add_argument(
+        "--functions",
+        nargs="+",
+        metavar="MODULE:FUNCTION",
+        help="only the mutants of these functions, e.g. objects:ObjectStore.put_dir hashing:walk_unfollowed "
+        "(with --pending: those not killed yet); for re-measuring the functions a change touched",
+    )
     parser.add_argument("--max-children", type=int, default=None, help="parallel workers (default: CPU count)")
     args = parser.parse_args()
     if not args.report:
         if not args.keep and not args.pending:
             shutil.rmtree(ROOT / "mutants", ignore_errors=True)
         names = patterns(args.modules)
+        if args.functions:
+            names = patterns_of(args.functions)
         if args.pending:
             names = pending(args.modules)
+            if args.functions:
+                wanted = tuple(n.removesuffix("*") for n in patterns_of(args.functions))
+                names = [n for n in names if n.startswith(wanted)]
             print(f"{len(names)} mutants to run", flush=True)
             if not names:
-                return report()
+                return report(args.functions)
         cmd = [sys.executable, "-m", "mutmut", "run", *names]
         if args.max_children:
             cmd[4:4] = ["--max-children", str(args.max_children)]
         started = time.monotonic()
         subprocess.run(cmd, cwd=ROOT, check=False)
         print(f"\nmutation run took {(time.monotonic() - started) / 60:.1f} min\n")
-    return report()
+    return report(args.functions)
 
 
 if __name__ == "__main__":

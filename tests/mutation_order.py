@@ -22,7 +22,6 @@ _HEAVY_FIXTURES = {"tracker", "make_tracker"}
 _TESTED_AS = {
     "planning": "tracker",
     "recording": "tracker",
-    "restoring": "tracker",
     "mounts": "containers",
 }
 
