@@ -482,7 +482,6 @@ def test_many_pending_runs_merge_window_by_window_and_a_stopped_merge_resumes(
     assert duck.sync() == 0
 
 
-
 def test_a_merge_window_is_bounded_by_artifacts_and_links_too(
     tmp_path: Path, ix: SQLiteIndex, duck: DuckStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -519,6 +518,7 @@ def test_a_merge_window_is_bounded_by_artifacts_and_links_too(
                 ix.link(f"r{i}", f"a{i}", "member", f"m{j}")
     assert duck.sync() == 4 * 11
     assert windows == [(1, 1, 9)] * 4
+
 
 SCRIPT = """
 import sys
@@ -564,3 +564,87 @@ def test_merge_on_close_can_be_made_to_wait(tmp_path: Path) -> None:
     assert out.returncode == 0, out.stderr
     assert "duckdb loaded: True" in out.stdout
     assert len(_runs_in(tmp_path / "runs" / "provenance.duckdb")) == 1  # at once
+
+
+# --------------------------------------------------------------------- merge_later, called directly
+
+
+def _wait_for_runs(db: Path, n: int, limit_s: float = 60.0) -> list[str]:
+    """The run ids in the DuckDB file once it holds n of them (the detached merger writes them)."""
+    deadline = time.monotonic() + limit_s
+    while True:
+        found = _runs_in(db)
+        if len(found) >= n or time.monotonic() > deadline:
+            return found
+        time.sleep(0.05)
+
+
+def test_merge_later_hands_pending_runs_to_a_detached_merger(
+    tmp_path: Path, ix: SQLiteIndex, duck: DuckStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("CONSIST_MERGE_ON_CLOSE", raising=False)
+    monkeypatch.delitem(sys.modules, "duckdb")  # a process that never loaded DuckDB
+    ix.claim_run_id("r1", run_row("r1"))
+    db = tmp_path / "prov.duckdb"
+    assert duck.merge_later() is True
+    monkeypatch.undo()  # duckdb back, to read the file
+    assert _wait_for_runs(db, 1) == ["r1"]
+    assert ix.merged_seq() == ix.max_seq()
+
+
+@pytest.mark.parametrize("setting", ["wait", " WAIT ", "Wait"])
+def test_merge_later_merges_here_when_asked_to_wait(
+    tmp_path: Path, ix: SQLiteIndex, duck: DuckStore, monkeypatch: pytest.MonkeyPatch, setting: str
+) -> None:
+    monkeypatch.setenv("CONSIST_MERGE_ON_CLOSE", setting)
+    monkeypatch.delitem(sys.modules, "duckdb")
+    ix.claim_run_id("r1", run_row("r1"))
+    assert duck.merge_later() is False  # the caller merges before close() returns
+
+
+def test_merge_later_merges_here_in_a_process_that_loaded_duckdb(
+    tmp_path: Path, ix: SQLiteIndex, duck: DuckStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("CONSIST_MERGE_ON_CLOSE", raising=False)
+    assert "duckdb" in sys.modules
+    ix.claim_run_id("r1", run_row("r1"))
+    assert duck.merge_later() is False
+
+
+def test_merge_later_starts_nothing_when_nothing_is_pending(
+    tmp_path: Path, ix: SQLiteIndex, duck: DuckStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("CONSIST_MERGE_ON_CLOSE", raising=False)
+    ix.claim_run_id("r1", run_row("r1"))
+    duck.sync()
+    started: list[list[str]] = []
+    monkeypatch.setattr(subprocess, "run", lambda args, **kw: started.append(args))
+    monkeypatch.delitem(sys.modules, "duckdb")
+    assert duck.merge_later() is True
+    assert started == []
+    # A database whose DuckDB file does not exist yet is pending even with no runs: the merger makes the file.
+    (tmp_path / "prov.duckdb").unlink()
+    assert duck.merge_later() is True
+    assert len(started) == 1
+    args = started[0]
+    assert args[:3] == ["setsid", "-f", sys.executable] and args[3:] == [
+        "-m", "consist.store.merger", str(tmp_path / "prov.duckdb")
+    ]  # fmt: skip
+
+
+def test_merge_later_merges_here_when_the_merger_cannot_start(
+    tmp_path: Path, ix: SQLiteIndex, duck: DuckStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("CONSIST_MERGE_ON_CLOSE", raising=False)
+    ix.claim_run_id("r1", run_row("r1"))
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))  # no setsid
+    monkeypatch.delitem(sys.modules, "duckdb")
+    assert duck.merge_later() is False
+    monkeypatch.undo()
+    failing = tmp_path / "bin"
+    failing.mkdir()
+    (failing / "setsid").write_text("#!/bin/sh\nexit 3\n")
+    (failing / "setsid").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{failing}:{os.environ['PATH']}")
+    monkeypatch.delitem(sys.modules, "duckdb")
+    assert duck.merge_later() is False  # it said it failed: merge here rather than lose the merge
