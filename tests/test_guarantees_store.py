@@ -648,3 +648,38 @@ def test_merge_later_merges_here_when_the_merger_cannot_start(
     monkeypatch.setenv("PATH", f"{failing}:{os.environ['PATH']}")
     monkeypatch.delitem(sys.modules, "duckdb")
     assert duck.merge_later() is False  # it said it failed: merge here rather than lose the merge
+
+
+def test_export_duckdb_makes_missing_folders_and_writes_into_existing_ones(tmp_path: Path, ix: SQLiteIndex) -> None:
+    from consist.store.duck import export_duckdb
+
+    ix.claim_run_id("r1", run_row("r1"))
+    nested = tmp_path / "new" / "deeper" / "export.duckdb"
+    assert export_duckdb(ix, nested) == {"runs": 1, "artifacts": 0, "links": 0}
+    beside = tmp_path / "export.duckdb"  # its folder exists already
+    assert export_duckdb(ix, beside) == {"runs": 1, "artifacts": 0, "links": 0}
+    assert rows(nested, "SELECT id FROM run") == rows(beside, "SELECT id FROM run") == [("r1",)]
+    with pytest.raises(consist.StoreError) as err:
+        export_duckdb(ix, beside)
+    assert str(err.value) == (
+        f"Cannot export the run history to {beside}: the file exists. "
+        "Fix: choose a new path, or delete the old export first."
+    )
+
+
+def test_registering_objects_goes_past_one_that_vanished(
+    tmp_path: Path, ix: SQLiteIndex, duck: DuckStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from consist.objects import ObjectStore
+
+    store = ObjectStore(tmp_path / "objects")
+    digests = [store.put_bytes(f"object {i}".encode()) for i in range(3)]
+    real = ObjectStore.all_objects
+
+    def with_a_vanished_one(self: ObjectStore):  # type: ignore[no-untyped-def]
+        yield "sha256:" + "0" * 64, self.root / "sha256" / "00" / ("0" * 62)  # pruned meanwhile
+        yield from real(self)
+
+    monkeypatch.setattr(ObjectStore, "all_objects", with_a_vanished_one)
+    assert duck._register_objects([tmp_path / "objects", tmp_path / "absent"]) == 3
+    assert sorted(r["hash"] for r in ix.query("SELECT hash FROM object")) == sorted(digests)
