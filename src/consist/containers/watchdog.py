@@ -28,15 +28,19 @@ class Watchdog:
 
     def __init__(self, engine: str, name: str) -> None:
         self._write: int | None = None
+        self._setsid: subprocess.Popen[bytes] | None = None
         setsid = shutil.which("setsid")
         if setsid is None:  # pragma: no cover - util-linux is part of every Debian system
             return
         read, write = os.pipe()  # both ends close-on-exec: no other child inherits the write end
         try:
-            subprocess.Popen(
+            # Not waited for here: the container may start at once. Whenever `setsid` gets to start
+            # the watchdog, its pipe reads end-of-file if this process has died by then, and the
+            # container is removed all the same. release() reaps `setsid`, which exits at once.
+            self._setsid = subprocess.Popen(
                 [setsid, "-f", "sh", "-c", _SCRIPT, engine, name],
                 stdin=read, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, close_fds=True,
-            ).wait(timeout=30)  # fmt: skip
+            )  # fmt: skip
         except BaseException:
             os.close(write)
             raise
@@ -47,6 +51,9 @@ class Watchdog:
     def release(self) -> None:
         """The run ended here: the watchdog exits without touching the container."""
         if self._write is not None:
+            if self._setsid is not None:
+                self._setsid.wait(timeout=30)  # the watchdog reads the pipe from now on
+                self._setsid = None
             try:
                 os.write(self._write, b"done\n")
             except OSError:
