@@ -176,7 +176,7 @@ def main() -> int:
     parser.add_argument("--max-children", type=int, default=None, help="parallel workers (default: CPU count)")
     args = parser.parse_args()
     if not args.report:
-        if not args.keep and not args.pending:
+        if not args.keep and not args.pending and not args.functions:  # --functions keeps the other verdicts
             shutil.rmtree(ROOT / "mutants", ignore_errors=True)
         names = patterns(args.modules)
         if args.functions:
