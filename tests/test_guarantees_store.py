@@ -683,3 +683,41 @@ def test_registering_objects_goes_past_one_that_vanished(
     monkeypatch.setattr(ObjectStore, "all_objects", with_a_vanished_one)
     assert duck._register_objects([tmp_path / "objects", tmp_path / "absent"]) == 3
     assert sorted(r["hash"] for r in ix.query("SELECT hash FROM object")) == sorted(digests)
+
+
+def test_out_of_memory_is_found_anywhere_in_the_chain_of_errors() -> None:
+    from consist.store.duck import _out_of_memory
+
+    try:
+        try:
+            raise duckdb.OutOfMemoryException("Out of Memory Error: failed to pin block")
+        except duckdb.Error:
+            raise duckdb.TransactionException("Current transaction is aborted") from None
+    except duckdb.Error as exc:
+        assert exc.__cause__ is None and _out_of_memory(exc)  # found through __context__
+    outer = RuntimeError("wrapped")
+    outer.__cause__ = MemoryError("OUT OF MEMORY")
+    assert _out_of_memory(outer)
+    assert not _out_of_memory(duckdb.Error("Constraint Error: duplicate key"))
+    assert not _out_of_memory(None)
+
+
+def test_a_merge_that_fails_otherwise_names_the_cause_and_the_fix(
+    tmp_path: Path, ix: SQLiteIndex, duck: DuckStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ix.claim_run_id("r1", run_row("r1"))
+
+    def refuse(*args, **kwargs):  # type: ignore[no-untyped-def]
+        raise duckdb.ConversionException("Conversion Error: cannot cast")
+
+    monkeypatch.setattr(DuckStore, "_upsert", staticmethod(refuse))
+    with pytest.raises(consist.StoreError) as err:
+        duck.sync()
+    assert str(err.value) == (
+        f"Merging runs into {tmp_path / 'prov.duckdb'} failed: Conversion Error: cannot cast. "
+        "Likely cause: the DuckDB file is damaged or was written by an incompatible program. "
+        "Fix: move the file away: the next query rebuilds it from the run index, which holds every run."
+    )
+    assert isinstance(err.value.__cause__, duckdb.ConversionException)
+    monkeypatch.undo()
+    assert duck.sync() == 1  # rolled back whole: the next merge brings the run
