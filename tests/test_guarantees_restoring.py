@@ -1,17 +1,23 @@
-"""Guarantees of consist.restoring: where a restore may write, and what it puts back.
+"""Guarantees of consist.restoring: which producer a hit reuses, where a restore may write, what it puts back.
 
-A restore never writes into consist's own files, nor outside the tracker's roots (or
-outside the ``target_root`` it was given), and says why in full; ``allow_external_paths``
-opens the roots, never a ``target_root``. Hydrating names each output under its key
-(keeping the recorded extension), refuses two outputs bound for one place, and leaves an
-output in place alone when its content is right, whatever the memo holds for other
-hashing modes. Every object is checked against its recorded size and modes before
-anything is written; eager validation reads every object of files, links and folders.
+A hit reuses the newest producer that recorded every required output and whose objects
+can all be restored: one whose objects were pruned is passed over silently, one whose
+objects are damaged or whose place now leads out of the roots with a warning saying why.
+Outputs in place are reused as recorded; outputs restored at a new place get new rows
+pointing back to the producer's. A restore never writes into consist's own files, onto
+a root itself, nor outside the tracker's roots (or the ``target_root`` it was given), and
+says why in full; ``allow_external_paths`` opens the roots, never a ``target_root``.
+Hydrating names each output under its key (keeping the recorded extension), refuses two
+outputs bound for one place, and leaves an output whose content is right alone, whatever
+the memo holds for other hashing modes. Every object is checked against its recorded
+size and modes before anything is written, read from the tracker's own store before any
+other; eager validation re-hashes every object of files, links and folders.
 Real trackers, files and databases throughout.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 import os
@@ -103,7 +109,7 @@ def test_a_restore_outside_the_roots_names_the_roots_the_link_and_the_fix(tracke
     )
 
 
-def test_a_restore_outside_its_target_root_names_the_target_root(tracker: Tracker, tmp_path: Path) -> None:
+def test_a_restore_outside_its_target_root_names_the_target_root(tracker: Tracker) -> None:
     target = Path("t").absolute()
     dest = Path("elsewhere/x.csv").absolute()
     with pytest.raises(UnresolvableLocation) as err:
@@ -119,6 +125,16 @@ def test_allow_external_paths_opens_the_roots_but_never_a_target_root(make_track
         t._check_destination(away / "x.csv", within=tmp_path / "t")
     with pytest.raises(UnresolvableLocation, match="consist's own files"):  # still never into consist's files
         t._check_destination(t.store_dir / "x")
+
+
+def test_a_restore_onto_a_root_itself_is_refused_and_into_it_allowed(make_tracker, tmp_path: Path) -> None:
+    data = outside(tmp_path, "data")
+    t = make_tracker(mounts={"data": data})
+    with pytest.raises(UnresolvableLocation) as err:
+        t._check_destination(data)  # would replace the whole mount
+    assert str(err.value).startswith(f"A restore to {data} would write to {data}, outside the tracker's roots. ")
+    t._check_destination(data / "x.csv")  # inside the mount: no error
+    t._check_destination(data / "sub" / "x.csv")
 
 
 # --------------------------------------------------------------------- hydrating: refusals
@@ -223,7 +239,7 @@ def test_hydrating_keeps_recorded_modes(tracker: Tracker) -> None:
 def test_a_content_right_output_in_place_is_left_alone_whatever_the_fast_memo_holds(tracker: Tracker) -> None:
     made = tracker.run(lambda: write("out/o.csv", "content"), name="h", outputs=["o"])
     placed = aged(write("restart/o.csv", "content"))
-    os.chmod(placed, 0o644 & ~_umask_bits())
+    os.chmod(placed, _restored_perm(None))  # the mode a restore gives an ordinary file
     fast = FileHasher(tracker._index, "fast")
     fast.hash_file(placed)  # the memo now holds a fast-mode hash for its stat
     assert tracker._index.memo_get(stat_key(placed.stat()), fast.algo) not in (None, made.outputs["o"].hash)
@@ -231,12 +247,6 @@ def test_a_content_right_output_in_place_is_left_alone_whatever_the_fast_memo_ho
     assert tracker.hydrate_run_outputs(made.run_id, target_root="restart") == {"o": placed.absolute()}
     after = placed.stat()
     assert (after.st_ino, after.st_mtime_ns) == (before.st_ino, before.st_mtime_ns)
-
-
-def _umask_bits() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 # --------------------------------------------------------------------- what is checked before writing
@@ -290,7 +300,9 @@ def test_eager_validation_checks_each_member_against_its_recorded_size(
     [member] = tracker._index.members_of(made.run_id, row["id"])
     with pytest.raises(consist.IntegrityError) as err:
         tracker._verify_output(made.run_id, row)
-    assert str(err.value).startswith(f"Stored object {tracker._objects.path_of(member['hash'])} has 1 bytes, expected 2. ")
+    assert str(err.value).startswith(
+        f"Stored object {tracker._objects.path_of(member['hash'])} has 1 bytes, expected 2. "
+    )
 
 
 def test_an_object_verified_in_another_store_is_remembered_in_the_index(make_tracker) -> None:
@@ -307,6 +319,18 @@ def test_an_object_verified_in_another_store_is_remembered_in_the_index(make_tra
     assert b._index.memo_get(key, ObjectStore.memo_algo) == digest
 
 
+def test_an_object_in_the_trackers_own_store_is_read_from_there_before_any_other(make_tracker) -> None:
+    a = make_tracker(run_dir="runs_a")
+    b = make_tracker(run_dir="runs_b")
+    made = a.run(lambda: write("o.txt", "same"), name="in_a", outputs=["o"])
+    b.run(lambda: write("p.txt", "same"), name="in_b", outputs=["o"])  # the same bytes, stored in b's store too
+    digest = made.outputs["o"].hash
+    assert sorted(b._index.object_stores(digest)) == sorted([str(a._objects.root), str(b._objects.root)])
+    assert b._store_for(digest).root == b._objects.root and a._store_for(digest).root == a._objects.root
+    b._objects.remove(digest)  # gone from b's store: the other store still listed has it
+    assert b._store_for(digest).root == a._objects.root
+
+
 # --------------------------------------------------------------------- inputs put back
 
 
@@ -321,3 +345,203 @@ def test_a_gone_input_put_back_is_logged_with_its_key_and_place(tracker: Tracker
     assert [r.getMessage() for r in caplog.records if r.name == "consist"] == [
         f"consist: input 'src' was not at {path}; restored it from the object store"
     ]
+
+
+def test_a_gone_input_already_put_back_is_left_alone_whatever_the_fast_memo_holds(tracker: Tracker) -> None:
+    made = tracker.run(lambda: write("g.csv", "gone"), name="g", outputs=["o"])
+    Path("g.csv").unlink()
+    plan = plan_for(tracker, {"src": made.outputs["o"]})
+    [(_key, path, _digest)] = plan.inputs
+    tracker._materialize_inputs(plan)
+    aged(path)
+    fast = FileHasher(tracker._index, "fast")
+    fast.hash_file(path)  # the memo now holds a fast-mode hash for its stat
+    assert tracker._index.memo_get(stat_key(path.stat()), fast.algo) not in (None, made.outputs["o"].hash)
+    before = path.stat()
+    tracker._materialize_inputs(plan)
+    after = path.stat()
+    assert (after.st_ino, after.st_mtime_ns) == (before.st_ino, before.st_mtime_ns) and path.read_text() == "gone"
+
+
+# --------------------------------------------------------------------- which producer a hit reuses, what it restores
+
+
+def direct(t: Tracker, fn, outputs, **kwargs):  # type: ignore[no-untyped-def]
+    """Run ``fn`` as the step that :func:`plan_for` plans (same name, config and code version)."""
+    return t.run(fn, name="direct", config={"k": 1}, code_version="v", outputs=outputs, **kwargs)
+
+
+def test_no_producer_is_no_match(tracker: Tracker) -> None:
+    assert tracker._try_reuse(plan_for(tracker, None), None, None) == "no_match"
+
+
+def test_outputs_in_place_are_reused_as_the_recorded_rows(tracker: Tracker) -> None:
+    made = direct(tracker, lambda: {"o": write("out/o.csv", "o"), "d": write("out/d/a.txt", "a").parent}, ["o", "d"])
+    rows = outputs(tracker, made.run_id)
+    before = Path("out/o.csv").stat().st_mtime_ns
+    found = tracker._try_reuse(plan_for(tracker, None), None, ["o", "d"])  # exactly the recorded keys
+    assert not isinstance(found, str)
+    producer, restored = found
+    assert producer["id"] == made.run_id and set(restored) == {"o", "d"}
+    assert restored["o"] == rows["o"]  # in place: the very row, nothing new, no members
+    members = tracker._index.members_of(made.run_id, rows["d"]["id"])
+    assert [m["key"] for m in members] == ["a.txt"]
+    assert restored["d"] == {**rows["d"], "_members": members}
+    assert Path("out/o.csv").stat().st_mtime_ns == before  # not rewritten
+    assert tracker._try_reuse(plan_for(tracker, None), None, None)[0]["id"] == made.run_id
+
+
+def test_outputs_restored_at_a_new_place_get_new_rows_pointing_back(tracker: Tracker) -> None:
+    made = direct(tracker, lambda: {"o": write("out/o.csv", "o"), "d": write("out/d/a.txt", "a").parent}, ["o", "d"])
+    rows = outputs(tracker, made.run_id)
+    dests = {"o": Path("elsewhere/o.csv"), "d": Path("elsewhere/d")}
+    producer, restored = tracker._try_reuse(plan_for(tracker, None), dests, None)
+    assert producer["id"] == made.run_id
+    assert Path("elsewhere/o.csv").read_text() == "o" and Path("elsewhere/d/a.txt").read_text() == "a"
+    o, d = restored["o"], restored["d"]
+    here = Path.cwd().resolve()
+    assert (
+        o["id"] != d["id"] and set(o) == set(rows["o"]) | {"_new"} and set(d) == set(rows["d"]) | {"_new", "_members"}
+    )
+    for key, row in (("o", o), ("d", d)):
+        old = rows[key]
+        assert len(row["id"]) == 32 and row["id"] != old["id"]
+        assert row["uri"] == str(here / "elsewhere" / Path(old["uri"]).name)
+        assert row["location"] == f"project://elsewhere/{Path(old['uri']).name}"
+        assert row["meta"] == f'{{"restored_from":"{old["id"]}"}}' and row["_new"] is True
+        assert row["run_id"] == made.run_id and row["hash"] == old["hash"] and row["kind"] == old["kind"]
+        assert row["created_at"] > old["created_at"]  # when this copy was made
+        kept = set(old) - {"id", "uri", "location", "meta", "created_at"}  # the rest is the producer's, unchanged
+        assert {k: row[k] for k in kept} == {k: old[k] for k in kept}
+    [member] = d["_members"]
+    assert member == {
+        "id": member["id"], "key": "a.txt", "uri": f"{d['uri']}/a.txt", "location": "project://elsewhere/d/a.txt",
+        "hash": sha(b"a"), "size": 1, "kind": "file", "driver": member["driver"], "run_id": made.run_id,
+        "created_at": d["created_at"], "meta": f'{{"member_of":"{d["id"]}"}}', "_new": True,
+    }  # fmt: skip
+
+
+def test_a_place_outside_the_roots_is_recorded_by_its_path(make_tracker, tmp_path: Path) -> None:
+    t = make_tracker(allow_external_paths=True)
+    direct(t, lambda: write("out/o.csv", "o"), ["o"])
+    away = outside(tmp_path, "hit")
+    _producer, restored = t._try_reuse(plan_for(t, None), {"o": away / "o.csv"}, ["o"])
+    assert restored["o"]["uri"] == restored["o"]["location"] == str(away / "o.csv")
+    assert (away / "o.csv").read_text() == "o"
+
+
+def test_a_gone_output_is_restored_with_its_recorded_mode(tracker: Tracker) -> None:
+    def step() -> Path:
+        p = write("private.csv", "secret")
+        os.chmod(p, 0o600)
+        return p
+
+    made = direct(tracker, step, ["p"])
+    Path("private.csv").unlink()
+    assert tracker._try_reuse(plan_for(tracker, None), None, ["p"])[0]["id"] == made.run_id
+    assert Path("private.csv").read_text() == "secret"
+    assert stat.S_IMODE(Path("private.csv").stat().st_mode) == _restored_perm(0o600)
+
+
+def test_a_producer_lacking_a_required_output_is_passed_over_for_an_older_one(tracker: Tracker) -> None:
+    made: list[str] = []
+
+    def step() -> None:
+        consist.log_output(write("a.txt", "a"), key="a")
+        if not made:
+            consist.log_output(write("b.txt", "b"), key="b")
+        made.append("x")
+
+    older = tracker.run(step, name="direct", config={"k": 1}, code_version="v")
+    newer = tracker.run(step, name="direct", config={"k": 1}, code_version="v", cache_mode="overwrite")
+    plan = plan_for(tracker, None)
+    assert tracker._try_reuse(plan, None, ["a"])[0]["id"] == newer.run_id
+    assert tracker._try_reuse(plan, None, ["a", "b"])[0]["id"] == older.run_id
+    assert tracker._try_reuse(plan, None, ["a", "c"]) == "outputs_not_recorded"
+
+
+def _two_producers(t: Tracker) -> tuple[str, str]:
+    n: list[int] = []
+
+    def step() -> Path:
+        n.append(1)
+        return write("o.csv", f"v{len(n)}")  # other bytes each time
+
+    older = direct(t, step, ["o"])
+    newer = direct(t, step, ["o"], cache_mode="overwrite")
+    Path("o.csv").unlink()
+    return older.run_id, newer.run_id
+
+
+def test_a_producer_whose_objects_were_pruned_is_passed_over_silently(tracker: Tracker, recwarn) -> None:
+    older, newer = _two_producers(tracker)
+    digest = outputs(tracker, newer)["o"]["hash"]
+    tracker._objects.remove(digest)
+    tracker._index.drop_objects([(digest, str(tracker._objects.root))])
+    assert tracker._try_reuse(plan_for(tracker, None), None, ["o"])[0]["id"] == older
+    assert Path("o.csv").read_text() == "v1"
+    Path("o.csv").unlink()
+    digest = outputs(tracker, older)["o"]["hash"]
+    tracker._objects.remove(digest)
+    tracker._index.drop_objects([(digest, str(tracker._objects.root))])
+    assert tracker._try_reuse(plan_for(tracker, None), None, ["o"]) == "outputs_pruned"
+    assert [str(w.message) for w in recwarn] == []
+
+
+def test_a_producer_whose_objects_are_damaged_is_passed_over_with_a_warning(tracker: Tracker) -> None:
+    older, newer = _two_producers(tracker)
+    obj = rewrite_object(tracker, outputs(tracker, newer)["o"]["hash"], b"bad")  # 3 bytes where 2 were stored
+    with pytest.warns(consist.ConsistWarning) as caught:
+        assert tracker._try_reuse(plan_for(tracker, None), None, ["o"])[0]["id"] == older
+    assert [str(w.message) for w in caught] == [
+        f"Cached outputs of run {newer!r} cannot be restored (Stored object {obj} has 3 bytes, expected 2. "
+        "Likely cause: the file was modified or truncated after it was stored. Fix: nothing to do: the step "
+        "runs again; run tracker.prune_store() to drop damaged objects.); running the step again."
+    ]
+    assert Path("o.csv").read_text() == "v1"
+
+
+def test_an_object_deleted_by_hand_but_still_listed_is_reported_unavailable(tracker: Tracker) -> None:
+    older, newer = _two_producers(tracker)
+    for run_id in (older, newer):
+        tracker._objects.remove(outputs(tracker, run_id)["o"]["hash"])  # still listed in the index
+    with pytest.warns(consist.ConsistWarning) as caught:
+        assert tracker._try_reuse(plan_for(tracker, None), None, ["o"]) == "outputs_unavailable"
+    assert [str(w.message).split(" cannot be restored (")[0] for w in caught] == [
+        f"Cached outputs of run {newer!r}",
+        f"Cached outputs of run {older!r}",
+    ]
+    assert all("is missing from" in str(w.message) for w in caught)
+
+
+def test_eager_validation_rehashes_outputs_in_place_and_lazy_validation_trusts_them(tracker: Tracker) -> None:
+    made = direct(tracker, lambda: {"o": write("o.csv", "o"), "d": write("d/a.txt", "a").parent}, ["o", "d"])
+    rows = outputs(tracker, made.run_id)
+    lazy = plan_for(tracker, None)
+    eager = dataclasses.replace(lazy, validate="eager")
+    assert tracker._try_reuse(eager, None, None)[0]["id"] == made.run_id  # intact: reused
+    [member] = tracker._index.members_of(made.run_id, rows["d"]["id"])
+    obj = rewrite_object(tracker, member["hash"], b"b")  # same size, other bytes; the folder in place is intact
+    assert tracker._try_reuse(lazy, None, None)[0]["id"] == made.run_id
+    with pytest.warns(consist.ConsistWarning, match=rf"Stored object {obj} hashes to {sha(b'b')}, not "):
+        assert tracker._try_reuse(eager, None, None) == "outputs_unavailable"
+
+
+def test_a_producer_whose_place_is_now_reached_through_a_link_out_of_the_roots_is_not_restored(
+    tracker: Tracker, tmp_path: Path
+) -> None:
+    made = direct(tracker, lambda: write("out/o.csv", "o"), ["o"])
+    (Path("out") / "o.csv").unlink()
+    Path("out").rmdir()
+    away = outside(tmp_path, "linked")
+    Path("out").symlink_to(away)  # the recorded folder is now a link leaving the roots
+    dest = Path("out/o.csv").absolute()
+    with pytest.warns(consist.ConsistWarning) as caught:
+        assert tracker._try_reuse(plan_for(tracker, None), None, ["o"]) == "outputs_unavailable"
+    assert [str(w.message) for w in caught] == [
+        f"Cached outputs of run {made.run_id!r} cannot be restored (A restore to {dest} would write to "
+        f"{away / 'o.csv'}, outside the tracker's roots. Likely cause: a folder on the way is a symbolic link (for "
+        "example one restored from the same record). Fix: remove the link, or check the run's outputs with "
+        "`consist show RUN`.); running the step again."
+    ]
+    assert list(away.iterdir()) == []  # nothing written through the link
