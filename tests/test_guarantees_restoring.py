@@ -132,9 +132,26 @@ def test_a_restore_onto_a_root_itself_is_refused_and_into_it_allowed(make_tracke
     t = make_tracker(mounts={"data": data})
     with pytest.raises(UnresolvableLocation) as err:
         t._check_destination(data)  # would replace the whole mount
-    assert str(err.value).startswith(f"A restore to {data} would write to {data}, outside the tracker's roots. ")
+    assert str(err.value) == (
+        f"A restore to {data} would replace the root {data} itself. Likely cause: a folder on the way is a "
+        "symbolic link to a root (for example one restored from the same record). Fix: remove the link, or "
+        "check the run's outputs with `consist show RUN`."
+    )
     t._check_destination(data / "x.csv")  # inside the mount: no error
     t._check_destination(data / "sub" / "x.csv")
+
+
+def test_allow_external_paths_never_lets_a_restore_replace_a_root(make_tracker, tmp_path: Path) -> None:
+    data = outside(tmp_path, "data")
+    t = make_tracker(mounts={"data": data}, allow_external_paths=True)
+    (t.run_dir / "up").symlink_to(data.parent)  # a folder replaced by a link to the mount's parent
+    for dest in (data, t.run_dir / "up" / data.name):
+        with pytest.raises(UnresolvableLocation, match=f"would replace the root {data} itself"):
+            t._check_destination(dest)
+    for dest in (t.run_dir, t.project_root):  # these hold consist's own files: refused for that first
+        with pytest.raises(UnresolvableLocation, match="consist's own files"):
+            t._check_destination(dest)
+    t._check_destination(outside(tmp_path, "elsewhere") / "x.csv")  # what the option is for
 
 
 # --------------------------------------------------------------------- hydrating: refusals

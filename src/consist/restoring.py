@@ -132,8 +132,9 @@ class RestoreMixin:
         hasher = FileHasher(self._index, "full")
         todo = [(row, dests[k]) for k, row in plan.missing_inputs.items() if not _holds(row, dests[k], hasher)]
         self._put_back(todo)
-        for key in plan.missing_inputs:
-            log.info("consist: input %r was not at %s; restored it from the object store", key, dests[key])
+        for row, dest in todo:
+            key = next(k for k, r in plan.missing_inputs.items() if r is row)
+            log.info("consist: input %r was not at %s; restored it from the object store", key, dest)
 
     def hydrate_run_outputs(
         self,
@@ -234,10 +235,16 @@ class RestoreMixin:
                     "the record of the run is damaged or was made to point there",
                     "check the run's outputs with `consist show RUN`",
                 )
+        if within is None and text in self.roots.root_strings:  # whatever allow_external_paths says
+            raise UnresolvableLocation(
+                f"A restore to {dest} would replace the root {real} itself",
+                "a folder on the way is a symbolic link to a root (for example one restored from the same record)",
+                "remove the link, or check the run's outputs with `consist show RUN`",
+            )
         if within is not None:
             inside = is_inside(text, str(within.resolve()))
         else:
-            inside = self.roots.locate(real) is not None and text not in self.roots.root_strings
+            inside = self.roots.locate(real) is not None
         if not inside and not (within is None and self.roots.allow_external):
             raise UnresolvableLocation(
                 f"A restore to {dest} would write to {real}, outside "
