@@ -8,7 +8,6 @@ the tests below cross that line on purpose.
 from __future__ import annotations
 
 import errno
-import hashlib
 import os
 import stat
 from pathlib import Path
@@ -20,10 +19,7 @@ from consist import hashing as H
 from consist.errors import IntegrityError
 from consist.objects import ObjectStore
 from consist.store.sqlite import SQLiteIndex
-
-
-def sha(data: bytes) -> str:
-    return "sha256:" + hashlib.sha256(data).hexdigest()
+from files import sha
 
 
 @pytest.fixture

@@ -18,7 +18,6 @@ Real trackers, files and databases throughout.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import logging
 import os
 import stat
@@ -31,24 +30,7 @@ from consist import Tracker
 from consist.hashing import FileHasher, stat_key
 from consist.locations import UnresolvableLocation
 from consist.objects import ObjectStore, _restored_perm
-
-
-def sha(data: bytes) -> str:
-    return "sha256:" + hashlib.sha256(data).hexdigest()
-
-
-def write(path: str | Path, data: str | bytes) -> Path:
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    p.write_bytes(data.encode() if isinstance(data, str) else data)
-    return p
-
-
-def aged(path: Path) -> Path:
-    """Move a file's mtime out of the racy window, so the memo remembers its hash."""
-    st = path.stat()
-    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns - 10 * 10**9))
-    return path
+from files import aged, sha, write
 
 
 def outputs(t: Tracker, run_id: str) -> dict[str, dict]:

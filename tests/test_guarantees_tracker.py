@@ -8,7 +8,6 @@ recorded for a run that executed (``_open``, ``_new_row``, ``_link_inputs``,
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import socket
@@ -25,23 +24,7 @@ from consist.hashing import FileHasher, NullMemo, dumps, hash_canonical, manifes
 from consist.identity import make_signature
 from consist.planning import driver_for, normalize_inputs
 from consist.restoring import _holds
-
-
-def sha(data: bytes) -> str:
-    return "sha256:" + hashlib.sha256(data).hexdigest()
-
-
-def write(path: str | Path, data: str | bytes) -> Path:
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    p.write_bytes(data.encode() if isinstance(data, str) else data)
-    return p
-
-
-def aged(path: Path) -> Path:
-    st = path.stat()
-    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns - 10 * 10**9))
-    return path
+from files import aged, sha, write
 
 
 def index_row(tracker: Tracker, run_id: str) -> dict:
