@@ -205,13 +205,20 @@ class Launch:
         feeds, self._feeds = self._feeds, []
         for r, w, data in feeds:
             os.close(r)
-            threading.Thread(target=_feed, args=(w, data), daemon=True).start()
+            if len(data) <= _PIPE_FITS:  # an empty pipe takes it at once: no thread to start
+                _feed(w, data)
+            else:
+                threading.Thread(target=_feed, args=(w, data), daemon=True).start()
 
     def close(self) -> None:
         feeds, self._feeds = self._feeds, []
         for r, w, _data in feeds:
             os.close(r)
             os.close(w)
+
+
+#: What an empty pipe always holds without blocking the writer (Linux pipes hold 64 KiB unless shrunk).
+_PIPE_FITS = 4096
 
 
 def _feed(fd: int, data: bytes) -> None:

@@ -121,7 +121,9 @@ def resolve_host(path: str | os.PathLike[str]) -> Path:
 
 
 def _under(path: Path, root: Path) -> bool:
-    return path == root or path.is_relative_to(root)
+    """``path`` is ``root`` or lies inside it; compared as text (both are normalised absolute paths)."""
+    p, r = str(path), str(root)
+    return p == r or p.startswith(r if r.endswith("/") else r + "/")
 
 
 def check_sensitive(path: Path, what: str = "host path") -> None:
@@ -146,13 +148,7 @@ def check_sensitive(path: Path, what: str = "host path") -> None:
 
 def _homes() -> list[Path]:
     """Home directories of root, the caller and login users (uid >= 1000)."""
-    homes = {Path.home()}
-    try:
-        import pwd
-
-        homes.update(Path(u.pw_dir) for u in pwd.getpwall() if u.pw_uid == 0 or u.pw_uid >= 1000)
-    except (ImportError, KeyError, OSError):
-        pass
+    homes = {Path.home(), *_login_homes()}
     out = []
     for h in homes:
         try:
@@ -162,6 +158,29 @@ def _homes() -> list[Path]:
         if resolved != Path("/") and resolved.is_dir():
             out.append(resolved)
     return out
+
+
+_LOGIN_HOMES: tuple[tuple[int, int, int] | None, list[Path]] = (None, [])
+
+
+def _login_homes() -> list[Path]:
+    """The home folders of root and login users (uid >= 1000): read again whenever /etc/passwd changes
+    (users known only to a directory service such as LDAP are read once per process)."""
+    global _LOGIN_HOMES
+    try:
+        st = os.stat("/etc/passwd")
+        key: tuple[int, int, int] | None = (st.st_ino, st.st_size, st.st_mtime_ns)
+    except OSError:
+        key = None
+    if key is None or _LOGIN_HOMES[0] != key:
+        try:
+            import pwd
+
+            found = [Path(u.pw_dir) for u in pwd.getpwall() if u.pw_uid == 0 or u.pw_uid >= 1000]
+        except (ImportError, KeyError, OSError):
+            found = []
+        _LOGIN_HOMES = (key, found)
+    return _LOGIN_HOMES[1]
 
 
 def check_under_roots(path: Path, roots: Iterable[Path], what: str = "host path") -> None:
