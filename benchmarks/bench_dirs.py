@@ -14,7 +14,9 @@ directory of N files of K KiB in 100 subfolders, with bytes never seen before
 - a ``tracker.run`` hit whose directory output was deleted: the hit checks every
   object and copies it back, verified, into a folder renamed into place.
 
-``cp -r`` neither hashes nor flushes anything to disk. Ratios are consist / ``cp -r``,
+Before each timed arm the page cache is written back (``sync``, untimed), so that
+no arm pays for the disk writes of an earlier one. ``cp -r`` neither hashes nor
+flushes anything to disk. Ratios are consist / ``cp -r``,
 as a ratio of medians and as the median of the per-round ratios.
 Writes benchmarks/results/dirs-<date>-<time>.json.
 """
@@ -99,6 +101,7 @@ def measure(base: Path, files: int, size: int, rounds: int) -> dict[str, Any]:
             order = rotation(list(arms), r)
             first.append(order[0])
             for name in order:
+                os.sync()  # untimed: no arm pays for writing back what an earlier one left in memory
                 got[name].append(arms[name]())
             for p in (src, work / f"copy_{r}", work / "runs" / f"out_{r}"):
                 shutil.rmtree(p)

@@ -37,8 +37,8 @@ sys.path.insert(0, str(HERE))
 from _common import new_result, print_block, rotation, summary, write_result  # noqa: E402
 from bench_lookups import MODELS, History, fill  # noqa: E402
 
-PARAMS = {"sizes": [1_000, 10_000, 100_000], "rounds": 30, "per_round": 5, "chunk": 20_000}
-QUICK = {"sizes": [300, 3_000], "rounds": 4, "per_round": 3, "chunk": 20_000}
+PARAMS = {"sizes": [1_000, 10_000, 100_000], "rounds": 30, "per_round": 5, "chunk": 20_000, "lookup_limit": 20}
+QUICK = {"sizes": [300, 3_000], "rounds": 4, "per_round": 3, "chunk": 20_000, "lookup_limit": 20}
 TARGETS = {"growth": 1.3, "index_kb_per_run": 0.6}
 KINDS = ("open", "hit", "miss", "lookup", "close")
 
@@ -126,9 +126,9 @@ def main() -> None:
                     assert not miss.cache_hit
                 for j in range(p["per_round"]):
                     s = time.perf_counter()
-                    found = t.find_runs(model=MODELS[(r + j) % len(MODELS)], limit=20)
+                    found = t.find_runs(model=MODELS[(r + j) % len(MODELS)], limit=p["lookup_limit"])
                     samples["lookup"].append(time.perf_counter() - s)
-                    assert len(found) == 20
+                    assert len(found) == p["lookup_limit"]
                 s = time.perf_counter()
                 t.close()
                 samples["close"].append(time.perf_counter() - s)

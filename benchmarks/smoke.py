@@ -36,6 +36,7 @@ SMOKE: dict[str, list[str]] = {
     "merge": ["--runs", "500"],
     "miss": ["--quick"],
     "restore": ["--n", "1", "--size-mib", "2", "--files", "20"],
+    "sweep": ["--quick"],
 }
 
 
