@@ -466,3 +466,17 @@ def test_an_output_that_is_a_link_is_planned_as_the_link(make_tracker, tmp_path:
     paths, _ = C.plan_outputs(t, ["via/link.csv"], True)
     assert paths == {"link.csv": tmp_path / "real" / "link.csv"}  # its folder resolved, the link kept
     assert C.plan_outputs(t, {"root": "/"}, False)[0] == {"root": Path("/")}
+
+
+def test_the_user_database_is_read_again_only_when_etc_passwd_changes(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[int] = []
+    real = pwd.getpwall
+    monkeypatch.setattr(pwd, "getpwall", lambda: (calls.append(1), real())[1])
+    monkeypatch.setattr(M, "_LOGIN_HOMES", (None, []))
+    first = M._login_homes()
+    assert M._login_homes() == first and len(calls) == 1  # unchanged: read once
+    st = os.stat("/etc/passwd")
+    assert M._LOGIN_HOMES[0] == (st.st_ino, st.st_size, st.st_mtime_ns)
+    monkeypatch.setattr(M, "_LOGIN_HOMES", ((st.st_ino, st.st_size + 1, st.st_mtime_ns), []))  # as if edited
+    assert M._login_homes() == first and len(calls) == 2
+    assert Path(pwd.getpwuid(0).pw_dir) in first  # root's home always counts

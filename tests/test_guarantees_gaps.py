@@ -332,6 +332,7 @@ def test_a_home_that_cannot_be_resolved_does_not_stop_the_other_homes_from_being
         pwd.struct_passwd((p.name, "x", 1000 + i, 1000 + i, "", str(p), "/bin/sh")) for i, p in enumerate(loops + homes)
     ]
     monkeypatch.setattr(pwd, "getpwall", lambda: users)
+    monkeypatch.setattr(M, "_LOGIN_HOMES", (None, []))  # read the user database again (restored afterwards)
     monkeypatch.setenv("HOME", str(loops[0]))
     assert set(M._homes()) == set(homes)
     for h in homes:
