@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -721,3 +722,75 @@ def test_a_merge_that_fails_otherwise_names_the_cause_and_the_fix(
     assert isinstance(err.value.__cause__, duckdb.ConversionException)
     monkeypatch.undo()
     assert duck.sync() == 1  # rolled back whole: the next merge brings the run
+
+
+@pytest.mark.parametrize("exiting", [False, True])
+def test_large_merges_go_through_arrow_except_while_the_interpreter_exits(
+    tmp_path: Path, ix: SQLiteIndex, duck: DuckStore, monkeypatch: pytest.MonkeyPatch, exiting: bool
+) -> None:
+    import pyarrow
+
+    with ix.write():
+        for i in range(250):  # over the 200 rows from which a batch goes through Arrow
+            ix.claim_run_id(f"r{i}", run_row(f"r{i}"))
+            ix.add_artifact(art_row(f"a{i}", run_id=f"r{i}"))
+            ix.link(f"r{i}", f"a{i}", "output", "o")
+    tables: list[int] = []
+    real = pyarrow.table
+    monkeypatch.setattr(pyarrow, "table", lambda *a, **kw: (tables.append(1), real(*a, **kw))[1])
+    duck.exiting = exiting  # set by the tracker's atexit hook: importing pyarrow then may fail
+    assert duck.sync() == 750
+    assert len(tables) == (0 if exiting else 3)  # runs, artifacts and links, each one Arrow table
+    assert len(rows(tmp_path / "prov.duckdb", "SELECT * FROM run_artifact")) == 250
+
+
+@pytest.mark.parametrize(
+    ("problem", "says"),
+    [("IO Error: No space left on device", "No space left"), ("Corrupt database file: checksum mismatch", "damaged")],
+)
+def test_a_full_disk_or_a_damaged_file_while_merging_says_so(
+    tmp_path: Path, ix: SQLiteIndex, duck: DuckStore, monkeypatch: pytest.MonkeyPatch, problem: str, says: str
+) -> None:
+    ix.claim_run_id("r1", run_row("r1"))
+
+    def fail(*args, **kwargs):  # type: ignore[no-untyped-def]
+        raise duckdb.IOException(problem)
+
+    monkeypatch.setattr(DuckStore, "_upsert", staticmethod(fail))
+    with pytest.raises(consist.StoreError) as err:
+        duck.sync()
+    assert str(err.value) == str(duck._open_error(duckdb.IOException(problem)))
+    assert says in str(err.value) and problem in str(err.value)
+    assert "Merging runs into" not in str(err.value)
+
+
+def test_a_new_index_beside_a_locked_duckdb_file_warns_and_takes_its_runs_later(tmp_path: Path, make_tracker) -> None:
+    t = make_tracker()
+    made = t.run(lambda: Path("o.txt").write_text("o") and Path("o.txt"), name="old", outputs=["o"])
+    t.close()
+    db = tmp_path / "provenance.duckdb"
+    index_dir = db.parent / f".{db.name}.consist"
+    shutil.move(index_dir, tmp_path / "index-moved-away")
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import duckdb, sys, time; c = duckdb.connect(sys.argv[1]); print('held', flush=True); "
+         "time.sleep(60)", str(db)], stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+        with pytest.warns(consist.ConsistWarning) as caught:
+            t2 = consist.Tracker(tmp_path / "runs", db_path=db, project_root=tmp_path)
+        (w,) = [w for w in caught if "is new" in str(w.message)]
+        index = index_dir / "index.sqlite"
+        assert str(w.message).startswith(f"The run index {index} is new, and the past runs in {db} ")
+        assert str(w.message).endswith("Until they are (at the next merge), they are not cache hits.")
+        assert w.filename == __file__  # it points at the caller's line that opened the tracker
+    finally:
+        holder.kill()
+        holder.wait()
+        holder.stdout.close()  # type: ignore[union-attr]
+    try:
+        assert t2.find_runs(model="old") == []  # not taken over yet: not a cache hit until then
+        t2.sync()  # the next merge copies the past runs in
+        assert [r.id for r in t2.find_runs(model="old")] == [made.run_id]
+    finally:
+        t2.close()
