@@ -724,14 +724,14 @@ def test_a_merge_that_fails_otherwise_names_the_cause_and_the_fix(
     assert duck.sync() == 1  # rolled back whole: the next merge brings the run
 
 
-@pytest.mark.parametrize("exiting", [False, True])
+@pytest.mark.parametrize(("n", "exiting", "arrow"), [(200, False, 3), (199, False, 0), (250, True, 0)])
 def test_large_merges_go_through_arrow_except_while_the_interpreter_exits(
-    tmp_path: Path, ix: SQLiteIndex, duck: DuckStore, monkeypatch: pytest.MonkeyPatch, exiting: bool
+    tmp_path: Path, ix: SQLiteIndex, duck: DuckStore, monkeypatch: pytest.MonkeyPatch, n: int, exiting: bool, arrow: int
 ) -> None:
     import pyarrow
 
     with ix.write():
-        for i in range(250):  # over the 200 rows from which a batch goes through Arrow
+        for i in range(n):  # a batch of 200 rows or more goes through Arrow
             ix.claim_run_id(f"r{i}", run_row(f"r{i}"))
             ix.add_artifact(art_row(f"a{i}", run_id=f"r{i}"))
             ix.link(f"r{i}", f"a{i}", "output", "o")
@@ -739,9 +739,34 @@ def test_large_merges_go_through_arrow_except_while_the_interpreter_exits(
     real = pyarrow.table
     monkeypatch.setattr(pyarrow, "table", lambda *a, **kw: (tables.append(1), real(*a, **kw))[1])
     duck.exiting = exiting  # set by the tracker's atexit hook: importing pyarrow then may fail
-    assert duck.sync() == 750
-    assert len(tables) == (0 if exiting else 3)  # runs, artifacts and links, each one Arrow table
-    assert len(rows(tmp_path / "prov.duckdb", "SELECT * FROM run_artifact")) == 250
+    assert duck.sync() == 3 * n
+    assert len(tables) == arrow  # runs, artifacts and links, one Arrow table each
+    assert len(rows(tmp_path / "prov.duckdb", "SELECT * FROM run_artifact")) == n
+
+
+def test_a_window_out_of_memory_even_without_the_limit_fails_once_and_says_why(
+    tmp_path: Path, ix: SQLiteIndex, duck: DuckStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from consist.store import duck as duck_mod
+
+    ix.claim_run_id("r1", run_row("r1"))
+    tries: list[int] = []
+
+    def out_of_memory(self, con, after, upto, adopt):  # type: ignore[no-untyped-def]
+        tries.append(after)
+        try:
+            raise duckdb.OutOfMemoryException("Out of Memory Error: could not allocate")
+        except duckdb.Error as exc:
+            raise duck_mod._WindowOutOfMemory() from exc
+
+    monkeypatch.setattr(DuckStore, "_merge_window", out_of_memory)
+    with pytest.raises(consist.StoreError) as err:
+        duck.sync()
+    assert len(tries) == 2  # with the limit, then without it: never a third time
+    assert str(err.value).startswith(
+        f"Merging runs into {tmp_path / 'prov.duckdb'} failed: Out of Memory Error: could not allocate. "
+    )
+    assert isinstance(err.value.__cause__, duckdb.OutOfMemoryException)
 
 
 @pytest.mark.parametrize(
