@@ -315,3 +315,11 @@ def print_block(result: dict[str, Any], path: Path) -> None:
 
     root = Path(__file__).resolve().parent.parent
     print(render(result, str(path.relative_to(root)) if path.is_relative_to(root) else str(path)))
+
+
+def finish(result: dict[str, Any], out: str | None = None) -> Path:
+    """Write the results file, print its BENCHMARKS.md block and where it went; returns its path."""
+    path = write_result(result, out)
+    print_block(result, path)
+    print(f"results: {path}")
+    return path

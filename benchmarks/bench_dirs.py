@@ -36,7 +36,7 @@ from typing import Any
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from _common import fs_type, new_result, print_block, rotation, summary, write_result  # noqa: E402
+from _common import finish, fs_type, new_result, rotation, summary  # noqa: E402
 
 PARAMS = {"files": 10_000, "kib": 4, "rounds": 11}
 QUICK = {"files": 500, "kib": 4, "rounds": 3}
@@ -141,9 +141,7 @@ def main() -> None:
         result["places"][label] = r
         print(f"{label} ({r['file_system']}): store {r['store_ratio_of_medians']:.2f}x cp -r, "
               f"restore {r['restore_ratio_of_medians']:.2f}x cp -r", flush=True)  # fmt: skip
-    path = write_result(result, args.out)
-    print_block(result, path)
-    print(f"results: {path}")
+    finish(result, args.out)
 
 
 if __name__ == "__main__":

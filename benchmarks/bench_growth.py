@@ -34,7 +34,7 @@ from typing import Any
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from _common import new_result, print_block, rotation, summary, write_result  # noqa: E402
+from _common import finish, new_result, rotation, summary  # noqa: E402
 from bench_lookups import MODELS, History, fill  # noqa: E402
 
 PARAMS = {"sizes": [1_000, 10_000, 100_000], "rounds": 30, "per_round": 5, "chunk": 20_000, "lookup_limit": 20}
@@ -138,9 +138,7 @@ def main() -> None:
         result["growth"] = {k: statistics.median(got[large][k]) / statistics.median(got[small][k]) for k in KINDS}
     finally:
         shutil.rmtree(base, ignore_errors=True)
-    path = write_result(result, args.out)
-    print_block(result, path)
-    print(f"results: {path}")
+    finish(result, args.out)
 
 
 if __name__ == "__main__":

@@ -29,7 +29,7 @@ from typing import Any
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from _common import new_result, print_block, rotation, summary, write_result  # noqa: E402
+from _common import finish, new_result, rotation, summary  # noqa: E402
 
 PARAMS = {"steps": 1000, "rounds": 7}
 QUICK = {"steps": 100, "rounds": 2}
@@ -108,9 +108,7 @@ def main() -> None:
         }
     finally:
         shutil.rmtree(base, ignore_errors=True)
-    path = write_result(result, args.out)
-    print_block(result, path)
-    print(f"results: {path}")
+    finish(result, args.out)
 
 
 if __name__ == "__main__":
