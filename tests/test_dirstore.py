@@ -10,13 +10,14 @@ from __future__ import annotations
 import errno
 import os
 import stat
+import time
 from pathlib import Path
 
 import pytest
 
 from consist import dirstore
 from consist import hashing as H
-from consist.errors import IntegrityError
+from consist.errors import ConsistError, IntegrityError
 from consist.objects import ObjectStore
 from consist.store.sqlite import SQLiteIndex
 from files import sha
@@ -285,3 +286,62 @@ def test_tracker_durable_flushes_outputs_and_commits(tmp_path: Path, monkeypatch
     assert synced  # the output's object was flushed before it was renamed into place
     with Tracker(tmp_path / "runs", durable=False) as t:
         assert not t.durable
+
+
+def test_reading_a_file_in_pieces_gets_all_of_it_up_to_the_limit() -> None:
+    import threading
+
+    r, w = os.pipe()  # a pipe hands its bytes over in the pieces they were written in
+    pieces = [b"a" * 700, b"b" * 500, b"c" * 300]
+
+    def writer() -> None:
+        for p in pieces:
+            os.write(w, p)
+            time.sleep(0.05)
+        os.close(w)
+
+    t = threading.Thread(target=writer)
+    t.start()
+    try:
+        assert dirstore._read_upto(r, 10_000) == b"".join(pieces)  # short reads until the end
+    finally:
+        t.join()
+        os.close(r)
+    r, w = os.pipe()
+    os.write(w, b"x" * 100)
+    os.close(w)
+    try:
+        assert dirstore._read_upto(r, 40) == b"x" * 40  # never more than the limit
+        assert dirstore._read_upto(r, 100) == b"x" * 60  # the rest, then the end
+        assert dirstore._read_upto(r, 10) == b""
+    finally:
+        os.close(r)
+
+
+def test_small_means_up_to_the_limit_and_links_are_never_followed(tmp_path: Path, store: ObjectStore) -> None:
+    batch = dirstore.Batch(store)
+    exact = tmp_path / "exact.bin"
+    exact.write_bytes(b"e" * dirstore.SMALL_FILE)
+    over = tmp_path / "over.bin"
+    over.write_bytes(b"o" * (dirstore.SMALL_FILE + 1))
+    try:
+        assert batch.add_file(str(exact), dirstore.SMALL_FILE) == (sha(exact.read_bytes()), dirstore.SMALL_FILE)
+        assert batch.add_file(str(over), dirstore.SMALL_FILE + 1) is None  # streamed by put_file instead
+        assert batch.add_file(str(over), 10) is None  # seen small, found larger: streamed too
+        (tmp_path / "link").symlink_to(exact)
+        with pytest.raises(ConsistError, match="symbolic link"):
+            batch.add_file(str(tmp_path / "link"), 10)
+        batch.publish()
+    finally:
+        batch.discard()
+    assert store.path_of(sha(exact.read_bytes())).read_bytes() == exact.read_bytes()
+
+
+def test_a_store_without_a_database_memo_stores_large_directory_files_too(tmp_path: Path) -> None:
+    store = ObjectStore(tmp_path / "objects")  # no memo that takes many entries at once
+    src = tmp_path / "out"
+    src.mkdir()
+    big = os.urandom(ObjectStore.memo_min)
+    (src / "big.bin").write_bytes(big)
+    store.put_dir(src, H.FileHasher(H.NullMemo()))
+    assert store.path_of(sha(big)).read_bytes() == big
