@@ -345,3 +345,19 @@ def test_a_store_without_a_database_memo_stores_large_directory_files_too(tmp_pa
     (src / "big.bin").write_bytes(big)
     store.put_dir(src, H.FileHasher(H.NullMemo()))
     assert store.path_of(sha(big)).read_bytes() == big
+
+
+def test_members_of_a_directory_outside_every_root_are_located_by_absolute_path(tmp_path: Path) -> None:
+    from consist import Tracker
+
+    outside = tmp_path / "elsewhere" / "tables"
+
+    def step() -> Path:
+        outside.mkdir(parents=True, exist_ok=True)
+        (outside / "a.csv").write_text("a")
+        return outside
+
+    with Tracker(tmp_path / "runs", project_root=tmp_path / "project", allow_external_paths=True) as t:
+        made = t.run(step, name="ext", outputs=["tables"])
+        members = t._index.members_of(made.run_id, made.outputs["tables"].id)
+    assert [(m["link_key"], m["location"]) for m in members] == [("a.csv", str(outside.resolve() / "a.csv"))]

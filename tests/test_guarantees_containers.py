@@ -480,3 +480,48 @@ def test_the_user_database_is_read_again_only_when_etc_passwd_changes(monkeypatc
     monkeypatch.setattr(M, "_LOGIN_HOMES", ((st.st_ino, st.st_size + 1, st.st_mtime_ns), []))  # as if edited
     assert M._login_homes() == first and len(calls) == 2
     assert Path(pwd.getpwuid(0).pw_dir) in first  # root's home always counts
+
+
+def test_under_compares_whole_path_components_and_knows_the_root() -> None:
+    assert M._under(Path("/data/x"), Path("/"))  # everything lies under the file system root
+    assert M._under(Path("/"), Path("/"))
+    assert M._under(Path("/data/x"), Path("/data")) and M._under(Path("/data"), Path("/data"))
+    assert not M._under(Path("/database"), Path("/data"))  # a longer name is not inside
+    assert not M._under(Path("/data"), Path("/data/x"))
+
+
+def test_which_users_homes_count(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    homes = {uid: tmp_path / f"u{uid}" for uid in (0, 999, 1000, 1001)}
+    for h in homes.values():
+        h.mkdir()
+    users = [pwd.struct_passwd((f"u{uid}", "x", uid, uid, "", str(h), "/bin/sh")) for uid, h in homes.items()]
+    users.append(pwd.struct_passwd(("slash", "x", 1002, 1002, "", "/", "/bin/sh")))  # a home of "/" never counts
+    monkeypatch.setattr(pwd, "getpwall", lambda: users)
+    monkeypatch.setattr(M, "_LOGIN_HOMES", (None, []))
+    monkeypatch.setenv("HOME", str(homes[1001]))
+    got = set(M._homes())
+    assert got == {homes[0].resolve(), homes[1000].resolve(), homes[1001].resolve()}  # root and uid >= 1000
+    assert Path("/") not in got
+
+
+def test_homes_without_a_readable_user_database(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[int] = []
+
+    def broken():  # type: ignore[no-untyped-def]
+        calls.append(1)
+        raise KeyError("no user database")
+
+    real_stat = os.stat
+
+    def no_passwd(path, *args, **kwargs):  # type: ignore[no-untyped-def]
+        if str(path) == "/etc/passwd":
+            raise FileNotFoundError(path)
+        return real_stat(path, *args, **kwargs)
+
+    monkeypatch.setattr(pwd, "getpwall", broken)
+    monkeypatch.setattr(M.os, "stat", no_passwd)
+    monkeypatch.setattr(M, "_LOGIN_HOMES", (None, []))
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert M._homes() == [tmp_path.resolve()]  # the caller's home still counts
+    assert M._homes() == [tmp_path.resolve()]
+    assert len(calls) == 2  # without /etc/passwd to watch, the database is asked every time
