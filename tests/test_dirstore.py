@@ -159,10 +159,10 @@ def test_a_durable_store_flushes_objects_to_disk_before_they_are_renamed_into_pl
     events: list[str] = []
     real_flush, real_replace = dirstore._flush, os.replace
 
-    def flush(st: ObjectStore, paths: list[str]) -> None:
-        assert all(os.path.exists(p) for p in paths) and not objects_in(st)
+    def flush(paths: list[str]) -> None:
+        assert all(os.path.exists(p) for p in paths) and not objects_in(store)
         events.append(f"flush {len(paths)}")
-        real_flush(st, paths)
+        real_flush(paths)
 
     def replace(a, b) -> None:
         events.append("rename")
@@ -182,7 +182,7 @@ def test_a_store_that_is_not_durable_flushes_nothing(
     make_tree(src, 20)
     (tmp_path / "one.txt").write_bytes(b"one file")
     flushed: list[object] = []
-    monkeypatch.setattr(dirstore, "_flush", lambda st, paths: flushed.append(paths))
+    monkeypatch.setattr(dirstore, "_flush", lambda paths: flushed.append(paths))
     monkeypatch.setattr(os, "fsync", lambda fd: flushed.append(fd))
     digest, _, _ = store.put_dir(src, H.FileHasher(index))
     store.put_file(tmp_path / "one.txt", H.FileHasher(index))
@@ -214,10 +214,10 @@ def test_without_syncfs_every_file_is_fsynced(tmp_path: Path, monkeypatch: pytes
     real_fsync = os.fsync
     monkeypatch.setattr(dirstore, "_SYNCFS", False)
     monkeypatch.setattr(dirstore.os, "fsync", lambda fd: (synced.append(fd), real_fsync(fd)))
-    dirstore._flush(None, paths)  # type: ignore[arg-type]
+    dirstore._flush(paths)
     assert len(synced) == 3
     monkeypatch.setattr(dirstore, "_SYNCFS", lambda fd: -1)  # syncfs failing falls back too
-    dirstore._flush(None, paths)  # type: ignore[arg-type]
+    dirstore._flush(paths)
     assert len(synced) == 6
 
 

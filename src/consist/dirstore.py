@@ -34,6 +34,7 @@ from .hashing import open_regular, stat_key
 
 if TYPE_CHECKING:
     from .objects import ObjectStore
+    from .progress import ByteProgress
 
 #: Files up to this size are stored through memory; larger ones are streamed (put_file).
 SMALL_FILE = 1 << 20
@@ -56,13 +57,26 @@ class Batch:
         self._count = 0
         self._lock = threading.Lock()  # add_bytes is called from several threads (see add_files)
 
-    def add_files(self, files: Sequence[tuple[str, int]]) -> list[tuple[str, int] | None]:
+    def add_files(
+        self, files: Sequence[tuple[str, int]], bar: ByteProgress | None = None
+    ) -> list[tuple[str, int] | None]:
         """:meth:`add_file` of each ``(path, size seen)``, in order; many small files on a few threads.
 
         Reading, hashing and writing release the interpreter lock, so two cores
-        store a folder of small files nearly twice as fast as one.
+        store a folder of small files nearly twice as fast as one. ``bar`` advances
+        by each small file stored.
         """
-        return in_threads(lambda chunk: [self.add_file(p, n) for p, n in chunk], files)
+
+        def store(chunk: Sequence[tuple[str, int]]) -> list[tuple[str, int] | None]:
+            out = []
+            for path, seen in chunk:
+                stored = self.add_file(path, seen)
+                if stored is not None and bar is not None:
+                    bar.advance(stored[1])
+                out.append(stored)
+            return out
+
+        return in_threads(store, files)
 
     def add_file(self, path: str, expect: int) -> tuple[str, int] | None:
         """Store a small regular file (never following a link); (hash, size), or None if it is not small.
@@ -111,7 +125,7 @@ class Batch:
         if not self.pending:
             return
         if self.store.durable:
-            _flush(self.store, list(self.pending.values()))
+            _flush(list(self.pending.values()))
         memo: list[tuple[tuple[int, int, int, int], str]] = []
         made: set[str] = set()
         for digest, tmp in list(self.pending.items()):
@@ -174,7 +188,7 @@ def _read_upto(fd: int, limit: int) -> bytes:
 _SYNCFS: Any = None
 
 
-def _flush(store: ObjectStore, paths: list[str]) -> None:
+def _flush(paths: list[str]) -> None:
     """Make the written files durable: one syncfs of the store's file system, else an fsync each."""
     global _SYNCFS
     if _SYNCFS is None:

@@ -516,7 +516,7 @@ class ObjectStore:
         try:
             with ByteProgress(f"storing {src.name}", sum(st.st_size for _, _, st in walked)) as bar:
                 regular = [(full, st.st_size) for _, full, st in walked if _stat.S_ISREG(st.st_mode)]
-                small = iter(batch.add_files(regular))
+                small = iter(batch.add_files(regular, bar))
                 for rel, full, st in walked:
                     if _stat.S_ISLNK(st.st_mode):
                         target = os.readlink(full)
@@ -524,11 +524,13 @@ class ObjectStore:
                         entries.append(link_entry(rel, target))
                     elif _stat.S_ISREG(st.st_mode):
                         stored = next(small)
-                        digest, size = stored if stored is not None else self.put_file(Path(full), hasher)
+                        if stored is None:  # large: streamed on its own
+                            stored = self.put_file(Path(full), hasher)
+                            bar.advance(stored[1])
+                        digest, size = stored
                         entries.append([rel, digest, size])
                         total += size
                         modes[rel] = st.st_mode
-                        bar.advance(size)
                     else:
                         warnings.warn(
                             f"{not_regular(full, st.st_mode).problem}: the object store keeps regular files, "

@@ -130,11 +130,10 @@ class RestoreMixin:
             return
         dests = {k: Path(p) for k, p, _h in plan.inputs if k in plan.missing_inputs}
         hasher = FileHasher(self._index, "full")
-        todo = [(row, dests[k]) for k, row in plan.missing_inputs.items() if not _holds(row, dests[k], hasher)]
-        self._put_back(todo)
-        for row, dest in todo:
-            key = next(k for k, r in plan.missing_inputs.items() if r is row)
-            log.info("consist: input %r was not at %s; restored it from the object store", key, dest)
+        gone = {k: row for k, row in plan.missing_inputs.items() if not _holds(row, dests[k], hasher)}
+        self._put_back([(row, dests[k]) for k, row in gone.items()])
+        for key in gone:
+            log.info("consist: input %r was not at %s; restored it from the object store", key, dests[key])
 
     def hydrate_run_outputs(
         self,

@@ -28,6 +28,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
 from ..errors import ConsistError, PathNotAllowedError
+from ..locations import is_inside
 
 # Parents of engine sockets and state, system directories. A host path that is one of
 # these, lies under one, or contains one (so mounting it would expose it) is refused.
@@ -122,8 +123,8 @@ def resolve_host(path: str | os.PathLike[str]) -> Path:
 
 def _under(path: Path, root: Path) -> bool:
     """``path`` is ``root`` or lies inside it; compared as text (both are normalised absolute paths)."""
-    p, r = str(path), str(root)
-    return p == r or p.startswith(r if r.endswith("/") else r + "/")
+    p = str(path)
+    return p == str(root) or is_inside(p, str(root))
 
 
 def check_sensitive(path: Path, what: str = "host path") -> None:

@@ -220,8 +220,6 @@ def _nearly_full(directory: Path) -> bool:
 class SQLiteIndex(RunIndex):
     """The run index in a SQLite file (WAL mode): one machine, many processes."""
 
-    _durable = False  # see make_durable()
-
     # The lookup of a model's executed runs reads the partial index, never the model's cache hits.
     _producers_hint = "INDEXED BY run_producers_by_model "
     #: Before schema version 5 (a read-only look at an older index): tags as JSON text.
@@ -243,8 +241,8 @@ class SQLiteIndex(RunIndex):
             self._db.execute("PRAGMA busy_timeout = 60000")
             if self._db.execute("PRAGMA journal_mode").fetchone()["journal_mode"] != "wal":
                 _switch_to_wal(self._db)
-            # WAL with NORMAL: a commit survives the death of any process; FULL also a power failure.
-            self._db.execute(f"PRAGMA synchronous = {'FULL' if self._durable else 'NORMAL'}")
+            # WAL with NORMAL: a commit survives the death of any process; FULL (make_durable) also a power failure.
+            self._db.execute("PRAGMA synchronous = NORMAL")
             version = self._db.execute("PRAGMA user_version").fetchone()["user_version"]
             if version == 0:
                 # Idempotent DDL: two processes creating the index at once both succeed.
@@ -326,7 +324,6 @@ class SQLiteIndex(RunIndex):
 
     def make_durable(self) -> None:
         """Wait for every commit to reach the disk (``PRAGMA synchronous = FULL``)."""
-        self._durable = True
         with self._lock:
             self._db.execute("PRAGMA synchronous = FULL")
 
