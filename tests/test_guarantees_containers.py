@@ -525,3 +525,10 @@ def test_homes_without_a_readable_user_database(tmp_path: Path, monkeypatch: pyt
     assert M._homes() == [tmp_path.resolve()]  # the caller's home still counts
     assert M._homes() == [tmp_path.resolve()]
     assert len(calls) == 2  # without /etc/passwd to watch, the database is asked every time
+
+
+@pytest.mark.parametrize("path", ["/in\n", "/data/x\n", "/in\n/more"])
+def test_a_line_break_anywhere_makes_a_path_not_plain(path: str) -> None:
+    assert not M.plain(path)  # a final one too: engines read it as the start of another option
+    with pytest.raises(consist.ConsistError, match="is not allowed"):
+        M.check_container_path(path, "./data")

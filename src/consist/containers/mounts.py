@@ -40,7 +40,7 @@ DENIED = (
 )  # fmt: skip
 
 # Characters a path may hold and still be written into any engine's mount syntax verbatim.
-_PLAIN = re.compile(r"^/[A-Za-z0-9._@%+~/-]*$")
+_PLAIN = re.compile(r"/[A-Za-z0-9._@%+~/-]*")  # matched whole: `$` would let a final newline through
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,7 +64,7 @@ class Mount:
 
 def plain(path: str) -> bool:
     """True when ``path`` can be written into every engine's mount syntax as it is."""
-    return bool(_PLAIN.match(path)) and "//" not in path
+    return bool(_PLAIN.fullmatch(path)) and "//" not in path
 
 
 def normalize_volumes(volumes: Mapping[str, str] | Sequence[str] | None) -> list[tuple[str, str, bool]]:
