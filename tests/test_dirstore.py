@@ -361,3 +361,91 @@ def test_members_of_a_directory_outside_every_root_are_located_by_absolute_path(
         made = t.run(step, name="ext", outputs=["tables"])
         members = t._index.members_of(made.run_id, made.outputs["tables"].id)
     assert [(m["link_key"], m["location"]) for m in members] == [("a.csv", str(outside.resolve() / "a.csv"))]
+
+
+def test_short_reads_are_joined_up_to_the_limit_and_no_further(monkeypatch: pytest.MonkeyPatch) -> None:
+    r, w = os.pipe()
+    os.write(w, b"abcdefgh")
+    os.close(w)
+    real_read = os.read
+    asked: list[int] = []
+
+    def short(fd: int, n: int) -> bytes:  # a network file system hands over at most 3 bytes a call
+        asked.append(n)
+        return real_read(fd, min(n, 3))
+
+    monkeypatch.setattr(dirstore.os, "read", short)
+    try:
+        assert dirstore._read_upto(r, 5) == b"abcde"  # "abc", then only the 2 bytes still allowed
+        assert asked == [5, 2]
+        assert dirstore._read_upto(r, 10) == b"fgh"  # a short read, then the end
+    finally:
+        os.close(r)
+
+
+@pytest.mark.parametrize("n", [dirstore.PARALLEL_MIN - 1, dirstore.PARALLEL_MIN])
+def test_from_parallel_min_items_on_the_work_runs_on_threads_threads(n: int) -> None:
+    import threading
+
+    names: set[str] = set()
+
+    def work(chunk):
+        names.add(threading.current_thread().name)
+        time.sleep(0.02)  # long enough that every worker thread is started
+        return [i + 1 for i in chunk]
+
+    assert dirstore.in_threads(work, list(range(n))) == list(range(1, n + 1))
+    if n < dirstore.PARALLEL_MIN:
+        assert names == {threading.current_thread().name}  # one call, in the caller's thread
+    else:
+        assert len(names) == dirstore.THREADS
+        assert all(name.startswith("consist-files") for name in names)
+
+
+def test_a_stored_object_of_the_wrong_size_is_written_again(tmp_path: Path, store: ObjectStore) -> None:
+    data = b"the real content"
+    store.put_bytes(data)
+    obj = store.path_of(sha(data))
+    obj.chmod(0o644)
+    obj.write_bytes(data[:4])  # truncated by a crash or a full disk
+    batch = dirstore.Batch(store)
+    assert batch.add_bytes(data) == sha(data)
+    batch.publish()
+    assert obj.read_bytes() == data
+
+
+def test_a_link_planted_at_a_temporary_name_is_never_written_through(
+    tmp_path: Path, store: ObjectStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    victim = tmp_path / "victim.txt"
+    victim.write_text("untouched")
+    planted = tmp_path / "objects" / "tmp" / "guessed"
+    planted.parent.mkdir(parents=True)
+    os.symlink(victim, f"{planted}.1")
+    monkeypatch.setattr(store, "_tmp", lambda: planted)
+    batch = dirstore.Batch(store)
+    with pytest.raises(FileExistsError):
+        batch.add_bytes(b"attacker controls nothing")
+    batch.discard()
+    assert victim.read_text() == "untouched"
+
+
+def test_content_arriving_twice_at_once_leaves_no_orphaned_temporary_file(
+    tmp_path: Path, store: ObjectStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    batch = dirstore.Batch(store)
+    data = b"written by two threads"
+    real_has = store.has
+    calls = {"n": 0}
+
+    def has(digest: str, size: int | None = None) -> bool:
+        calls["n"] += 1
+        if calls["n"] == 1:  # a second thread meets the same bytes while the first asks the store
+            assert batch.add_bytes(data) == sha(data)
+        return real_has(digest, size)
+
+    monkeypatch.setattr(store, "has", has)
+    assert batch.add_bytes(data) == sha(data)
+    batch.publish()
+    assert store.path_of(sha(data)).read_bytes() == data
+    assert list((store.root / "tmp").iterdir()) == []
