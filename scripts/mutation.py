@@ -132,6 +132,46 @@ def report(functions: list[str] | None = None) -> int:
     return 0 if worst >= 90.0 else 1
 
 
+def describe(key: str) -> str:
+    """One line for a mutant: its function, number, status, original line and mutated line (from mutmut's diff)."""
+    from mutmut.__main__ import find_mutant
+    from mutmut.mutation.diff_apply import get_diff_for_mutant
+
+    m = find_mutant(key)
+    diff = get_diff_for_mutant(key, path=m.path).splitlines()[2:]
+    old = [line[1:].strip() for line in diff if line.startswith("-")]
+    new = [line[1:].strip() for line in diff if line.startswith("+")]
+    name, _, number = key.split(".x", 1)[1].rpartition("__mutmut_")
+    name = name.lstrip("_").replace(SEP, ".").strip(".") if SEP in name else name.removeprefix("_")
+
+    def cut(lines: list[str]) -> str:
+        text = " / ".join(lines) or "(line removed)"
+        return text if len(text) <= 90 else text[:90]
+
+    from mutmut.stats import status_by_exit_code
+
+    status = status_by_exit_code[m.exit_code_by_key[key]]
+    return f"`{name}` #{number} ({status}): `{cut(old)}` → `{cut(new)}`"
+
+
+def details(functions: list[str] | None, modules: list[str] | None) -> None:
+    """Print every mutant in scope that was not killed, one line each, grouped by module."""
+    import os
+
+    os.chdir(ROOT)
+    by_module = results()
+    wanted = tuple(n.removesuffix("*") for n in patterns_of(functions)) if functions else ()
+    for module, statuses in by_module.items():
+        if modules and module.removeprefix("consist.") not in modules:
+            continue
+        keys = [k for k, v in statuses.items() if v != "killed" and (not wanted or k.startswith(wanted))]
+        keys.sort(key=lambda k: (k.rpartition("__mutmut_")[0], int(k.rpartition("__mutmut_")[2])))
+        if keys:
+            print(f"\n### {module.removeprefix('consist.')}\n")
+            for key in keys:
+                print(f"- {describe(key)}")
+
+
 def pending(modules: list[str] | None) -> list[str]:
     """The mutants in scope that no run has killed yet, after mutmut brought mutants/ up to date.
 
@@ -173,8 +213,16 @@ def main() -> int:
         help="only the mutants of these functions, e.g. objects:ObjectStore.put_dir hashing:walk_unfollowed "
         "(with --pending: those not killed yet); for re-measuring the functions a change touched",
     )
+    parser.add_argument(
+        "--details",
+        action="store_true",
+        help="print every mutant not killed (function, number, original and mutated line), for classifying them",
+    )
     parser.add_argument("--max-children", type=int, default=None, help="parallel workers (default: CPU count)")
     args = parser.parse_args()
+    if args.details:
+        details(args.functions, args.modules)
+        return 0
     if not args.report:
         if not args.keep and not args.pending and not args.functions:  # --functions keeps the other verdicts
             shutil.rmtree(ROOT / "mutants", ignore_errors=True)

@@ -379,6 +379,9 @@ def test_short_reads_are_joined_up_to_the_limit_and_no_further(monkeypatch: pyte
         assert dirstore._read_upto(r, 5) == b"abcde"  # "abc", then only the 2 bytes still allowed
         assert asked == [5, 2]
         assert dirstore._read_upto(r, 10) == b"fgh"  # a short read, then the end
+        asked.clear()
+        assert dirstore._read_upto(r, 4) == b""
+        assert asked == [4]  # at the end: one read, not a second
     finally:
         os.close(r)
 
@@ -449,3 +452,102 @@ def test_content_arriving_twice_at_once_leaves_no_orphaned_temporary_file(
     batch.publish()
     assert store.path_of(sha(data)).read_bytes() == data
     assert list((store.root / "tmp").iterdir()) == []
+
+
+def test_flushing_many_files_is_one_syncfs_and_a_single_file_one_fsync(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    paths = []
+    for i in range(3):
+        (tmp_path / f"{i}").write_bytes(b"x")
+        paths.append(os.fspath(tmp_path / f"{i}"))
+    synced: list[int] = []
+    real_fsync = os.fsync
+    monkeypatch.setattr(dirstore, "_SYNCFS", None)  # as in a fresh process: syncfs is looked up on first use
+    monkeypatch.setattr(dirstore.os, "fsync", lambda fd: (synced.append(fd), real_fsync(fd)))
+    dirstore._flush(paths)
+    assert callable(dirstore._SYNCFS) and synced == []  # this Linux has syncfs: no fsync per file
+    dirstore._flush(paths[:2])
+    assert synced == []
+    dirstore._flush(paths[:1])  # one file: its own fsync is cheaper than flushing the whole file system
+    assert len(synced) == 1
+
+
+def test_without_syncfs_in_the_c_library_every_file_is_fsynced(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import ctypes
+
+    paths = []
+    for i in range(3):
+        (tmp_path / f"{i}").write_bytes(b"x")
+        paths.append(os.fspath(tmp_path / f"{i}"))
+
+    def no_libc(*args, **kwargs):
+        raise OSError("no C library here")
+
+    synced: list[int] = []
+    real_fsync = os.fsync
+    monkeypatch.setattr(dirstore, "_SYNCFS", None)
+    monkeypatch.setattr(ctypes, "CDLL", no_libc)
+    monkeypatch.setattr(dirstore.os, "fsync", lambda fd: (synced.append(fd), real_fsync(fd)))
+    dirstore._flush(paths)
+    assert len(synced) == 3
+
+
+def test_the_progress_bar_advances_by_every_small_file_stored(tmp_path: Path, store: ObjectStore) -> None:
+    class Bar:
+        done = 0
+
+        def advance(self, n: int) -> None:
+            self.done += n
+
+    files = make_tree(tmp_path / "out", dirstore.PARALLEL_MIN + 4, size=100)
+    listed = [(os.fspath(tmp_path / "out" / rel), len(data)) for rel, data in files.items()]
+    bar = Bar()
+    batch = dirstore.Batch(store)
+    try:
+        stored = batch.add_files(listed, bar)
+        assert bar.done == sum(len(d) for d in files.values())
+        assert stored == [(sha(d), len(d)) for d in files.values()]
+        assert len(batch.add_files(listed[:3])) == 3  # no bar: nothing to advance
+        batch.publish()
+    finally:
+        batch.discard()
+
+
+def test_the_memo_learns_large_objects_in_one_call_or_one_by_one(
+    tmp_path: Path, store: ObjectStore, index: SQLiteIndex, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    src = tmp_path / "out"
+    src.mkdir()
+    big = [os.urandom(ObjectStore.memo_min + i) for i in range(3)]
+    for i, data in enumerate(big):
+        (src / f"{i}.bin").write_bytes(data)
+
+    def one_by_one(*args):
+        raise AssertionError("a database memo learns a directory's objects in one transaction")
+
+    monkeypatch.setattr(index, "memo_put", one_by_one)
+    store.put_dir(src, H.FileHasher(H.NullMemo()))
+    monkeypatch.undo()
+    for data in big:
+        st = os.stat(store.path_of(sha(data)))
+        assert index.memo_get(H.stat_key(st), ObjectStore.memo_algo) == sha(data)
+
+    class DictMemo:  # a memo without memo_put_many
+        def __init__(self) -> None:
+            self.entries: dict[tuple, str] = {}
+
+        def memo_get(self, key, algo):
+            return self.entries.get((key, algo))
+
+        def memo_put(self, key, algo, digest) -> None:
+            self.entries[(key, algo)] = digest
+
+    memo = DictMemo()
+    other = ObjectStore(tmp_path / "objects2", memo=memo)
+    other.put_dir(src, H.FileHasher(H.NullMemo()))
+    expected = {}
+    for data in big:
+        st = os.stat(other.path_of(sha(data)))
+        expected[(H.stat_key(st), ObjectStore.memo_algo)] = sha(data)
+    assert memo.entries == expected
