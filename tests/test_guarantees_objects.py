@@ -733,17 +733,31 @@ def test_manifest_entries_are_checked_one_by_one(store: ObjectStore) -> None:
         "holds a malformed entry for 'o'": [["o", inner, True]],
         "holds a malformed entry for 'p'": [["p", 7, 1]],
         "lists 'a/b/c' inside the file or link 'a'": [["a", inner, 1], ["a/b/c", inner, 1]],
+        "lists 'd/f/g' inside the file or link": [["d/f", inner, 1], ["d/f/g", inner, 1]],  # deeper down
+        "lists a malformed link 'z'": [H.link_entry("z", "a\x00b")],  # consistent, but no link can hold a NUL
+        "lists a malformed link 'q'": [["q", inner, 1, {"symlink": 5}]],
+        "lists a malformed link 'r'": [["r", inner, 1, "not a mapping"]],
     }
     for words, entries in cases.items():
         digest = store.put_bytes(H.manifest_bytes(entries))
         with pytest.raises(consist.IntegrityError) as err:
             store.check("dir", digest, None)
-        assert str(err.value).startswith(f"Directory manifest {digest} {words}."), words
+        assert str(err.value).startswith(f"Directory manifest {digest} {words}"), words
     empty = store.put_bytes(H.manifest_bytes([["e", sha(b""), 0]]))
     store.put_bytes(b"")
     assert [rel for rel, _src, size in store.check("dir", empty, None)] == ["e"]
     ok = store.put_bytes(H.manifest_bytes([good_link, ["x.csv", inner, 1]]))
     assert [(rel, size) for rel, _src, size in store.check("dir", ok, None)] == [("l", 0), ("x.csv", 1)]
+
+
+def test_a_directory_whose_member_object_has_the_wrong_size_fails_its_check(store: ObjectStore) -> None:
+    inner = store.put_bytes(b"0123456789")
+    digest = store.put_bytes(H.manifest_bytes([["m.bin", inner, 10]]))
+    obj = store.path_of(inner)
+    os.chmod(obj, 0o644)
+    obj.write_bytes(b"01234")  # truncated: the check catches it before anything is written
+    with pytest.raises(consist.IntegrityError, match="has 5 bytes, expected 10"):
+        store.check("dir", digest, None)
 
 
 def test_storing_content_again_repairs_a_truncated_object(store: ObjectStore, tmp_path: Path) -> None:
