@@ -19,12 +19,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import subprocess
 import sys
 import time
 from collections import Counter
 from pathlib import Path
+from typing import NamedTuple
 
 ROOT = Path(__file__).resolve().parent.parent
 SEP = "ǁ"  # mutmut's separator between class and method in mutant names
@@ -132,44 +134,109 @@ def report(functions: list[str] | None = None) -> int:
     return 0 if worst >= 90.0 else 1
 
 
-def describe(key: str) -> str:
-    """One line for a mutant: its function, number, status, original line and mutated line (from mutmut's diff)."""
+class Mutant(NamedTuple):
+    """A mutant not killed, as the classification sees it."""
+
+    key: str
+    module: str  # "store.duck"
+    function: str  # "DuckStore._merge", "_flush"
+    number: int
+    status: str
+    original: str  # the changed lines, cut at 90 characters
+    mutated: str
+
+
+def describe(key: str, status: str) -> Mutant:
+    """A mutant's function, number, original and mutated lines, from mutmut's diff."""
     from mutmut.__main__ import find_mutant
     from mutmut.mutation.diff_apply import get_diff_for_mutant
 
-    m = find_mutant(key)
-    diff = get_diff_for_mutant(key, path=m.path).splitlines()[2:]
+    diff = get_diff_for_mutant(key, path=find_mutant(key).path).splitlines()[2:]
     old = [line[1:].strip() for line in diff if line.startswith("-")]
     new = [line[1:].strip() for line in diff if line.startswith("+")]
-    name, _, number = key.split(".x", 1)[1].rpartition("__mutmut_")
+    module, _, rest = key.removeprefix("consist.").partition(".x")
+    name, _, number = rest.rpartition("__mutmut_")
     name = name.lstrip("_").replace(SEP, ".").strip(".") if SEP in name else name.removeprefix("_")
 
     def cut(lines: list[str]) -> str:
         text = " / ".join(lines) or "(line removed)"
         return text if len(text) <= 90 else text[:90]
 
-    from mutmut.stats import status_by_exit_code
+    return Mutant(key, module, name, int(number), status, cut(old), cut(new))
 
-    status = status_by_exit_code[m.exit_code_by_key[key]]
-    return f"`{name}` #{number} ({status}): `{cut(old)}` → `{cut(new)}`"
+
+def not_killed(functions: list[str] | None, modules: list[str] | None) -> dict[str, list[Mutant]]:
+    """module -> its mutants not killed, in function and number order."""
+    os.chdir(ROOT)  # mutmut reads mutants/ relative to the working folder
+    wanted = tuple(n.removesuffix("*") for n in patterns_of(functions)) if functions else ()
+    out: dict[str, list[Mutant]] = {}
+    for module, statuses in results().items():
+        if modules and module.removeprefix("consist.") not in modules:
+            continue
+        found = [describe(k, v) for k, v in statuses.items() if v != "killed" and (not wanted or k.startswith(wanted))]
+        out[module] = sorted(found, key=lambda m: (m.function, m.number))
+    return out
+
+
+def reason_for(m: Mutant) -> str:
+    """Why a mutant was not killed, from scripts/mutation_reasons.py ("unclassified" when it says nothing)."""
+    from mutation_reasons import REASONS
+
+    if m.status == "timeout":
+        return "detected: the tests hung until mutmut's time limit"
+    fn = m.function.lstrip("_")
+    for key in ((m.module, fn, m.original, m.mutated), (m.module, fn, m.original)):
+        if key in REASONS:
+            return REASONS[key]
+    return "unclassified"
 
 
 def details(functions: list[str] | None, modules: list[str] | None) -> None:
-    """Print every mutant in scope that was not killed, one line each, grouped by module."""
-    import os
-
-    os.chdir(ROOT)
-    by_module = results()
-    wanted = tuple(n.removesuffix("*") for n in patterns_of(functions)) if functions else ()
-    for module, statuses in by_module.items():
-        if modules and module.removeprefix("consist.") not in modules:
-            continue
-        keys = [k for k, v in statuses.items() if v != "killed" and (not wanted or k.startswith(wanted))]
-        keys.sort(key=lambda k: (k.rpartition("__mutmut_")[0], int(k.rpartition("__mutmut_")[2])))
-        if keys:
+    """Print every mutant in scope that was not killed, one line each, with its reason when one is known."""
+    for module, mutants in not_killed(functions, modules).items():
+        if mutants:
             print(f"\n### {module.removeprefix('consist.')}\n")
-            for key in keys:
-                print(f"- {describe(key)}")
+        for m in mutants:
+            print(f"- `{m.function}` #{m.number} ({m.status}): `{m.original}` → `{m.mutated}`: {reason_for(m)}")
+
+
+def classify() -> int:
+    """The table and every mutant not killed, grouped by reason, as Markdown; 1 if any is unclassified."""
+    by_module = results()
+    listed = not_killed(None, None)
+    rows, sections, unclassified = [], [], 0
+    for module, statuses in by_module.items():
+        c = Counter(statuses.values())
+        total = len(statuses)
+        if not total or c["not checked"] == total:
+            continue
+        groups: dict[str, list[Mutant]] = {}
+        for m in listed[module]:
+            groups.setdefault(reason_for(m), []).append(m)
+        equivalent = sum(len(ms) for r, ms in groups.items() if r.startswith("equivalent"))
+        gaps = sum(len(ms) for r, ms in groups.items() if r.startswith("gap"))
+        unclassified += len(groups.get("unclassified", []))
+        detected = c["killed"] + c["timeout"]
+        name = module.removeprefix("consist.").replace(".", "/") + ".py"
+        rows.append(
+            f"| {name} | {total} | {c['killed']} | {c['survived']} | {c['timeout']} | "
+            f"{total - c['killed'] - c['survived'] - c['timeout']} | {100 * detected / total:.1f} % | "
+            f"{equivalent} | {gaps} | {100 * detected / max(1, total - equivalent):.1f} % |"
+        )
+        sections.append(f"\n### {name}\n")
+        order = sorted(groups, key=lambda r: (not r.startswith("gap"), r.startswith("detected"), r))
+        for reason in order:
+            ms = groups[reason]
+            sections.append(f"- **{reason}** ({len(ms)}):")
+            sections += [f"  - `{m.function}` #{m.number}: `{m.original}` → `{m.mutated}`" for m in ms]
+    print(
+        "| module | mutants | killed | survived | timeout | other | score "
+        "| equivalent | gaps | score without equivalents |"
+    )
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print("\n".join(rows))
+    print("\n".join(sections))
+    return 1 if unclassified else 0
 
 
 def pending(modules: list[str] | None) -> list[str]:
@@ -218,11 +285,19 @@ def main() -> int:
         action="store_true",
         help="print every mutant not killed (function, number, original and mutated line), for classifying them",
     )
+    parser.add_argument(
+        "--classify",
+        action="store_true",
+        help="print the per-module table and every mutant not killed, grouped by the reason "
+        "scripts/mutation_reasons.py gives (the body of docs/mutation-results.md)",
+    )
     parser.add_argument("--max-children", type=int, default=None, help="parallel workers (default: CPU count)")
     args = parser.parse_args()
     if args.details:
         details(args.functions, args.modules)
         return 0
+    if args.classify:
+        return classify()
     if not args.report:
         if not args.keep and not args.pending and not args.functions:  # --functions keeps the other verdicts
             shutil.rmtree(ROOT / "mutants", ignore_errors=True)

@@ -586,3 +586,21 @@ def test_a_file_changed_within_the_racy_window_is_never_looked_up_in_the_memo(tm
     os.utime(f, ns=(past, past))
     assert H.FileHasher(memo).hash_path(f) == sha(b"fresh")
     assert asked == [H.stat_key(f.stat())] and len(memo.puts) == 1
+
+
+def test_a_file_hashed_through_a_link_is_remembered_by_its_target_so_a_new_target_content_is_seen(
+    tmp_path: Path,
+) -> None:
+    target = tmp_path / "data.csv"
+    target.write_bytes(b"version 1")
+    aged(target, 20)
+    link = tmp_path / "input.csv"
+    link.symlink_to(target)
+    memo = Memo()
+    hasher = H.FileHasher(memo)
+    assert hasher.hash_file(link) == sha(b"version 1")
+    assert [key for key, _, _ in memo.puts] == [H.stat_key(target.stat())]  # the target's stat, not the link's
+    target.write_bytes(b"version 2")  # same size; the link itself is untouched
+    aged(target, 10)
+    assert hasher.hash_file(link) == sha(b"version 2")
+    assert hasher.hash_file(link, follow=True) == sha(b"version 2")
