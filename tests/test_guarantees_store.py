@@ -210,7 +210,8 @@ def test_engine_connections_see_every_recorded_run(ix: SQLiteIndex, duck: DuckSt
 
 def test_a_held_sync_lock_times_out_with_a_clear_error(ix: SQLiteIndex, duck: DuckStore) -> None:
     ix.upsert_run(run_row("r"))
-    held = FileLock(str(duck.lock_path))
+    # Every process, of this version or another, agrees on this name: the lock beside the index.
+    held = FileLock(str(ix.path.parent / "duckdb.lock"))
     held.acquire()
     try:
         started = time.monotonic()
