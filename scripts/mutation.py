@@ -215,25 +215,26 @@ def classify() -> int:
             groups.setdefault(reason_for(m), []).append(m)
         equivalent = sum(len(ms) for r, ms in groups.items() if r.startswith("equivalent"))
         gaps = sum(len(ms) for r, ms in groups.items() if r.startswith("gap"))
+        by_hand = sum(len(ms) for r, ms in groups.items() if r.startswith("killed"))
         unclassified += len(groups.get("unclassified", []))
         detected = c["killed"] + c["timeout"]
         name = module.removeprefix("consist.").replace(".", "/") + ".py"
         rows.append(
             f"| {name} | {total} | {c['killed']} | {c['survived']} | {c['timeout']} | "
             f"{total - c['killed'] - c['survived'] - c['timeout']} | {100 * detected / total:.1f} % | "
-            f"{equivalent} | {gaps} | {100 * detected / max(1, total - equivalent):.1f} % |"
+            f"{equivalent} | {by_hand} | {gaps} | {100 * (detected + by_hand) / max(1, total - equivalent):.1f} % |"
         )
         sections.append(f"\n### {name}\n")
-        order = sorted(groups, key=lambda r: (not r.startswith("gap"), r.startswith("detected"), r))
+        order = sorted(groups, key=lambda r: (not r.startswith("gap"), r.startswith(("detected", "killed")), r))
         for reason in order:
             ms = groups[reason]
             sections.append(f"- **{reason}** ({len(ms)}):")
             sections += [f"  - `{m.function}` #{m.number}: `{m.original}` → `{m.mutated}`" for m in ms]
     print(
         "| module | mutants | killed | survived | timeout | other | score "
-        "| equivalent | gaps | score without equivalents |"
+        "| equivalent | killed by hand | gaps | score without equivalents |"
     )
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     print("\n".join(rows))
     print("\n".join(sections))
     return 1 if unclassified else 0

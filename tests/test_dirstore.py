@@ -391,10 +391,16 @@ def test_from_parallel_min_items_on_the_work_runs_on_threads_threads(n: int) -> 
     import threading
 
     names: set[str] = set()
+    # Each worker's first chunk waits until THREADS workers have started: however loaded the
+    # machine, the pool must then have started them all (and a pool of more threads breaks it).
+    started = threading.Barrier(dirstore.THREADS, timeout=10)
 
     def work(chunk):
-        names.add(threading.current_thread().name)
-        time.sleep(0.02)  # long enough that every worker thread is started
+        name = threading.current_thread().name
+        if name not in names and name != threading.main_thread().name:
+            names.add(name)
+            started.wait()
+        names.add(name)
         return [i + 1 for i in chunk]
 
     assert dirstore.in_threads(work, list(range(n))) == list(range(1, n + 1))

@@ -433,6 +433,12 @@ def test_caller_source_names_the_calling_file(make_tracker) -> None:
     code = "from consist.identity import caller_source\nresult = caller_source()\n"
     exec(compile(code, "<stdin>", "exec"), ns)  # a frame with no file is skipped: this file called exec
     assert ns["result"] == Path(__file__)
+    import contextlib
+
+    exec(compile(code, contextlib.__file__, "exec"), ns)  # contextlib's frames (a `with` block) are skipped
+    assert ns["result"] == Path(__file__)
+    exec(compile(code, "/nonexistent/script.py", "exec"), ns)  # a first frame whose file is gone: no source
+    assert ns["result"] is None
     t = make_tracker()
     run = t.begin_run("manual", "m")
     t.end_run()
