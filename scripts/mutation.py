@@ -200,12 +200,14 @@ def details(functions: list[str] | None, modules: list[str] | None) -> None:
             print(f"- `{m.function}` #{m.number} ({m.status}): `{m.original}` → `{m.mutated}`: {reason_for(m)}")
 
 
-def classify() -> int:
+def classify(modules: list[str] | None = None) -> int:
     """The table and every mutant not killed, grouped by reason, as Markdown; 1 if any is unclassified."""
     by_module = results()
-    listed = not_killed(None, None)
+    listed = not_killed(None, modules)
     rows, sections, unclassified = [], [], 0
     for module, statuses in by_module.items():
+        if module not in listed:
+            continue
         c = Counter(statuses.values())
         total = len(statuses)
         if not total or c["not checked"] == total:
@@ -298,7 +300,7 @@ def main() -> int:
         details(args.functions, args.modules)
         return 0
     if args.classify:
-        return classify()
+        return classify(args.modules)
     if not args.report:
         if not args.keep and not args.pending and not args.functions:  # --functions keeps the other verdicts
             shutil.rmtree(ROOT / "mutants", ignore_errors=True)

@@ -333,5 +333,30 @@ REASONS: dict[tuple[str, ...], str] = {
     ("containers.mounts", "normalize_volumes", "f'pass a dict instead: volumes={{\"{parts[0] if parts else \"./data\"}\": \"/inputs\"}}',"): "gap (message): the example in the fix of an unreadable volume string",
     # dirstore
     ("dirstore", "Batch.add_file", "fd = open_regular(path, follow=False)", "fd = open_regular(path, follow=None)"): FALSY,
+    # store.sqlite
+    ("store.sqlite", "switch_to_wal", "if \"locked\" not in str(exc) and \"busy\" not in str(exc):", "if \"locked\" not in str(exc) and \"XXbusyXX\" not in str(exc):"): "equivalent: SQLite on this machine never says \"busy\" in a lock error (it says \"locked\"), so the spelling tested for it decides nothing",
+    ("store.sqlite", "switch_to_wal", "if \"locked\" not in str(exc) and \"busy\" not in str(exc):", "if \"locked\" not in str(exc) and \"BUSY\" not in str(exc):"): "equivalent: SQLite on this machine never says \"busy\" in a lock error (it says \"locked\"), so the spelling tested for it decides nothing",
+    ("store.sqlite", "switch_to_wal", "if \"locked\" not in str(exc) and \"busy\" not in str(exc):", "if \"locked\" not in str(exc) and \"busy\" not in str(None):"): "equivalent: SQLite on this machine never says \"busy\" in a lock error (it says \"locked\"), so the spelling tested for it decides nothing",
+    ("store.sqlite", "switch_to_wal", "if \"locked\" not in str(exc) and \"busy\" not in str(exc):", "if \"locked\" not in str(exc) and \"busy\" in str(exc):"): "gap: an OperationalError other than a lock while switching to WAL must be raised, not waited out; no test makes the switch fail that way",
+    ("store.sqlite", "switch_to_wal", "if time.monotonic() > deadline:"): "equivalent: `>=` against `>` of a wall-clock deadline",
+    ("store.sqlite", "SQLiteIndex.__init__", "self._db = sqlite3.connect(str(path), timeout=60.0, isolation_level=None, check_same_threa", "self._db = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)"): "equivalent: the connection's `timeout=`, which `PRAGMA busy_timeout` sets anyway",
+    ("store.sqlite", "SQLiteIndex.__init__", "elif version < SCHEMA_VERSION:"): "equivalent: an index already at the newest schema is \"upgraded\" by a transaction that applies nothing",
+    ("store.sqlite", "SQLiteIndex.__init__", "self._upgrade(version)"): "equivalent: _upgrade reads the schema version itself",
+    ("store.sqlite", "SQLiteIndex.__init__", "if _disk_full(exc, path):"): "gap (message): the words of the error for a damaged or full index at opening; the errors themselves are tested, their exact texts are not",
+    ("store.sqlite", "SQLiteIndex.__init__", "raise _disk_full_error(exc, path) from exc"): "gap (message): the words of the error for a damaged or full index at opening; the errors themselves are tested, their exact texts are not",
+    ("store.sqlite", "SQLiteIndex.__init__", "\"the file is damaged or is not a consist index\","): "gap (message): the words of the error for a damaged or full index at opening; the errors themselves are tested, their exact texts are not",
+    ("store.sqlite", "SQLiteIndex.__init__", "\"and rebuilds it from the DuckDB file, which keeps every merged run\","): "gap (message): the words of the error for a damaged or full index at opening; the errors themselves are tested, their exact texts are not",
+    ("store.sqlite", "SQLiteIndex._open_read_only", "self.schema_version = version"): "gap: the schema version a read-only index reports; nothing in the mutation run reads it from a read-only index",
+    ("store.sqlite", "SQLiteIndex._upgrade", "for target in range(current + 1, SCHEMA_VERSION + 1):"): "gap: the upgrade loop's upper bound: the newest schema's additions are not read by the upgrade test",
+    ("store.sqlite", "SQLiteIndex.indexed_by", "return f\"INDEXED BY {index} \" if self.has_lookup_indexes else \"\""): "gap: which index SQLite is told to use for a lookup; a lookup without the hint returns the same rows, and one with a hint the index lacks fails only on an index older than the lookup indexes",
+    ("store.sqlite", "SQLiteIndex.meta_field", "return f\"json_extract(meta, '$.{_meta_key(key)}')\""): "gap: no test in the mutation run reaches meta_field",
+    # planning
+    ("planning", "normalize_inputs", "elif isinstance(inputs, (str, os.PathLike)) or hasattr(inputs, \"uri\"):"): "equivalent: an Artifact is os.PathLike, so the `uri` test is never what decides, and every object with a `uri` has a `key`",
+    ("planning", "normalize_inputs", "own = getattr(value, \"key\", None) if hasattr(value, \"uri\") else None"): "equivalent: an Artifact is os.PathLike, so the `uri` test is never what decides, and every object with a `uri` has a `key`",
+    # objects
+    ("objects", "ObjectStore.put_dir", "stacklevel=2, / )"): "equivalent: put_dir is called only by consist, so the warning names a line inside consist at every stack level",
+    ("objects", "ObjectStore.put_dir", "stacklevel=2,"): "equivalent: put_dir is called only by consist, so the warning names a line inside consist at every stack level",
+    # inflight
+    ("inflight", "InflightMixin._reuse_or_claim", "return \"no_match\", None, None"): "equivalent: the reason string of an overwrite is never shown: the tracker replaces it with the miss explanation",
 }
 # fmt: on

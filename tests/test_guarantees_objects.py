@@ -536,12 +536,16 @@ def test_copy_and_directory_restore_progress(tmp_path: Path, monkeypatch: pytest
     d = tmp_path / "d"
     d.mkdir()
     (d / "big.bin").write_bytes(b"y" * (3 << 20))
+    for i in range(300):  # small files, stored in one pass on threads, advance the same bar
+        (d / f"s{i:03d}.txt").write_bytes(b"%03d" % i * 3414)
     store = ObjectStore(tmp_path / "objects")
-    digest = store.put_dir(d, H.FileHasher(H.NullMemo()))[0]
     capfd.readouterr()
+    digest = store.put_dir(d, H.FileHasher(H.NullMemo()))[0]
+    err = capfd.readouterr().err
+    assert "storing d" in err and "6.2/6.2 MB" in err
     store.write(store.check("dir", digest, None), tmp_path / "restored_dir")
     err = capfd.readouterr().err
-    assert "restoring restored_dir" in err and "3.1/3.1 MB" in err
+    assert "restoring restored_dir" in err and "6.2/6.2 MB" in err
 
 
 def test_the_umask_is_read_once_and_left_unchanged(monkeypatch: pytest.MonkeyPatch) -> None:
