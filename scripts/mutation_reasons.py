@@ -358,5 +358,25 @@ REASONS: dict[tuple[str, ...], str] = {
     ("objects", "ObjectStore.put_dir", "stacklevel=2,"): "equivalent: put_dir is called only by consist, so the warning names a line inside consist at every stack level",
     # inflight
     ("inflight", "InflightMixin._reuse_or_claim", "return \"no_match\", None, None"): "equivalent: the reason string of an overwrite is never shown: the tracker replaces it with the miss explanation",
+    # hashing
+    ("hashing", "canonical", "\"keep only one of them, or give them distinct names\","): "gap (message): the fix given when two config keys collide",
+    ("hashing", "canonical", "return canonical(as_float, _path=_path)  # exactly a float: spelled as that float"): "gap (message): the config path named in an error raised further down a nested value",
+    ("hashing", "canonical", "return canonical(dump(mode=\"python\"), _path=_path)", "return canonical(dump(mode=\"python\"), _path=None)"): "gap (message): the config path named in an error raised further down a nested value",
+    ("hashing", "canonical", "return canonical(dump(mode=\"python\"), _path=_path)", "return canonical(dump(mode=\"python\"), )"): "gap (message): the config path named in an error raised further down a nested value",
+    ("hashing", "canonical", "return canonical(dump(mode=\"python\"), _path=_path)"): "equivalent: Pydantic dumps in Python mode for any mode other than \"json\" (None, or another word)",
+    ("hashing", "canonical", "if getattr(value, \"ndim\", 0) == 0 and callable(getattr(value, \"item\", None)):"): "equivalent: a numpy scalar that skips this branch reaches the `tolist` branch just after, which gives the same Python value",
+    ("hashing", "canonical", "return canonical(value.item(), _path=_path)  # a numpy scalar is its Python value"): "gap (message): the config path named in an error raised further down a nested value",
+    ("hashing", "canonical", "if callable(getattr(value, \"tolist\", None)):"): "gap: the error type for an object that has no `tolist` and is not a config value (AttributeError instead of ConfigError); no test passes one that gets this far",
+    # store.index
+    ("store.index", "RunIndex.memo_put_many", "self.atomic(lambda: self._run_many(_MEMO_UPSERT, rows), stamp=False)", "self.atomic(lambda: self._run_many(_MEMO_UPSERT, rows), stamp=None)"): FALSY_STAMP,
+    ("store.index", "RunIndex.memo_put_many", "self.atomic(lambda: self._run_many(_MEMO_UPSERT, rows), stamp=False)"): "gap: a memo write that takes a sequence number makes the next query merge an empty window into DuckDB (a cost, not a wrong result); no test counts merges after storing a directory",
+    ("store.index", "RunIndex.merge_window", "def merge_window(self, after: int, top: int, runs: int = 5000) -> int:"): "equivalent: the default window size (5,000 or 5,001 runs) only changes how many windows a merge takes",
+    ("store.index", "RunIndex.merge_window", "for table, rows in ((\"run\", runs), (\"artifact\", 2 * runs), (\"run_artifact\", 4 * runs)):"): SQL_CASE,
+    # store.sqlite
+    ("store.sqlite", "SQLiteIndex._open_read_only", "f\"{path.resolve().as_uri()}?mode=ro\", uri=True, timeout=60.0, isolation_level=None,", "f\"{path.resolve().as_uri()}?mode=ro\", uri=True, isolation_level=None,"): WAITING_SQLITE,
+    ("store.sqlite", "SQLiteIndex._open_read_only", "f\"{path.resolve().as_uri()}?mode=ro\", uri=True, timeout=60.0, isolation_level=None, / chec"): "equivalent: Python's sqlite3 opens an implicit transaction only before a statement that writes, and a read-only index runs none",
+    ("store.sqlite", "switch_to_wal", "def _switch_to_wal(db: sqlite3.Connection, wait_s: float = 60.0) -> None:"): WAITING,
+    # store.index
+    ("store.index", "RunIndex.atomic", "raise AssertionError(\"unreachable\")"): UNREACHABLE,
 }
 # fmt: on
