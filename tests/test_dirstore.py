@@ -557,3 +557,14 @@ def test_the_memo_learns_large_objects_in_one_call_or_one_by_one(
         st = os.stat(other.path_of(sha(data)))
         expected[(H.stat_key(st), ObjectStore.memo_algo)] = sha(data)
     assert memo.entries == expected
+
+
+def test_teaching_the_memo_takes_no_sequence_number(tmp_path: Path, store: ObjectStore, index: SQLiteIndex) -> None:
+    src = tmp_path / "out"
+    src.mkdir()
+    for i in range(3):
+        (src / f"{i}.bin").write_bytes(os.urandom(ObjectStore.memo_min + i))
+    before = index.max_seq()
+    store.put_dir(src, H.FileHasher(H.NullMemo()))
+    assert index.memo_get(H.stat_key(os.stat(store.path_of(sha((src / "0.bin").read_bytes())))), store.memo_algo)
+    assert index.max_seq() == before  # no run changed: the next query has nothing to merge into DuckDB
