@@ -86,8 +86,16 @@ def test_an_index_from_a_newer_version_is_refused(tmp_path: Path) -> None:
 def test_a_file_that_is_not_a_database_is_a_clear_error(tmp_path: Path) -> None:
     path = tmp_path / "index.sqlite"
     path.write_bytes(b"this is not sqlite" * 100)
-    with pytest.raises(consist.StoreError, match=r"Cannot open the run index .*damaged or is not a consist index"):
+    with pytest.raises(
+        consist.StoreError, match=r"Cannot open the run index .*damaged or is not a consist index"
+    ) as err:
         SQLiteIndex(path)
+    text = str(err.value)
+    assert "Likely cause: the file is damaged or is not a consist index. " in text
+    assert "Fix: run consist.store.rebuild_index(" in text
+    assert (
+        "): it moves the damaged index aside and rebuilds it from the DuckDB file, which keeps every merged run" in text
+    )
 
 
 def test_a_closed_index_raises_run_state_errors(tmp_path: Path) -> None:
