@@ -85,6 +85,11 @@ def patterns_of(functions: list[str]) -> list[str]:
     return [f"{mangled('consist.' + m, f)}__mutmut_*" for m, _, f in (x.partition(":") for x in functions)]
 
 
+def name_prefixes(functions: list[str]) -> tuple[str, ...]:
+    """The prefixes of the mutant names of these ``module:function`` items."""
+    return tuple(n.removesuffix("*") for n in patterns_of(functions))
+
+
 def in_scope(key: str) -> str | None:
     for module, functions in SCOPE.items():
         if functions is None and key.startswith(module + ".x"):
@@ -110,7 +115,7 @@ def results() -> dict[str, dict[str, str]]:
 def report(functions: list[str] | None = None) -> int:
     by_module = results()
     if functions:  # only the mutants of these functions
-        wanted = tuple(n.removesuffix("*") for n in patterns_of(functions))
+        wanted = name_prefixes(functions)
         by_module = {m: {k: v for k, v in st.items() if k.startswith(wanted)} for m, st in by_module.items()}
         by_module = {m: st for m, st in by_module.items() if st}
     print("| module | mutants | killed | survived | timeout | other | score |")
@@ -165,12 +170,14 @@ def describe(key: str, status: str) -> Mutant:
     return Mutant(key, module, name, int(number), status, cut(old), cut(new))
 
 
-def not_killed(functions: list[str] | None, modules: list[str] | None) -> dict[str, list[Mutant]]:
-    """module -> its mutants not killed, in function and number order."""
+def not_killed(
+    by_module: dict[str, dict[str, str]], functions: list[str] | None, modules: list[str] | None
+) -> dict[str, list[Mutant]]:
+    """module -> its mutants not killed (of ``results()``), in function and number order."""
     os.chdir(ROOT)  # mutmut reads mutants/ relative to the working folder
-    wanted = tuple(n.removesuffix("*") for n in patterns_of(functions)) if functions else ()
+    wanted = name_prefixes(functions) if functions else ()
     out: dict[str, list[Mutant]] = {}
-    for module, statuses in results().items():
+    for module, statuses in by_module.items():
         if modules and module.removeprefix("consist.") not in modules:
             continue
         found = [describe(k, v) for k, v in statuses.items() if v != "killed" and (not wanted or k.startswith(wanted))]
@@ -193,7 +200,7 @@ def reason_for(m: Mutant) -> str:
 
 def details(functions: list[str] | None, modules: list[str] | None) -> None:
     """Print every mutant in scope that was not killed, one line each, with its reason when one is known."""
-    for module, mutants in not_killed(functions, modules).items():
+    for module, mutants in not_killed(results(), functions, modules).items():
         if mutants:
             print(f"\n### {module.removeprefix('consist.')}\n")
         for m in mutants:
@@ -203,7 +210,7 @@ def details(functions: list[str] | None, modules: list[str] | None) -> None:
 def classify(modules: list[str] | None = None) -> int:
     """The table and every mutant not killed, grouped by reason, as Markdown; 1 if any is unclassified."""
     by_module = results()
-    listed = not_killed(None, modules)
+    listed = not_killed(by_module, None, modules)
     rows, sections, unclassified = [], [], 0
     for module, statuses in by_module.items():
         if module not in listed:
@@ -310,7 +317,7 @@ def main() -> int:
         if args.pending:
             names = pending(args.modules)
             if args.functions:
-                wanted = tuple(n.removesuffix("*") for n in patterns_of(args.functions))
+                wanted = name_prefixes(args.functions)
                 names = [n for n in names if n.startswith(wanted)]
             print(f"{len(names)} mutants to run", flush=True)
             if not names:

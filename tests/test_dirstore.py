@@ -51,6 +51,22 @@ def objects_in(store: ObjectStore) -> set[str]:
     return {d for d, _ in store.all_objects()}
 
 
+def written_files(folder: Path, n: int = 3) -> list[str]:
+    """n one-byte files in ``folder``; their paths as text."""
+    for i in range(n):
+        (folder / f"{i}").write_bytes(b"x")
+    return [os.fspath(folder / f"{i}") for i in range(n)]
+
+
+@pytest.fixture
+def synced(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The descriptors os.fsync is called with from now on (each still fsynced)."""
+    calls: list[int] = []
+    real_fsync = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: (calls.append(fd), real_fsync(fd)))
+    return calls
+
+
 @pytest.mark.parametrize("n", [3, dirstore.PARALLEL_MIN + 45])
 def test_a_directory_is_stored_file_by_file_and_restored_byte_for_byte(
     tmp_path: Path, store: ObjectStore, index: SQLiteIndex, n: int
@@ -191,29 +207,19 @@ def test_a_store_that_is_not_durable_flushes_nothing(
     assert store.path_of(digest).is_file() and store.path_of(sha(b"one file")).read_bytes() == b"one file"
 
 
-def test_a_durable_store_fsyncs_single_files_and_bytes(
-    tmp_path: Path, index: SQLiteIndex, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_a_durable_store_fsyncs_single_files_and_bytes(tmp_path: Path, index: SQLiteIndex, synced: list[int]) -> None:
     store = ObjectStore(tmp_path / "objects", memo=index, durable=True)
     (tmp_path / "one.txt").write_bytes(b"one file")
-    synced: list[int] = []
-    real_fsync = os.fsync
-    monkeypatch.setattr(os, "fsync", lambda fd: (synced.append(fd), real_fsync(fd)))
     store.put_file(tmp_path / "one.txt", H.FileHasher(index))
     store.put_bytes(b"some bytes")
     assert len(synced) == 2
 
 
-def test_without_syncfs_every_file_is_fsynced(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    paths = []
-    for i in range(3):
-        p = tmp_path / f"{i}"
-        p.write_bytes(b"x")
-        paths.append(os.fspath(p))
-    synced: list[int] = []
-    real_fsync = os.fsync
+def test_without_syncfs_every_file_is_fsynced(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, synced: list[int]
+) -> None:
+    paths = written_files(tmp_path)
     monkeypatch.setattr(dirstore, "_SYNCFS", False)
-    monkeypatch.setattr(dirstore.os, "fsync", lambda fd: (synced.append(fd), real_fsync(fd)))
     dirstore._flush(paths)
     assert len(synced) == 3
     monkeypatch.setattr(dirstore, "_SYNCFS", lambda fd: -1)  # syncfs failing falls back too
@@ -461,16 +467,10 @@ def test_content_arriving_twice_at_once_leaves_no_orphaned_temporary_file(
 
 
 def test_flushing_many_files_is_one_syncfs_and_a_single_file_one_fsync(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, synced: list[int]
 ) -> None:
-    paths = []
-    for i in range(3):
-        (tmp_path / f"{i}").write_bytes(b"x")
-        paths.append(os.fspath(tmp_path / f"{i}"))
-    synced: list[int] = []
-    real_fsync = os.fsync
+    paths = written_files(tmp_path)
     monkeypatch.setattr(dirstore, "_SYNCFS", None)  # as in a fresh process: syncfs is looked up on first use
-    monkeypatch.setattr(dirstore.os, "fsync", lambda fd: (synced.append(fd), real_fsync(fd)))
     dirstore._flush(paths)
     assert callable(dirstore._SYNCFS) and synced == []  # this Linux has syncfs: no fsync per file
     dirstore._flush(paths[:2])
@@ -479,22 +479,18 @@ def test_flushing_many_files_is_one_syncfs_and_a_single_file_one_fsync(
     assert len(synced) == 1
 
 
-def test_without_syncfs_in_the_c_library_every_file_is_fsynced(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_without_syncfs_in_the_c_library_every_file_is_fsynced(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, synced: list[int]
+) -> None:
     import ctypes
 
-    paths = []
-    for i in range(3):
-        (tmp_path / f"{i}").write_bytes(b"x")
-        paths.append(os.fspath(tmp_path / f"{i}"))
+    paths = written_files(tmp_path)
 
     def no_libc(*args, **kwargs):
         raise OSError("no C library here")
 
-    synced: list[int] = []
-    real_fsync = os.fsync
     monkeypatch.setattr(dirstore, "_SYNCFS", None)
     monkeypatch.setattr(ctypes, "CDLL", no_libc)
-    monkeypatch.setattr(dirstore.os, "fsync", lambda fd: (synced.append(fd), real_fsync(fd)))
     dirstore._flush(paths)
     assert len(synced) == 3
 
