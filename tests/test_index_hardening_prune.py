@@ -3,9 +3,11 @@
 Runs lease what they store (until their record gets its final status) and what
 they restore (until the restore is over); prune_store() deletes under the run
 index's write lock after reading the leases again, and a run that stored an
-object which a prune removed before the lease stores it again. Each test runs
-the run in progress in a real second process, which stops at the point where a
-prune would hurt and waits for the test to prune.
+object which a prune removed before the lease stores it again. ``tracker.run``
+records its outputs as soon as its function returns, without a lease: it looks
+once more after that record, and stores again what a prune removed before it.
+Each test runs the run in progress in a real second process, which stops at the
+point where a prune would hurt and waits for the test to prune.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -21,7 +24,10 @@ import time
 from datetime import timedelta
 from pathlib import Path
 
+import pytest
+
 from consist import Tracker
+from consist.errors import ConsistWarning
 
 FILE_CONTENT = b"written by a run in progress\n" * 1000
 DIR_FILES = {"a.txt": b"member a\n" * 100, "sub/b.txt": b"member b\n" * 100}
@@ -89,6 +95,30 @@ _CHILD = textwrap.dedent(
         f.write_bytes(json.loads(sys.argv[4]).encode())
         t.log_output(f)
         t.end_run()
+    elif mode in ("run_stored_before", "run_changed"):
+        pause_once(ObjectStore, ["put_file"], "put")
+
+        def late():
+            f = base / "late.bin"
+            f.write_bytes(json.loads(sys.argv[4]).encode())
+            return f
+
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            r = t.run(late, name="late", outputs=["o"])
+        print(json.dumps({"hash": r.outputs["o"].hash, "warnings": [str(w.message) for w in caught]}))
+    elif mode == "run_dir_stored_before":
+        pause_once(ObjectStore, ["put_dir"], "put")
+
+        def late_dir():
+            d = base / "late_dir"
+            for rel, text in json.loads(sys.argv[4]).items():
+                (d / rel).parent.mkdir(parents=True, exist_ok=True)
+                (d / rel).write_bytes(text.encode())
+            return d
+
+        r = t.run(late_dir, name="late_dir", outputs=["d"])
+        print(json.dumps({"hash": r.outputs["d"].hash}))
     elif mode == "restorer":
         # Stop after the objects were checked, before they are copied (stage() or write()).
         pause_once(ObjectStore, ["stage", "write"], "restoring")
@@ -213,6 +243,87 @@ def test_an_object_pruned_before_the_run_leased_it_is_stored_again(tmp_path: Pat
     run = t.begin_run("late", "late_model")
     assert run.cache_hit and (tmp_path / "late.bin").read_bytes() == content
     t.end_run()
+
+
+def _late(content: bytes, calls: list[str]):
+    def late() -> Path:
+        calls.append("late")
+        f = Path("late.bin")
+        f.write_bytes(content)
+        return f
+
+    return late
+
+
+def test_an_object_pruned_before_a_run_was_recorded_is_stored_again(tmp_path: Path, make_tracker) -> None:
+    """tracker.run does not lease its outputs: a prune between storing and recording is mended after the record."""
+    t = make_tracker(code_version="v1")
+    content = b"the same bytes as an orphan object, from tracker.run\n" * 100
+    orphan = t._objects.put_bytes(content)  # as left by an interrupted run: no run needs it
+    child = Child(tmp_path, "run_stored_before", json.dumps(content.decode()))
+    try:
+        child.reached("put")  # put_file found the object already stored; the run is not recorded yet
+        report = t.prune_store()
+        assert report["removed"] == 1 and not t._objects.has(orphan)
+        got = json.loads(child.go())
+    finally:
+        child.kill()
+    assert got == {"hash": orphan, "warnings": []}
+    assert t._objects.has(orphan)  # stored again right after the run was recorded
+    t._objects.verify(orphan)
+    assert {r["hash"] for r in t._index.query("SELECT hash FROM object")} >= {orphan}
+    (tmp_path / "late.bin").unlink()
+    calls: list[str] = []
+    run = t.run(_late(b"must not run", calls), name="late", outputs=["o"])
+    assert run.cache_hit and calls == [] and (tmp_path / "late.bin").read_bytes() == content
+
+
+def test_members_of_a_directory_pruned_before_a_run_was_recorded_are_stored_again(tmp_path: Path, make_tracker) -> None:
+    t = make_tracker(code_version="v1")
+    orphans = [t._objects.put_bytes(v) for v in DIR_FILES.values()]  # the members, left by an interrupted run
+    child = Child(tmp_path, "run_dir_stored_before", json.dumps({k: v.decode() for k, v in DIR_FILES.items()}))
+    try:
+        child.reached("put")  # the directory and its manifest are stored; the run is not recorded yet
+        report = t.prune_store()
+        assert report["removed"] >= 2 and not any(t._objects.has(h) for h in orphans), report
+        got = json.loads(child.go())
+    finally:
+        child.kill()
+    assert all(t._objects.has(h) for h in orphans) and t._objects.has(got["hash"])
+    for h in orphans:
+        t._objects.verify(h)
+    shutil.rmtree(tmp_path / "late_dir")
+
+    def must_not_run() -> Path:
+        raise AssertionError("a hit must not run the step")
+
+    run = t.run(must_not_run, name="late_dir", outputs=["d"])
+    assert run.cache_hit
+    assert {str(p.relative_to(tmp_path / "late_dir")): p.read_bytes() for p in (tmp_path / "late_dir").rglob("*")
+            if p.is_file()} == DIR_FILES  # fmt: skip
+
+
+def test_an_output_changed_after_its_object_was_pruned_makes_the_next_call_execute(
+    tmp_path: Path, make_tracker
+) -> None:
+    """The bytes recorded cannot be stored again: the run's record says so, and no call restores other bytes."""
+    t = make_tracker(code_version="v1")
+    content = b"recorded bytes\n" * 100
+    orphan = t._objects.put_bytes(content)
+    child = Child(tmp_path, "run_changed", json.dumps(content.decode()))
+    try:
+        child.reached("put")
+        assert t.prune_store()["removed"] == 1
+        (tmp_path / "late.bin").write_bytes(b"changed while the run was being recorded\n")
+        got = json.loads(child.go())
+    finally:
+        child.kill()
+    assert got["hash"] == orphan and not t._objects.has(orphan)
+    assert len(got["warnings"]) == 1 and "next call executes again" in got["warnings"][0], got
+    calls: list[str] = []
+    with pytest.warns(ConsistWarning, match="cannot be restored"):
+        run = t.run(_late(content, calls), name="late", outputs=["o"])
+    assert not run.cache_hit and calls == ["late"] and (tmp_path / "late.bin").read_bytes() == content
 
 
 def test_a_lease_ends_with_its_process(tmp_path: Path, make_tracker) -> None:

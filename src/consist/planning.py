@@ -81,6 +81,9 @@ class _Active:
     outputs: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
     cached_outputs: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
     scenario: Any = None  # the ScenarioContext when this run is a scenario header
+    #: Objects stored for the run but not leased, when its final record follows at once (see
+    #: RecordingMixin._finish): (hash, kind, size, path, manifest) each; None: every output is leased.
+    unleased: list[tuple[str, str, int, Path, list[list[Any]]]] | None = None
 
     @property
     def id(self) -> str:

@@ -156,31 +156,44 @@ class MaintenanceMixin:
         """
         root = str(self._objects.root)
         for _ in range(3):
-            try:
-                if path.is_dir():
-                    digest, size, manifest = self._objects.put_dir(path, hasher)
-                    kind = "dir"
-                else:
-                    (digest, size), manifest, kind = self._objects.put_file(path, hasher), [], "file"
-            except OSError as exc:
-                if exc.errno != errno.ENOSPC:
-                    raise
-                raise StoreError(
-                    f"No space left on device to store the output {path} in {root}",
-                    "the file system that holds run_dir is full",
-                    f"free space there (df -h {root}; tracker.prune_store() removes outputs no run needs) and run "
-                    "the step again; the partial copy was removed, no partial object is left in the store",
-                ) from exc
+            digest, size, manifest, kind = self._store_object(path, hasher)
             self._index.lease_written(run_id, digest, kind, root, size)
             # An object that was already stored may have been pruned between the check in put_*
             # and the lease; from here on prune_store() keeps it, so one look settles it.
-            if self._objects.has(digest) and all(self._objects.has(e[1]) for e in manifest if len(e) == 3):
+            if self._holds_stored(digest, manifest):
                 return digest, size, manifest
         raise StoreError(
             f"The output {path} was removed from {root} three times while it was being stored",
             "prune_store() runs over and over in another process, or something else deletes the object store",
             "let the prune finish, then run the step again",
         )
+
+    def _store_object(self, path: Path, hasher: FileHasher) -> tuple[str, int, list[list[Any]], str]:
+        """Store a file or directory without leasing it; returns (hash, size, manifest, kind).
+
+        Used alone where the run's final record follows at once (see
+        :meth:`consist.recording.RecordingMixin._finish`), which then looks again.
+        """
+        try:
+            if path.is_dir():
+                digest, size, manifest = self._objects.put_dir(path, hasher)
+                return digest, size, manifest, "dir"
+            digest, size = self._objects.put_file(path, hasher)
+            return digest, size, [], "file"
+        except OSError as exc:
+            if exc.errno != errno.ENOSPC:
+                raise
+            root = self._objects.root
+            raise StoreError(
+                f"No space left on device to store the output {path} in {root}",
+                "the file system that holds run_dir is full",
+                f"free space there (df -h {root}; tracker.prune_store() removes outputs no run needs) and run "
+                "the step again; the partial copy was removed, no partial object is left in the store",
+            ) from exc
+
+    def _holds_stored(self, digest: str, manifest: Sequence[Sequence[Any]]) -> bool:
+        """Whether the store holds an object and every file its manifest lists."""
+        return self._objects.has(digest) and all(self._objects.has(e[1]) for e in manifest if len(e) == 3)
 
     def prune_store(self, older_than: Any = None, *, dry_run: bool = False, verify: bool = False) -> dict[str, int]:
         """Delete stored objects no completed run needs any more.

@@ -6,13 +6,11 @@ import logging
 import os
 import time
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from .errors import (
-    OutputError,
-)
+from .errors import ConsistError, OutputError, warn_caller
 from .hashing import FileHasher, dumps, hash_canonical
 from .names import check_run_id, fit
 from .objects import (
@@ -76,6 +74,26 @@ class RecordingMixin:
         status: str = "running",
         claim: str | None = None,
     ) -> _Active:
+        """Record a new run and link its inputs, in one transaction."""
+        active = self._open_if(None, plan, run_id, parent, tags, meta=meta, status=status, claim=claim)
+        assert active is not None
+        return active
+
+    def _open_if(
+        self,
+        gate: Callable[[], bool] | None,
+        plan: _Plan,
+        run_id: str | None,
+        parent: str | None,
+        tags: Sequence[str] | None,
+        meta: dict[str, Any] | None = None,
+        status: str = "running",
+        claim: str | None = None,
+    ) -> _Active | None:
+        """:meth:`_open`, with ``gate`` run first in the same transaction (it claims the signature).
+
+        When the gate returns False, nothing is recorded and None is returned.
+        """
         wanted = _wanted_id(plan, run_id)
         row = self._new_row(plan, wanted, parent, tags)
         row["status"] = status
@@ -84,14 +102,19 @@ class RecordingMixin:
         if plan.cache_mode != "readonly":
             held = (plan.signature, claim) if claim else None
 
-            def record() -> str:  # run again as a whole after a lost connection (RunIndex.atomic)
+            def record() -> str | None:  # run again as a whole after a lost connection (RunIndex.atomic)
+                if gate is not None and not gate():
+                    return None
                 run_id = self._index.claim_run_id(wanted, row, claim=held)
                 self._link_inputs(run_id, plan)
                 return run_id
 
-            row["id"] = self._index.atomic(record)
-        active = _Active(row=row, plan=plan)
-        return active
+            # Without a gate the run is stamped at once; with one, only once the gate lets it be recorded.
+            recorded = self._index.atomic(record, stamp=gate is None)
+            if recorded is None:
+                return None
+            row["id"] = recorded
+        return _Active(row=row, plan=plan)
 
     def _link_inputs(self, run_id: str, plan: _Plan) -> None:
         """Link the plan's inputs to the run: a recorded artifact as itself, content a run produced to that output."""
@@ -142,11 +165,17 @@ class RecordingMixin:
         meta: dict[str, Any] | None = None
         if is_link:
             digest, size = self._objects.put_link(path) if active.persist else link_digest(path)
-            if active.persist:  # leased like any stored output (see _store_leased)
+            if active.unleased is not None:
+                active.unleased.append((digest, "link", size, path, []))
+            elif active.persist:  # leased like any stored output (see _store_leased)
                 self._index.lease_written(active.id, digest, "link", str(self._objects.root), size)
         elif active.persist:
-            # Leased to this run until it ends, so prune_store() in another process keeps it.
-            digest, size, manifest = self._store_leased(active.id, path, hasher)
+            if active.unleased is not None:
+                digest, size, manifest, kind = self._store_object(path, hasher)
+                active.unleased.append((digest, kind, size, path, manifest))
+            else:
+                # Leased to this run until it ends, so prune_store() in another process keeps it.
+                digest, size, manifest = self._store_leased(active.id, path, hasher)
             meta = {"files": len(manifest), **modes_meta(getattr(manifest, "modes", {}))} if is_dir else None
         else:
             if is_dir:
@@ -195,7 +224,12 @@ class RecordingMixin:
             # Produced here, or a restored copy at a new place (a row of its own, same producer).
             new = {key for key, out in outputs if out.get("run_id") == active.id or out.get("_new")}
 
+            unleased = active.unleased or []
+            root = str(self._objects.root)
+
             def record() -> None:  # run again as a whole after a lost connection (RunIndex.atomic)
+                if unleased:
+                    self._index.register_objects((digest, root, size) for digest, _k, size, _p, _m in unleased)
                 for key, out in outputs:
                     if key in new:
                         self._index.add_artifact(_plain_row(out))
@@ -207,6 +241,32 @@ class RecordingMixin:
             for _key, out in outputs:
                 out.pop("_new", None)
                 out.pop("_members", None)
+            if status == "completed":
+                self._store_again_if_pruned(active)
+
+    def _store_again_if_pruned(self, active: _Active) -> None:
+        """Store again the unleased objects of a completed run that a prune removed before its record.
+
+        prune_store() removes objects under the index's write lock and keeps every
+        output recorded since it began, so once the run's record is committed its
+        objects stay; one look settles whether one went before (a rare race with a
+        prune in another process). An output changed meanwhile is not stored under
+        the recorded hash: its next hit finds the object missing and executes again.
+        """
+        for digest, kind, _size, path, manifest in active.unleased or ():
+            if self._holds_stored(digest, manifest):
+                continue
+            hasher = FileHasher(active.plan.hasher.memo, "full")
+            try:
+                again = self._objects.put_link(path)[0] if kind == "link" else self._store_object(path, hasher)[0]
+            except (OSError, ConsistError) as exc:
+                again = f"not stored ({exc})"
+            if again != digest:
+                warn_caller(
+                    f"Output {path} of run {active.id!r} was removed from the object store by prune_store() while "
+                    f"the run ended, and no longer holds the bytes recorded ({again} != {digest}); "
+                    "its next call executes again."
+                )
 
     def _record_hit(
         self,

@@ -526,11 +526,12 @@ class Tracker(LookupMixin, QueryMixin, MaintenanceMixin, RestoreMixin, InflightM
         if hit_only:
             found = self._try_reuse(plan, dests, declared_keys) if cache_mode != "overwrite" else "no_match"
             return None if isinstance(found, str) else self._record_hit(plan, found, run_id, parent, tags, meta=meta)
-        found, claim, waited = self._reuse_or_claim(plan, dests, declared_keys)
-        if not isinstance(found, str):
+        found, waited = self._reuse_or_open(plan, dests, declared_keys, name, run_id, parent, tags, meta)
+        if not isinstance(found[0], _Active):
             logs.decision(name, plan.signature, hit_of=found[0]["id"], components=plan.components)
             return self._record_hit(plan, found, run_id, parent, tags, waited_for=waited, meta=meta)
-        active, _meta = self._open_miss(plan, found, name, run_id, parent, tags, claim, meta)
+        active = found[0]
+        active.unleased = []  # its outputs are recorded as soon as the function returns (see _finish)
         self._fire("start", active.row)
         self._stack.append(active)
         token = context.set_current(self)

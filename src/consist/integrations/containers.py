@@ -358,7 +358,7 @@ def run_container(
     parent = tracker._stack[-1] if tracker._stack else None
     cache_mode = parent.plan.cache_mode if parent and parent.plan.cache_mode in ("overwrite", "readonly") else "reuse"
     hasher = tracker._hasher(cache_mode)
-    from ..planning import _Plan, resolve_inputs
+    from ..planning import _Active, _Plan, resolve_inputs
 
     resolved, recorded, gone = resolve_inputs(inputs, hasher, tracker._index, tracker._coupler_path, tracker._stash)
     components: dict[str, Any] = {
@@ -389,8 +389,10 @@ def run_container(
     )
     parent_id = parent.id if parent else None
 
-    found, claim, waited = tracker._reuse_or_claim(plan, out_paths, list(out_paths))
-    if not isinstance(found, str):
+    found, waited = tracker._reuse_or_open(
+        plan, out_paths, list(out_paths), run_id, run_id, parent_id, tags, {"container": manifest}
+    )
+    if not isinstance(found[0], _Active):
         logs.decision(run_id, plan.signature, hit_of=found[0]["id"], components=plan.components)
         rr = tracker._record_hit(plan, found, run_id, parent_id, tags, waited_for=waited)  # updates a coupler
         _attach_to_parent(tracker, parent, rr._output_rows, plan)
@@ -401,7 +403,7 @@ def run_container(
             rr.run_id, True, rr.cache_source, rr.outputs, manifest, manifest_hash, ref.digest, hit_log, [], rr
         )
 
-    active, meta = tracker._open_miss(plan, found, run_id, run_id, parent_id, tags, claim, {"container": manifest})
+    active, meta = found
     tracker._fire("start", active.row)
     tracker._materialize_inputs(plan)
     log_path = tracker.run_dir / active.id / "container.log"
