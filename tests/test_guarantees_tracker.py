@@ -1123,3 +1123,40 @@ def test_gone_inputs_are_put_back_once_in_their_own_folder(tracker: Tracker) -> 
     tracker._materialize_inputs(plan)  # already there with the right bytes: left alone
     assert path.stat().st_mtime_ns == before
     tracker._put_back([])  # nothing to put back: nothing happens
+
+
+# --------------------------------------------------------------------- a run's final record
+
+
+def test_a_final_record_writes_its_status_over_an_interrupted_mark_and_keeps_the_rest(make_tracker) -> None:
+    """The final record writes only what changed since the run was opened, and always its status,
+    end and error: a mark written meanwhile by another process (a heartbeat that seemed to stop)
+    is replaced, and every other column keeps what the opening recorded."""
+    t = make_tracker(code_version="v1")
+    other = make_tracker(code_version="v1")
+
+    def step() -> Path:
+        me = t._stack[-1].id
+        other._index.execute(
+            "UPDATE run SET status = 'interrupted', error = 'no heartbeat', ended_at = 1.0 WHERE id = ?", (me,)
+        )
+        return write("out.txt", "x")
+
+    r = t.run(step, name="s", config={"a": 1}, outputs=["o"], tags=["t1"], description="d")
+    row = index_row(t, r.run_id)
+    opened = {k: v for k, v in r._run_row.items() if not k.startswith("_")}
+    assert row["status"] == "completed" and row["error"] is None and row["ended_at"] == opened["ended_at"] > 1.0
+    assert {k: row[k] for k in opened} == opened  # every column as the tracker holds it
+    assert json.loads(row["meta"])["description"] == "d" and json.loads(row["tags"]) == ["t1"]
+    assert [x.id for x in t.find_runs(tags=["t1"])] == [r.run_id]
+
+
+def test_a_meta_changed_before_the_final_record_is_written(make_tracker) -> None:
+    t = make_tracker(code_version="v1")
+
+    def step() -> Path:
+        t._stack[-1].row["meta"] = dumps({"changed": "at the end"})  # as a container run does
+        return write("out.txt", "x")
+
+    r = t.run(step, name="s", outputs=["o"])
+    assert json.loads(index_row(t, r.run_id)["meta"]) == {"changed": "at the end"}

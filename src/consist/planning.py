@@ -81,6 +81,8 @@ class _Active:
     outputs: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
     cached_outputs: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
     scenario: Any = None  # the ScenarioContext when this run is a scenario header
+    #: The run's record as written when it was opened (what its final record is compared with).
+    recorded: dict[str, Any] | None = None
     #: Objects stored for the run but not leased, when its final record follows at once (see
     #: RecordingMixin._finish): (hash, kind, size, path, manifest) each; None: every output is leased.
     unleased: list[tuple[str, str, int, Path, list[list[Any]]]] | None = None

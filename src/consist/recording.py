@@ -23,7 +23,7 @@ from .objects import (
 )
 from .planning import _Active, _as_path, _Plan, driver_for, driver_for_name
 from .results import RunResult
-from .store.columns import HOST
+from .store.columns import HOST, RUN_COLUMNS
 
 log = logging.getLogger("consist")
 
@@ -114,6 +114,7 @@ class RecordingMixin:
             if recorded is None:
                 return None
             row["id"] = recorded
+            return _Active(row=row, plan=plan, recorded=dict(row))
         return _Active(row=row, plan=plan)
 
     def _link_inputs(self, run_id: str, plan: _Plan) -> None:
@@ -235,7 +236,7 @@ class RecordingMixin:
                         self._index.add_artifact(_plain_row(out))
                     self._index.link(active.id, out["id"], "output", key)
                     self._link_members(active.id, out)
-                self._index.upsert_run(row)
+                self._index.upsert_run(row, _changed(active.recorded, row))
 
             self._index.atomic(record)
             for _key, out in outputs:
@@ -370,6 +371,19 @@ class RecordingMixin:
 
 
 _LINK_ONLY = ("link_key", "direction", "_new", "_members")
+
+
+#: Written by every final record, whatever the record under the run's id says now: another
+#: process may have marked the run interrupted meanwhile (a heartbeat that seemed to stop).
+_FINAL_COLUMNS = ("status", "ended_at", "error")
+
+
+def _changed(recorded: Mapping[str, Any] | None, row: Mapping[str, Any]) -> list[str] | None:
+    """The columns a final record writes: those of ``row`` that differ from its ``recorded`` version, and
+    :data:`_FINAL_COLUMNS` (None, the whole row: no recorded version known)."""
+    if recorded is None or recorded.get("id") != row.get("id"):
+        return None
+    return [c for c in RUN_COLUMNS if c in _FINAL_COLUMNS or row.get(c) != recorded.get(c)]
 
 
 def _wanted_id(plan: _Plan, run_id: str | None) -> str:

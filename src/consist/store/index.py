@@ -216,9 +216,18 @@ class RunIndex(IndexLookups):
 
     # ---------------------------------------------------------------- writes
 
-    def upsert_run(self, row: dict[str, Any]) -> None:
+    def upsert_run(self, row: dict[str, Any], changed: Sequence[str] | None = None) -> None:
+        """Record ``row`` as the run's whole record (inserted, or replacing the one under its id).
+
+        ``changed`` names the only columns that differ from the record already under
+        its id: just those are written (with the new sequence number), which leaves
+        every index over the other columns untouched. Without such a record the whole
+        row is inserted.
+        """
+
         def write() -> None:
-            self._run(_RUN_UPSERT, [row.get(c) for c in RUN_COLUMNS] + [self._seq])
+            if changed is None or not self._update_run(row, changed):
+                self._run(_RUN_UPSERT, [row.get(c) for c in RUN_COLUMNS] + [self._seq])
             if row.get("status") != "running":
                 # The run ended: its outputs are referenced by its record from now on (or not needed),
                 # and any restore this thread began before has ended too. Its heartbeat and claim end.
@@ -232,6 +241,15 @@ class RunIndex(IndexLookups):
         self.atomic(write)
         if row.get("status") != "running":
             self._stop_beating(row.get("id"))
+
+    def _update_run(self, row: dict[str, Any], changed: Sequence[str]) -> bool:
+        """Write the ``changed`` columns of the run under ``row["id"]``; False if there is no such run."""
+        cols = [c for c in changed if c in RUN_COLUMNS and c != "id"]
+        sets = "".join(f"{c} = ?, " for c in cols)
+        cursor = self._run(
+            f"UPDATE run SET {sets}seq = ? WHERE id = ?", [*(row.get(c) for c in cols), self._seq, row["id"]]
+        )
+        return bool(cursor.rowcount)
 
     def claim_run_id(self, wanted: str, row: dict[str, Any], claim: tuple[str, str] | None = None) -> str:
         """Insert a new run under ``wanted`` or, if taken, ``wanted~2``, ``wanted~3``, ...
