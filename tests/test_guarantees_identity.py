@@ -12,6 +12,7 @@ import hashlib
 import importlib.util
 import json
 import os
+import random
 import subprocess
 import textwrap
 import time
@@ -300,6 +301,55 @@ def test_nearest_run_has_most_equal_components_newest_first_on_ties() -> None:
     assert expl["reason"] == "code_changed" and expl["changed"] == ["code"]
     assert expl["details"] == {"code": {"before": "git:new", "after": "git:abc"}}
     assert I.explain_miss(COMPONENTS, None, [row("blank", None)], loads=json.loads)["nearest_run"] == "blank"
+
+
+def _nearest_by_the_rule(components: dict, candidates: list[dict]) -> str:
+    """The documented rule, written plainly: most components equal (absent = None), the first on ties."""
+    best, best_score = "", -1
+    for cand in candidates:
+        ident = json.loads(cand["identity"]) if cand["identity"] else {}
+        score = sum(1 for k, v in components.items() if ident.get(k) == v)
+        if score > best_score:
+            best, best_score = cand["id"], score
+    return best
+
+
+def test_the_nearest_run_follows_the_rule_for_any_components() -> None:
+    """Compared as sets of frozen pairs, the nearest run is the one the plain rule picks, for
+    nested, reordered, None, absent and differently typed components."""
+    rng = random.Random(7)
+    values = [None, 0, 1, 1.0, True, "a", "b", [], [1, 2], [2, 1], {}, {"x": 1}, {"x": 1.0}, {"x": [1]},
+              {"x": 1, "y": None}, {"y": None, "x": 1}, [["x", 1]], {"x": {"z": 2}}]  # fmt: skip
+    keys = ["code", "config", "run_fields", "cache_epoch", "extra", "other"]  # "inputs" is always a dict
+
+    def ident() -> dict:
+        return {k: rng.choice(values) for k in keys if rng.random() < 0.8}
+
+    for trial in range(400):
+        mine = ident()
+        candidates = [row(f"r{trial}-{i}", ident() if rng.random() < 0.9 else None) for i in range(rng.randint(1, 8))]
+        got = I.explain_miss(mine, None, candidates, loads=json.loads)["nearest_run"]
+        assert got == _nearest_by_the_rule(mine, candidates), (mine, candidates)
+
+
+def test_frozen_values_are_equal_exactly_when_the_values_are() -> None:
+    assert I.frozen({"a": {"b": [1, 2]}, "c": None}) == I.frozen({"c": None, "a": {"b": [1, 2]}})
+    assert I.frozen({"a": 1}) != I.frozen([["a", 1]]) and I.frozen([1, 2]) != I.frozen([2, 1])
+    assert I.frozen({"a": [1]}) != I.frozen({"a": 1}) and I.frozen({}) != I.frozen([])
+    assert I.identity_items({"a": None}) == (frozenset({("a", None)}), frozenset({"a"}))
+
+
+def test_remembered_items_give_the_same_explanation() -> None:
+    candidates = [row("r1", {**COMPONENTS, "code": "git:x"}), row("r2", {**COMPONENTS, "config": "sha256:y"})]
+    seen: list[str] = []
+
+    def items(text: str) -> tuple[frozenset, frozenset]:
+        seen.append(text)
+        return I.identity_items(json.loads(text))
+
+    plain = I.explain_miss(COMPONENTS, None, candidates, loads=json.loads)
+    assert I.explain_miss(COMPONENTS, None, candidates, loads=json.loads, items=items) == plain
+    assert seen == [c["identity"] for c in candidates] and plain["nearest_run"] == "r1"
 
 
 def test_config_explanation_lists_changed_dotted_keys() -> None:

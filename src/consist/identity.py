@@ -226,27 +226,50 @@ def _flatten(value: Any, prefix: str = "") -> dict[str, Any]:
     return {prefix or "<config>": value}
 
 
+def frozen(value: Any) -> Any:
+    """A hashable value equal to another's ``frozen`` exactly when the two JSON-like values are equal."""
+    if isinstance(value, dict):
+        return frozenset((k, frozen(v)) for k, v in value.items())
+    if isinstance(value, (list, tuple)):
+        return tuple(frozen(v) for v in value)
+    return value
+
+
+def identity_items(ident: Mapping[str, Any]) -> tuple[frozenset[Any], frozenset[str]]:
+    """An identity's ``(key, frozen value)`` pairs and its keys: what :func:`explain_miss` compares."""
+    return frozenset((k, frozen(v)) for k, v in ident.items()), frozenset(ident)
+
+
 def explain_miss(
     components: Mapping[str, Any],
     config: Any,
     candidates: list[dict[str, Any]],
     *,
     loads: Callable[[str], Any],
+    items: Callable[[str], tuple[frozenset[Any], frozenset[str]]] | None = None,
 ) -> dict[str, Any]:
     """Compare a new run's components with its nearest prior run of the same model.
 
     ``candidates`` are index rows (with JSON ``identity`` and ``config``). The nearest
-    is the one with the most equal components, the newest on ties.
+    is the one with the most equal components (a component it lacks equals one that
+    is None), the newest on ties. ``items`` gives :func:`identity_items` of an
+    identity's JSON text (a caller may remember them); by default they come from ``loads``.
     """
     if not candidates:
         return {"reason": "no_prior_run", "changed": [], "details": {}}
-    best, best_score, best_ident = None, -1, {}
+    items = items or (lambda text: identity_items(loads(text)))
+    mine = identity_items(components)[0]
+    unset = [k for k, v in components.items() if v is None]
+    best, best_score, best_text = None, -1, None
     for row in candidates:
-        ident = loads(row["identity"]) if row.get("identity") else {}
-        score = sum(1 for k, v in components.items() if ident.get(k) == v)
+        text = row.get("identity")
+        theirs, keys = items(text) if text else (frozenset(), frozenset())
+        # Equal pairs, compared as sets; a component that is None also equals one the run lacks.
+        score = len(mine & theirs) + sum(1 for k in unset if k not in keys)
         if score > best_score:
-            best, best_score, best_ident = row, score, ident
+            best, best_score, best_text = row, score, text
     assert best is not None
+    best_ident = loads(best_text) if best_text else {}
     changed = sorted(k for k in set(components) | set(best_ident) if components.get(k) != best_ident.get(k))
     details: dict[str, Any] = {}
     if "code" in changed:

@@ -21,7 +21,7 @@ from .errors import (
     check_option,
 )
 from .hashing import FileHasher, canonical, hash_canonical, loads
-from .identity import code_identity, explain_miss
+from .identity import code_identity, explain_miss, identity_items
 from .inflight import InflightMixin
 from .locations import Roots
 from .lookups import LookupMixin
@@ -57,6 +57,12 @@ def _loads_recorded(text: str) -> Any:
     """``loads`` of a recorded run's identity or config, remembered: a run of misses of one model
     compares itself with the same recent runs each time. Callers only read what it returns."""
     return loads(text)
+
+
+@functools.lru_cache(maxsize=4096)
+def _recorded_items(text: str) -> tuple[frozenset[Any], frozenset[str]]:
+    """:func:`consist.identity.identity_items` of a recorded identity, remembered like :func:`_loads_recorded`."""
+    return identity_items(_loads_recorded(text))
 
 
 def _freeze(value: Any) -> Any:
@@ -403,7 +409,7 @@ class Tracker(LookupMixin, QueryMixin, MaintenanceMixin, RestoreMixin, InflightM
 
     def _explain(self, plan: _Plan, reason: str) -> dict[str, Any]:
         candidates = self._index.recent_runs_of_model(plan.model)
-        expl = explain_miss(plan.components, plan.config, candidates, loads=_loads_recorded)
+        expl = explain_miss(plan.components, plan.config, candidates, loads=_loads_recorded, items=_recorded_items)
         if plan.cache_mode == "overwrite":
             expl["reason"] = "cache_mode_overwrite"
         elif reason in ("outputs_unavailable", "outputs_not_recorded", "outputs_pruned"):
