@@ -738,6 +738,18 @@ def test_a_claim_passes_to_the_run_it_opens(ix: SQLiteIndex) -> None:
     assert "r" in ix._beating
 
 
+def test_a_claim_token_stops_beating_once_it_holds_nothing(ix: SQLiteIndex) -> None:
+    """A token that passed its claims on to runs, or gave them back, is no longer refreshed."""
+    ix.try_claim("sig", "token")
+    ix.try_claim("other", "token")
+    ix.claim_run_id("r", run_row("r", status="running", pid=os.getpid(), host=HOST), claim=("sig", "token"))
+    assert {"token", "r"} <= ix._beating  # it still holds "other"
+    ix.release_claim("other", "token")
+    assert "token" not in ix._beating and "r" in ix._beating
+    ix.upsert_run(run_row("r", status="completed"))
+    assert ix._beating == set()
+
+
 def test_a_run_opened_as_completed_gets_no_heartbeat(ix: SQLiteIndex) -> None:
     ix.claim_run_id("r", run_row("r"))
     ix.claim_run_id("r", run_row("r"))

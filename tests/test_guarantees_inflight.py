@@ -385,3 +385,15 @@ def test_a_miss_logs_its_reason_and_its_signature_with_the_components(
     assert lines[1].startswith(head)
     assert ast.literal_eval(lines[1].removeprefix(head)) == r.run.identity
     a.close()
+
+
+def test_nothing_is_refreshed_after_misses_end(tmp_path: Path) -> None:
+    """The claims of finished misses, taken under tokens, leave nothing for the heartbeat to refresh."""
+    t = Tracker(tmp_path / "runs", project_root=tmp_path, code_version="v")
+    for i in range(3):
+        t.run(lambda i=i: _write(tmp_path / f"o{i}.txt", str(i)), name="s", config={"i": i}, outputs=["o"])
+    with pytest.raises(RuntimeError):
+        t.run(lambda: (_ for _ in ()).throw(RuntimeError("boom")), name="s", config={"i": 9}, outputs=["o"])
+    assert t._index._beating == set() and t._index._claims == {} and t._index._running == set()
+    assert t._index.query("SELECT * FROM claim") == [] and t._index.query("SELECT * FROM heartbeat") == []
+    t.close()

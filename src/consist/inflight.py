@@ -63,7 +63,11 @@ class InflightMixin:
             seen["claimed"], seen["holder"] = self._index.try_claim(plan.signature, token)
             return bool(seen["claimed"])
 
-        active = self._open_if(claim, plan, run_id, parent, tags, meta=meta, claim=token)
+        try:
+            active = self._open_if(claim, plan, run_id, parent, tags, meta=meta, claim=token)
+        except BaseException:
+            self._index._stop_beating_if_idle(token)  # the claim was rolled back with the run
+            raise
         if active is not None:
             if seen["holder"] is not None:
                 self._took_over(plan, seen["holder"])

@@ -88,6 +88,8 @@ class RunIndex(IndexLookups):
         self._in_tx = False
         self._seq: int | None = None
         self._beating: set[str] = set()  # ids of this process's running runs (heartbeats, claims)
+        self._running: set[str] = set()  # of those, the runs (the others are claim tokens)
+        self._claims: dict[str, set[str]] = {}  # the signatures each holder claimed here
         self._beat_thread: threading.Thread | None = None
         self._beat_stop = threading.Event()
 
@@ -277,7 +279,12 @@ class RunIndex(IndexLookups):
 
         run_id = self.atomic(write)
         if row.get("status") == "running":
+            self._running.add(run_id)
             self._start_beating(run_id)
+        if claim is not None:
+            self._claims.get(claim[1], set()).discard(claim[0])
+            self._claims.setdefault(run_id, set()).add(claim[0])
+            self._stop_beating_if_idle(claim[1])  # the claim beats as the run's from now on
         return run_id
 
     def add_artifact(self, row: dict[str, Any], *, replace: bool = False) -> None:
@@ -398,7 +405,10 @@ class RunIndex(IndexLookups):
                 self._beat_thread.start()
 
     def _stop_beating(self, run_id: Any) -> None:
+        """The run ``run_id`` ended: its heartbeat and its claims are gone."""
         with self._lock:
+            self._running.discard(run_id)
+            self._claims.pop(run_id, None)
             self._beating.discard(run_id)
 
     def _beat_loop(self) -> None:
@@ -498,6 +508,7 @@ class RunIndex(IndexLookups):
 
         claimed, holder = self.atomic(write, stamp=False)
         if claimed:
+            self._claims.setdefault(run_id, set()).add(signature)
             self._start_beating(run_id)
         return claimed, holder
 
@@ -505,6 +516,15 @@ class RunIndex(IndexLookups):
         self.atomic(
             lambda: self._run("DELETE FROM claim WHERE signature = ? AND run_id = ?", (signature, run_id)), stamp=False
         )
+        self._claims.get(run_id, set()).discard(signature)
+        self._stop_beating_if_idle(run_id)
+
+    def _stop_beating_if_idle(self, holder: str) -> None:
+        """Stop refreshing ``holder`` (a claim token) once it holds no claim here and is no running run."""
+        with self._lock:
+            if not self._claims.get(holder) and holder not in self._running:
+                self._claims.pop(holder, None)
+                self._beating.discard(holder)
 
     def claim_of(self, signature: str) -> dict[str, Any] | None:
         return self.query_one("SELECT * FROM claim WHERE signature = ?", (signature,))
