@@ -361,6 +361,23 @@ def test_config_explanation_lists_changed_dotted_keys() -> None:
     assert expl["details"] == {"config_keys_changed": ["empty", "empty.now", "gone", "nested.b", "new"]}
 
 
+def test_the_config_of_the_nearest_run_alone_is_fetched_when_candidates_lack_it() -> None:
+    before = {**COMPONENTS, "config": "sha256:c0"}
+    far = {**COMPONENTS, "config": "sha256:c0", "code": "git:old"}
+    fetched: list[str] = []
+
+    def config_of(run_id: str) -> str | None:
+        fetched.append(run_id)
+        return json.dumps({"a": 1, "b": 2}) if run_id == "near" else None
+
+    slim = [{"id": "far", "identity": json.dumps(far)}, {"id": "near", "identity": json.dumps(before)}]
+    expl = I.explain_miss(COMPONENTS, {"a": 1, "b": 3}, slim, loads=json.loads, config_of=config_of)
+    assert fetched == ["near"] and expl["details"] == {"config_keys_changed": ["b"]}
+    fetched.clear()
+    assert I.explain_miss({**before, "code": "git:x"}, None, slim, loads=json.loads, config_of=config_of)
+    assert fetched == []  # the config did not change: nothing fetched
+
+
 def test_config_explanation_with_missing_or_scalar_configs() -> None:
     before = {**COMPONENTS, "config": "sha256:c0"}
     expl = I.explain_miss(COMPONENTS, {"a": 1}, [row("r1", before, None)], loads=json.loads)

@@ -241,6 +241,7 @@ def test_recent_runs_of_a_model(ix: SQLiteIndex) -> None:
     ix.upsert_run(run_row("e", model="m", ended_at=5.0, status="failed"))
     assert [r["id"] for r in ix.recent_runs_of_model("m")] == ["b", "a"]
     assert [r["id"] for r in ix.recent_runs_of_model("m", limit=1)] == ["b"]
+    assert set(ix.recent_runs_of_model("m")[0]) == {"id", "identity"}  # a config can be large: not read
     for i in range(55):
         ix.upsert_run(run_row(f"many{i}", model="busy", ended_at=float(i)))
     assert len(ix.recent_runs_of_model("busy")) == 50

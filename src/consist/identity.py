@@ -247,6 +247,7 @@ def explain_miss(
     *,
     loads: Callable[[str], Any],
     items: Callable[[str], tuple[frozenset[Any], frozenset[str]]] | None = None,
+    config_of: Callable[[str], str | None] | None = None,
 ) -> dict[str, Any]:
     """Compare a new run's components with its nearest prior run of the same model.
 
@@ -254,6 +255,7 @@ def explain_miss(
     is the one with the most equal components (a component it lacks equals one that
     is None), the newest on ties. ``items`` gives :func:`identity_items` of an
     identity's JSON text (a caller may remember them); by default they come from ``loads``.
+    ``config_of`` gives the recorded config (JSON text) of a candidate read without one.
     """
     if not candidates:
         return {"reason": "no_prior_run", "changed": [], "details": {}}
@@ -275,7 +277,8 @@ def explain_miss(
     if "code" in changed:
         details["code"] = {"before": best_ident.get("code"), "after": components.get("code")}
     if "config" in changed:
-        old = _flatten(loads(best["config"]) if best.get("config") else {})
+        text = best["config"] if "config" in best or config_of is None else config_of(best["id"])
+        old = _flatten(loads(text) if text else {})
         new = _flatten(config if config is not None else {})
         details["config_keys_changed"] = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
     if "inputs" in changed:

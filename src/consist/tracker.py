@@ -409,7 +409,10 @@ class Tracker(LookupMixin, QueryMixin, MaintenanceMixin, RestoreMixin, InflightM
 
     def _explain(self, plan: _Plan, reason: str) -> dict[str, Any]:
         candidates = self._index.recent_runs_of_model(plan.model)
-        expl = explain_miss(plan.components, plan.config, candidates, loads=_loads_recorded, items=_recorded_items)
+        expl = explain_miss(
+            plan.components, plan.config, candidates, loads=_loads_recorded, items=_recorded_items,
+            config_of=lambda run_id: (self._index.run(run_id) or {}).get("config"),
+        )  # fmt: skip
         if plan.cache_mode == "overwrite":
             expl["reason"] = "cache_mode_overwrite"
         elif reason in ("outputs_unavailable", "outputs_not_recorded", "outputs_pruned"):

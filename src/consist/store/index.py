@@ -632,14 +632,15 @@ class RunIndex(IndexLookups):
         return [m for m in self.links_of(run_id, "member") if m["meta"] and dir_artifact_id in m["meta"]]
 
     def recent_runs_of_model(self, model: str, limit: int = 50) -> list[dict[str, Any]]:
-        """The newest completed runs of ``model`` that executed (not cache hits): id, identity and config.
+        """The newest completed runs of ``model`` that executed (not cache hits): id and identity.
 
         Read through the partial index of executed runs, so the model's cache hits,
         however many, are never walked (a miss asks this to explain itself, and
-        needs only these three columns of each).
+        needs only these two columns of each; the config, which can be large, only
+        of the nearest, from :meth:`run`).
         """
         return self.query(
-            f"SELECT id, identity, config FROM run {self._producers_hint}"
+            f"SELECT id, identity FROM run {self._producers_hint}"
             "WHERE model = ? AND cache_hit = 0 AND status = 'completed' ORDER BY ended_at DESC LIMIT ?",
             (model, limit),
         )
