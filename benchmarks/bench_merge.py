@@ -6,7 +6,7 @@ Writes N runs (each with one output artifact, an input link and an output link,
 50 runs per transaction) into a fresh run index, then merges them into a new
 DuckDB file in a separate process, which reports its wall time and its peak
 resident memory (``ru_maxrss``). A process that only imports what the merge
-imports (consist, DuckDB, pyarrow) and opens the same files is measured beside
+imports (consist and DuckDB) and opens the same files is measured beside
 it, so the memory the merge itself adds is visible. Rounds alternate which of the
 two runs first. Writes benchmarks/results/merge-<date>-<time>.json.
 """
@@ -36,7 +36,7 @@ from pathlib import Path
 start = time.perf_counter()
 from consist.store.duck import DuckStore
 from consist.store.sqlite import SQLiteIndex, index_path_for
-import duckdb, pyarrow  # what a merge of many rows loads
+import duckdb  # what a merge of many rows loads (it does not load pyarrow)
 db = Path(sys.argv[1])
 index = SQLiteIndex(index_path_for(db))
 store = DuckStore(db, index)

@@ -423,7 +423,7 @@ def merge(r: dict[str, Any]) -> list[str]:
     return [
         f"{p['runs']:,} pending runs ({p['per_transaction']} per transaction, each with an output and two links), "
         f"merged by a fresh process; N is the number of rounds, alternating with a process that only opens the "
-        "same files (its peak memory is the floor: Python, DuckDB and pyarrow loaded).",
+        "same files (its peak memory is the floor: Python, consist and DuckDB loaded).",
         "",
         row("measurement", "N", THIS, "open only", "target", "met"),
         row(*["---"] * 6),

@@ -22,8 +22,9 @@ from filelock import FileLock
 from sqlalchemy import text
 
 import consist
+from consist.store import csvload
 from consist.store.columns import ARTIFACT_COLUMNS, RUN_COLUMNS
-from consist.store.duck import DUCK_SCHEMA_VERSION, DuckStore, _ts
+from consist.store.duck import DUCK_SCHEMA_VERSION, DuckStore
 from consist.store.sqlite import SQLiteIndex
 
 
@@ -61,6 +62,11 @@ def art_row(art_id: str, **kw: object) -> dict:
     return row
 
 
+def _ts(value: float | None) -> dt.datetime | None:
+    """A recorded time as the DuckDB file shows it (UTC, without a zone)."""
+    return None if value is None else dt.datetime.fromtimestamp(float(value), dt.UTC).replace(tzinfo=None)
+
+
 def rows(path: Path, sql: str) -> list[tuple]:
     con = duckdb.connect(str(path), read_only=True)
     try:
@@ -69,17 +75,19 @@ def rows(path: Path, sql: str) -> list[tuple]:
         con.close()
 
 
-def test_timestamps_become_naive_utc(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_timestamps_become_naive_utc(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, ix: SQLiteIndex, duck: DuckStore
+) -> None:
     monkeypatch.setenv("TZ", "America/New_York")  # the local time zone never leaks into the database
     time.tzset()
     try:
-        assert _ts(T0) == dt.datetime(2023, 11, 14, 22, 13, 20, 250000)
+        ix.claim_run_id("r", run_row("r", started_at=0.0, ended_at=T0))
+        duck.sync()
     finally:
         monkeypatch.undo()
         time.tzset()
-    assert _ts(None) is None
-    assert _ts(T0) == dt.datetime(2023, 11, 14, 22, 13, 20, 250000)
-    assert _ts("0") == dt.datetime(1970, 1, 1)
+    got = rows(tmp_path / "prov.duckdb", "SELECT started_at, ended_at FROM run")
+    assert got == [(dt.datetime(1970, 1, 1), dt.datetime(2023, 11, 14, 22, 13, 20, 250000))]
 
 
 def test_merge_copies_every_row_with_sql_types(tmp_path: Path, ix: SQLiteIndex, duck: DuckStore) -> None:
@@ -379,15 +387,16 @@ def test_rebuild_index_needs_the_duckdb_file(tmp_path: Path) -> None:
 # --------------------------------------------------------------------- rows between the two files
 
 
-def test_rows_are_converted_for_duckdb_and_read_back_for_the_index(ix: SQLiteIndex) -> None:
-    from consist.store.duck import _art_tuple, _index_select, _run_tuple
+def test_rows_are_written_for_duckdb_and_read_back_for_the_index(ix: SQLiteIndex) -> None:
+    from consist.store.duck import _index_select
 
-    run = _run_tuple(run_row("r", cache_hit=1, ended_at=None))
-    assert run[RUN_COLUMNS.index("started_at")] == _ts(T0) and run[RUN_COLUMNS.index("ended_at")] is None
-    assert run[RUN_COLUMNS.index("cache_hit")] is True and run[RUN_COLUMNS.index("id")] == "r"
-    assert _run_tuple(run_row("z", cache_hit=0))[RUN_COLUMNS.index("cache_hit")] is False
-    art = _art_tuple(art_row("a"))
-    assert art[ARTIFACT_COLUMNS.index("created_at")] == _ts(T0) and art[ARTIFACT_COLUMNS.index("id")] == "a"
+    line = csvload.lines_of("run_artifact", [{"run_id": "r", "artifact_id": "it's", "direction": None, "key": 7}])
+    assert line == ["'r','it''s',NULL,7"]
+    assert csvload.value_text(True) == "1" and csvload.value_text(0.1) == "0.1" and csvload.value_text(None) == "NULL"
+    with pytest.raises(TypeError, match="bytes cannot be written"):
+        csvload.value_text(b"x")
+    quoted, reals = csvload.line_order("artifact")
+    assert reals == ["created_at"] and quoted == [c for c in ARTIFACT_COLUMNS if c != "created_at"]
     select = _index_select(("id", "started_at", "cache_hit", "config", "created_at"))
     assert select == (
         "id, epoch_us(started_at) / 1000000.0 AS started_at, CAST(cache_hit AS INTEGER) AS cache_hit, "
@@ -453,17 +462,17 @@ def test_many_pending_runs_merge_window_by_window_and_a_stopped_merge_resumes(
         ix.add_artifact(art_row(f"a{i}", run_id=f"r{i}"))
         ix.link(f"r{i}", f"a{i}", "output", "o")
     windows = []
-    real = ix.changes_between
+    real = ix.merge_lines
 
     def spy(after: int, upto: int):  # type: ignore[no-untyped-def]
         got = real(after, upto)
-        windows.append((after, upto, len(got[0]), sum(map(len, got))))
+        windows.append((after, upto, len(got["run"]), sum(map(len, got.values()))))
         if len(windows) == 3 and not getattr(spy, "failed", False):
             spy.failed = True  # type: ignore[attr-defined]
             raise consist.StoreError("disk gone", None, None)
         return got
 
-    monkeypatch.setattr(ix, "changes_between", spy)
+    monkeypatch.setattr(ix, "merge_lines", spy)
     with pytest.raises(consist.StoreError, match="disk gone"):
         duck.sync()
     # The first two windows were committed, with how far they reached: nothing is merged twice or lost.
@@ -498,14 +507,14 @@ def test_a_merge_window_is_bounded_by_artifacts_and_links_too(
                 ix.add_artifact(art_row(f"a{i}_{j}", run_id=f"r{i}"))
                 ix.link(f"r{i}", f"a{i}_{j}", "member", f"m{j}")
     windows = []
-    real = ix.changes_between
+    real = ix.merge_lines
 
     def spy(after: int, upto: int):  # type: ignore[no-untyped-def]
         got = real(after, upto)
-        windows.append((len(got[0]), len(got[1]), len(got[2])))
+        windows.append((len(got["run"]), len(got["artifact"]), len(got["run_artifact"])))
         return got
 
-    monkeypatch.setattr(ix, "changes_between", spy)
+    monkeypatch.setattr(ix, "merge_lines", spy)
     assert duck.sync() == 4 * 15
     assert windows == [(1, 7, 7)] * 4  # 7 artifacts pass the bound of 6: every transaction is a window
     assert len(rows(tmp_path / "prov.duckdb", "SELECT * FROM artifact")) == 28
@@ -712,7 +721,7 @@ def test_a_merge_that_fails_otherwise_names_the_cause_and_the_fix(
     def refuse(*args, **kwargs):  # type: ignore[no-untyped-def]
         raise duckdb.ConversionException("Conversion Error: cannot cast")
 
-    monkeypatch.setattr(DuckStore, "_upsert", staticmethod(refuse))
+    monkeypatch.setattr(csvload, "load", refuse)
     with pytest.raises(consist.StoreError) as err:
         duck.sync()
     assert str(err.value) == (
@@ -725,31 +734,31 @@ def test_a_merge_that_fails_otherwise_names_the_cause_and_the_fix(
     assert duck.sync() == 1  # rolled back whole: the next merge brings the run
 
 
-@pytest.mark.parametrize(("n", "exiting", "arrow"), [(200, None, 3), (199, False, 0), (250, True, 0)])
-def test_large_merges_go_through_arrow_except_while_the_interpreter_exits(
-    tmp_path: Path,
-    ix: SQLiteIndex,
-    duck: DuckStore,
-    monkeypatch: pytest.MonkeyPatch,
-    n: int,
-    exiting: bool | None,
-    arrow: int,
-) -> None:
-    import pyarrow
-
-    with ix.write():
-        for i in range(n):  # a batch of 200 rows or more goes through Arrow
-            ix.claim_run_id(f"r{i}", run_row(f"r{i}"))
-            ix.add_artifact(art_row(f"a{i}", run_id=f"r{i}"))
-            ix.link(f"r{i}", f"a{i}", "output", "o")
-    tables: list[int] = []
-    real = pyarrow.table
-    monkeypatch.setattr(pyarrow, "table", lambda *a, **kw: (tables.append(1), real(*a, **kw))[1])
-    if exiting is not None:  # None: as a new store starts
-        duck.exiting = exiting  # set by the tracker's atexit hook: importing pyarrow then may fail
-    assert duck.sync() == 3 * n
-    assert len(tables) == arrow  # runs, artifacts and links, one Arrow table each
-    assert len(rows(tmp_path / "prov.duckdb", "SELECT * FROM run_artifact")) == n
+def test_a_large_merge_loads_through_files_it_removes_without_pyarrow(tmp_path: Path) -> None:
+    """A merge of many rows goes through CSV files DuckDB reads itself: pyarrow is never imported,
+    and no file is left beside the index."""
+    script = textwrap.dedent(
+        """
+        import os, sys
+        from pathlib import Path
+        from consist.store.columns import ARTIFACT_COLUMNS, RUN_COLUMNS
+        from consist.store.duck import DuckStore
+        from consist.store.sqlite import SQLiteIndex
+        base = Path(sys.argv[1])
+        ix = SQLiteIndex(base / "ix" / "index.sqlite")
+        with ix.write():
+            for i in range(300):
+                run = {c: None for c in RUN_COLUMNS} | {"id": f"r{i}", "status": "completed", "cache_hit": 0}
+                ix.claim_run_id(f"r{i}", run)
+                ix.add_artifact({c: None for c in ARTIFACT_COLUMNS} | {"id": f"a{i}", "run_id": f"r{i}"})
+                ix.link(f"r{i}", f"a{i}", "output", "o")
+        merged = DuckStore(base / "prov.duckdb", ix).sync()
+        print(merged, "pyarrow" in sys.modules, [n for n in os.listdir(base / "ix") if n.endswith(".csv")])
+        """
+    )
+    out = subprocess.run([sys.executable, "-c", script, str(tmp_path)], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["900", "False", "[]"]
+    assert rows(tmp_path / "prov.duckdb", "SELECT count(*) FROM run_artifact") == [(300,)]
 
 
 def test_a_window_out_of_memory_even_without_the_limit_fails_once_and_says_why(
@@ -789,7 +798,7 @@ def test_a_full_disk_or_a_damaged_file_while_merging_says_so(
     def fail(*args, **kwargs):  # type: ignore[no-untyped-def]
         raise duckdb.IOException(problem)
 
-    monkeypatch.setattr(DuckStore, "_upsert", staticmethod(fail))
+    monkeypatch.setattr(csvload, "load", fail)
     with pytest.raises(consist.StoreError) as err:
         duck.sync()
     assert str(err.value) == str(duck._open_error(duckdb.IOException(problem)))

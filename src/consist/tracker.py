@@ -72,8 +72,6 @@ def _freeze(value: Any) -> Any:
 def _close_at_exit(ref: weakref.ref[Tracker]) -> None:
     tracker = ref()
     if tracker is not None:
-        if hasattr(tracker._store, "exiting"):
-            tracker._store.exiting = True
         tracker.close()
 
 

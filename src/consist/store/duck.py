@@ -27,7 +27,6 @@ damaged.
 
 from __future__ import annotations
 
-import datetime as dt
 import os
 import sqlite3
 import subprocess
@@ -40,6 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConsistWarning, StoreError, StoreLockedError
+from . import csvload
 from .columns import ARTIFACT_COLUMNS, JSON_COLUMNS, LINK_COLUMNS, RUN_COLUMNS, TIMESTAMP_COLUMNS
 from .index import RunIndex
 from .sqlite import SQLiteIndex, index_path_for
@@ -63,30 +63,6 @@ CREATE TABLE IF NOT EXISTS run_artifact (
     run_id VARCHAR, artifact_id VARCHAR, direction VARCHAR, key VARCHAR,
     PRIMARY KEY (run_id, direction, key));
 """
-
-_TS_RUN = (RUN_COLUMNS.index("started_at"), RUN_COLUMNS.index("ended_at"))
-_BOOL_RUN = RUN_COLUMNS.index("cache_hit")
-_TS_ART = ARTIFACT_COLUMNS.index("created_at")
-
-
-def _ts(value: Any) -> dt.datetime | None:
-    if value is None:
-        return None
-    return dt.datetime.fromtimestamp(float(value), dt.UTC).replace(tzinfo=None)
-
-
-def _run_tuple(row: dict[str, Any]) -> tuple[Any, ...]:
-    vals = [row.get(c) for c in RUN_COLUMNS]
-    for i in _TS_RUN:
-        vals[i] = _ts(vals[i])
-    vals[_BOOL_RUN] = bool(vals[_BOOL_RUN])
-    return tuple(vals)
-
-
-def _art_tuple(row: dict[str, Any]) -> tuple[Any, ...]:
-    vals = [row.get(c) for c in ARTIFACT_COLUMNS]
-    vals[_TS_ART] = _ts(vals[_TS_ART])
-    return tuple(vals)
 
 
 def _index_select(cols: tuple[str, ...]) -> str:
@@ -151,9 +127,6 @@ class DuckStore:
         self.lock_timeout = lock_timeout
         self._engine: Any = None
         self._synced_seq = -1
-        #: Set while the interpreter exits: no bulk path through Arrow, whose first import then
-        #: fails (pandas starts a thread pool, and no new at-exit handler may be registered).
-        self.exiting = False
 
     # ---------------------------------------------------------------- errors
 
@@ -305,6 +278,7 @@ class DuckStore:
         # The limit is a preference, never a reason to fail: a window that does not fit in it (one
         # transaction of very many rows, or primary-key indexes of a large file, which DuckDB cannot
         # write out) is rolled back and merged again without the limit.
+        csvload.remove_stale(self.index.path.parent)
         con.execute(f"SET memory_limit = '{MERGE_MEMORY_MB}MB'")
         limited = True
         try:
@@ -325,19 +299,15 @@ class DuckStore:
         return merged
 
     def _merge_window(self, con: Any, after: int, upto: int, adopt: bool) -> int:
-        runs, arts, links = self.index.changes_between(after, upto)
+        lines = self.index.merge_lines(after, upto)
+        folder = self.index.path.parent
         con.execute("BEGIN TRANSACTION")
         try:
             if adopt:
                 # A new or replaced index, or a replaced DuckDB file: reconcile by primary key.
                 self._adopt(con)
-            if runs:
-                self._upsert(con, "run", RUN_COLUMNS, [_run_tuple(r) for r in runs], arrow=not self.exiting)
-            if arts:
-                self._upsert(con, "artifact", ARTIFACT_COLUMNS, [_art_tuple(a) for a in arts], arrow=not self.exiting)
-            if links:
-                rows = [tuple(lk[c] for c in LINK_COLUMNS) for lk in links]
-                self._upsert(con, "run_artifact", LINK_COLUMNS, rows, arrow=not self.exiting)
+            for table, table_lines in lines.items():
+                csvload.load(con, table, table_lines, folder)
             con.execute(
                 "INSERT OR REPLACE INTO consist_meta VALUES ('synced_seq', ?), ('schema_version', ?)",
                 [upto, DUCK_SCHEMA_VERSION],
@@ -353,10 +323,16 @@ class DuckStore:
             if _out_of_memory(exc):
                 raise _WindowOutOfMemory() from exc
             raise self._merge_error(exc) from exc
+        # Written out now, so that the next window starts from a small WAL and DuckDB lets go of
+        # this window's pages. The window is committed already: a checkpoint that fails can wait.
+        try:
+            con.execute("CHECKPOINT")
+        except Exception:  # e.g. another connection's transaction is open
+            pass
         # Recorded after the commit: if this process dies in between, the next merge reconciles.
         self.index.set_meta("merged_seq", str(upto))
         self._synced_seq = upto
-        return len(runs) + len(arts) + len(links)
+        return sum(len(v) for v in lines.values())
 
     def _merge_error(self, exc: BaseException) -> StoreError:
         return StoreError(
@@ -375,24 +351,6 @@ class DuckStore:
         return self.index.adopt(
             rows("run", RUN_COLUMNS), rows("artifact", ARTIFACT_COLUMNS), rows("run_artifact", LINK_COLUMNS)
         )
-
-    @staticmethod
-    def _upsert(con: Any, table: str, cols: tuple[str, ...], rows: list[tuple[Any, ...]], arrow: bool = True) -> None:
-        placeholders = ",".join("?" * len(cols))
-        sql = f"INSERT OR REPLACE INTO {table} ({','.join(cols)}) VALUES ({placeholders})"
-        if len(rows) < 200 or not arrow:
-            con.executemany(sql, rows)
-            return
-        # Large batches go through Arrow: executemany costs ~0.1 ms a row, Arrow ~1 µs.
-        import pyarrow as pa
-
-        columns = list(zip(*rows))
-        batch = pa.table({c: pa.array(list(v)) for c, v in zip(cols, columns)})
-        con.register("consist_batch", batch)
-        try:
-            con.execute(f"INSERT OR REPLACE INTO {table} ({','.join(cols)}) SELECT * FROM consist_batch")
-        finally:
-            con.unregister("consist_batch")
 
     # ---------------------------------------------------------------- rebuilding the index
 
@@ -599,14 +557,8 @@ def export_duckdb(index: RunIndex, path: str | os.PathLike[str]) -> dict[str, in
         try:
             con.execute(_DUCK_DDL)
             con.execute("BEGIN TRANSACTION")
-            if runs:
-                DuckStore._upsert(con, "run", RUN_COLUMNS, [_run_tuple(r) for r in runs])
-            if arts:
-                DuckStore._upsert(con, "artifact", ARTIFACT_COLUMNS, [_art_tuple(a) for a in arts])
-            if links:
-                DuckStore._upsert(
-                    con, "run_artifact", LINK_COLUMNS, [tuple(lk[c] for c in LINK_COLUMNS) for lk in links]
-                )
+            for table, rows in (("run", runs), ("artifact", arts), ("run_artifact", links)):
+                csvload.load(con, table, csvload.lines_of(table, rows), target.parent)
             con.execute("INSERT OR REPLACE INTO consist_meta VALUES ('schema_version', ?)", [DUCK_SCHEMA_VERSION])
             con.execute("COMMIT")
         finally:

@@ -691,6 +691,14 @@ class RunIndex(IndexLookups):
                 self._end(commit=True)
         return runs, arts, links
 
+    def merge_lines(self, after: int, upto: int) -> dict[str, list[str]]:
+        """:meth:`changes_between` as the CSV lines a merge loads into DuckDB (see :mod:`.csvload`), by table."""
+        from .csvload import lines_of
+
+        runs, arts, links = self.changes_between(after, upto)
+        return {"run": lines_of("run", runs), "artifact": lines_of("artifact", arts),
+                "run_artifact": lines_of("run_artifact", links)}  # fmt: skip
+
     def changes_since(self, seq: int) -> tuple[int, list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]]]:
         """The current sequence number and the rows written after ``seq``, read in one snapshot.
 

@@ -26,7 +26,6 @@ class ReadOnlyDuck:
         self.db_path = db_path
         self.lock_timeout = lock_timeout
         self._engine: Any = None
-        self.exiting = False
 
     def _connect(self) -> Any:
         import duckdb

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import RunStateError, StoreError
+from .csvload import TABLE_COLUMNS, csv_type, line_order, lines_of, value_text
 from .index import RunIndex, no_such_schema
 from .lookups import _meta_key
 
@@ -347,6 +348,33 @@ class SQLiteIndex(RunIndex):
 
     def _run(self, sql: str, params: Sequence[Any] = ()) -> Any:
         return self._db.execute(sql, params)
+
+    def merge_lines(self, after: int, upto: int) -> dict[str, list[str]]:
+        """The window's rows as CSV lines, formatted by SQLite itself (see :mod:`.csvload`), in one snapshot."""
+        with self._lock, self._guard():
+            self._begin_snapshot()
+            try:
+                return {table: self._table_lines(table, after, upto) for table in TABLE_COLUMNS}
+            finally:
+                self._end(commit=True)
+
+    def _table_lines(self, table: str, after: int, upto: int) -> list[str]:
+        quoted, reals = line_order(table)
+        numeric = ("INTEGER", "BIGINT")
+        head = "||','||".join(
+            f"quote(CAST({c} AS INTEGER))" if csv_type(c) in numeric else f"quote({c})" for c in quoted
+        )
+        # quote() ends a text at a NUL character: such rows (rare) are written by Python instead.
+        texts = [c for c in quoted if csv_type(c) == "VARCHAR"]
+        nul = " + ".join(f"coalesce(instr(CAST({c} AS BLOB), X'00'), 0)" for c in texts) + " > 0"
+        where = f"FROM {table} WHERE seq > ? AND seq <= ?"
+        cursor = self._db.cursor()
+        cursor.row_factory = None  # plain tuples: no dict per row
+        cursor.execute(f"SELECT {', '.join([head, *reals])} {where} AND NOT ({nul})", (after, upto))
+        # The timestamps (REAL) as repr: SQLite's own text for a REAL is not always the exact double.
+        lines = [first + "".join(f",{value_text(v)}" for v in rest) for first, *rest in cursor]
+        odd = self._run(f"SELECT * {where} AND {nul}", (after, upto)).fetchall()
+        return lines + lines_of(table, odd) if odd else lines
 
     def _run_many(self, sql: str, rows: Sequence[Sequence[Any]]) -> int:
         # The rows the statement changed itself: total_changes would add those its triggers change (run_tag).
