@@ -41,17 +41,24 @@ SCOPE: dict[str, list[str] | None] = {
     "consist.store.index": None,
     "consist.store.sqlite": None,
     "consist.store.duck": None,
+    "consist.store.csvload": None,
     "consist.inflight": None,
     # The tracker's cache decisions and restores, split over four modules.
     "consist.tracker": [
         "Tracker._plan", "Tracker._canonical_config", "Tracker._hasher", "Tracker._explain", "Tracker._run_step",
+        "_recorded_items",
     ],
     "consist.planning": ["driver_for", "_ReadOnlyMemo.memo_get", "normalize_inputs", "_input_path"],
     "consist.restoring": None,
     "consist.recording": [
         "RecordingMixin._new_row", "RecordingMixin._open", "RecordingMixin._link_inputs",
         "RecordingMixin._store_output", "RecordingMixin._link_members", "RecordingMixin._finish",
-        "RecordingMixin._record_hit", "_plain_row", "_member_rows",
+        "RecordingMixin._record_hit", "_plain_row", "_member_rows", "RecordingMixin._open_if",
+        "RecordingMixin._store_again_if_pruned", "_changed",
+    ],
+    # Storing an output: leased, or (tracker.run) looked at again after the run's record.
+    "consist.queries": [
+        "MaintenanceMixin._store_leased", "MaintenanceMixin._store_object", "MaintenanceMixin._holds_stored",
     ],
     "consist.locations": None,
     "consist.integrations.containers": [

@@ -179,3 +179,24 @@ def test_merge_files_of_ended_processes_are_removed(tmp_path: Path) -> None:
     os.utime(old, (0, 0))  # a day old: its pid may be another process's by now
     csvload.remove_stale(tmp_path)
     assert sorted(os.listdir(tmp_path)) == sorted(n for k, n in names.items() if k != "dead")
+
+
+def test_a_tracker_left_open_merges_its_runs_as_the_interpreter_exits(tmp_path: Path) -> None:
+    """The merge at exit (DuckDB loaded, the tracker never closed) brings every run, many rows at once."""
+    script = (
+        "import duckdb\n"
+        "from pathlib import Path\n"
+        "from consist import Tracker\n"
+        "t = Tracker('runs', code_version='v')\n"
+        "def step(i):\n"
+        "    p = Path('out') / f'{i}.txt'; p.parent.mkdir(exist_ok=True); p.write_text(str(i)); return p\n"
+        "for i in range(300):\n"
+        "    t.run(step, name='s', config={'i': i}, outputs=['o'])\n"
+    )
+    subprocess.run([sys.executable, "-c", script], cwd=tmp_path, check=True, capture_output=True)
+    con = duckdb.connect(str(tmp_path / "runs" / "provenance.duckdb"), read_only=True)
+    try:
+        assert con.execute("SELECT count(*), count(DISTINCT config) FROM run").fetchone() == (300, 300)
+        assert con.execute("SELECT count(*) FROM run_artifact WHERE direction = 'output'").fetchone() == (300,)
+    finally:
+        con.close()

@@ -141,6 +141,12 @@ class MaintenanceMixin:
     leases and the outputs recorded since it started again under that lock, so an
     object is either leased before prune looks (and kept) or removed before the run
     leases it (and the run then stores it again, see :meth:`_store_leased`).
+
+    ``tracker.run`` records its outputs as soon as its function returns, so it does
+    not lease them: it stores them, records the run, and then looks once more,
+    storing again any object a prune removed in between (see
+    ``RecordingMixin._store_again_if_pruned``). Once the record is committed, the
+    prune keeps them like any output recorded since it started.
     """
 
     _index: RunIndex
@@ -205,7 +211,9 @@ class MaintenanceMixin:
         whose objects are removed simply execute again on their next call.
 
         Objects that a run in progress, in any process sharing the database, has
-        stored or is restoring are never removed (they are counted as ``in_use``).
+        stored or is restoring are never removed (they are counted as ``in_use``);
+        the outputs of ``tracker.run``, recorded as soon as its function returns, are
+        stored again by it if a prune removed them just before that record.
         """
         self._writable("prune the object store")
         if isinstance(older_than, (int, float)) and not isinstance(older_than, bool):
