@@ -107,6 +107,26 @@ _CHILD = textwrap.dedent(
             warnings.simplefilter("always")
             r = t.run(late, name="late", outputs=["o"])
         print(json.dumps({"hash": r.outputs["o"].hash, "warnings": [str(w.message) for w in caught]}))
+    elif mode == "run_two_outputs":
+        real_put, calls = ObjectStore.put_file, []
+
+        def put_then_pause(self, *a, **k):
+            result = real_put(self, *a, **k)
+            calls.append(1)
+            if len(calls) == 2:  # both outputs are stored; the run is not recorded yet
+                signal("put")
+                wait("go")
+            return result
+
+        ObjectStore.put_file = put_then_pause
+
+        def two():
+            (base / "first.bin").write_bytes(b"the first output, new. " * 50)
+            (base / "second.bin").write_bytes(json.loads(sys.argv[4]).encode())
+            return {"a": base / "first.bin", "b": base / "second.bin"}
+
+        r = t.run(two, name="two", outputs=["a", "b"])
+        print(json.dumps({k: r.outputs[k].hash for k in ("a", "b")}))
     elif mode == "run_dir_stored_before":
         pause_once(ObjectStore, ["put_dir"], "put")
 
@@ -276,6 +296,30 @@ def test_an_object_pruned_before_a_run_was_recorded_is_stored_again(tmp_path: Pa
     calls: list[str] = []
     run = t.run(_late(b"must not run", calls), name="late", outputs=["o"])
     assert run.cache_hit and calls == [] and (tmp_path / "late.bin").read_bytes() == content
+
+
+def test_every_output_is_looked_at_again_not_only_the_first(tmp_path: Path, make_tracker) -> None:
+    """The first output is in place, the second was pruned: the second is stored again too."""
+    t = make_tracker(code_version="v1")
+    content = b"the second output, as an orphan object\n" * 100
+
+    def keep() -> Path:  # a completed run needs the first output's bytes: the prune keeps that object
+        p = tmp_path / "kept.bin"
+        p.write_bytes(b"the first output, new. " * 50)
+        return p
+
+    first = t.run(keep, name="keep", outputs=["k"]).outputs["k"].hash
+    orphan = t._objects.put_bytes(content)
+    child = Child(tmp_path, "run_two_outputs", json.dumps(content.decode()))
+    try:
+        child.reached("put")
+        report = t.prune_store()
+        assert t._objects.has(first) and not t._objects.has(orphan), report
+        got = json.loads(child.go())
+    finally:
+        child.kill()
+    assert got == {"a": first, "b": orphan} and t._objects.has(orphan)
+    t._objects.verify(orphan)
 
 
 def test_members_of_a_directory_pruned_before_a_run_was_recorded_are_stored_again(tmp_path: Path, make_tracker) -> None:
